@@ -1,0 +1,162 @@
+"""Shared building blocks of the ``modelfleet.io/v1alpha1`` API.
+
+Every spec model derives from :class:`ApiModel`: camelCase on the wire, unknown fields refused
+(a typo must never be silently dropped), and cross-field rules declared once as :class:`Rule`
+values that are both evaluated in Python (offline ``modelfleet validate``) and emitted as CEL
+``x-kubernetes-validations`` in the generated CRDs (the API server). Keeping the Python check and
+the CEL text side by side on the model is what keeps the two from drifting; the cluster tier
+checks that both name the same field for every invalid manifest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+GROUP = "modelfleet.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+#: A Kubernetes object name (RFC 1123 subdomain, as used by most kinds).
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+#: An RFC 1123 label (variant names become part of Deployment names).
+LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A cross-field rule, checked in Python and emitted as CEL.
+
+    ``cel`` is evaluated by the API server with ``self`` bound to the object the rule is
+    attached to; ``check`` is the same predicate in Python on the parsed model. ``field`` is
+    the path (relative to that object, camelCase, dotted) that the error names; it becomes the
+    CEL ``fieldPath`` so both validators point at the same place.
+    """
+
+    cel: str
+    message: str
+    check: Callable[[Any], bool]
+    field: str = ""
+
+    def to_cel(self) -> dict[str, str]:
+        out = {"rule": self.cel, "message": self.message}
+        if self.field:
+            out["fieldPath"] = "." + self.field
+        return out
+
+
+class ApiModel(BaseModel):
+    """Base of every spec/status model: camelCase aliases, unknown fields refused, rules run."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=False,
+        frozen=True,
+        strict=True,
+        json_schema_extra=lambda schema, cls: _add_cel_rules(schema, cls),
+    )
+
+    #: Cross-field rules of this model (see :class:`Rule`).
+    cel_rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> ApiModel:
+        for rule in type(self).cel_rules:
+            if not rule.check(self):
+                raise PydanticCustomError(
+                    "rule", rule.message, {"field": rule.field, "rule_message": rule.message}
+                )
+        return self
+
+    def to_wire(self) -> dict[str, Any]:
+        """The object as it appears in a manifest (camelCase, defaults included, no nulls)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _add_cel_rules(schema: dict[str, Any], cls: type[Any]) -> None:
+    rules: tuple[Rule, ...] = getattr(cls, "cel_rules", ())
+    if rules:
+        schema["x-kubernetes-validations"] = [r.to_cel() for r in rules]
+
+
+def unique(values: list[str]) -> bool:
+    return len(values) == len(set(values))
+
+
+class ObjectMeta(BaseModel):
+    """The part of Kubernetes ``metadata`` modelfleet reads; other keys are kept as they are."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = Field(min_length=1, max_length=253, pattern=NAME_PATTERN)
+    namespace: str | None = Field(default=None, max_length=63, pattern=NAME_PATTERN)
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    generation: int | None = None
+
+
+class Condition(ApiModel):
+    """A status condition, as in ``metav1.Condition``."""
+
+    type: str = Field(max_length=316, description="Condition type, e.g. Ready.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        default="", max_length=1024, description="CamelCase reason, documented per type."
+    )
+    message: str = Field(default="", max_length=32768, description="Human-readable detail.")
+    observed_generation: int = Field(
+        default=0, ge=0, description="metadata.generation the condition was computed from."
+    )
+    last_transition_time: datetime | None = Field(
+        default=None, strict=False, description="When status last changed (RFC 3339)."
+    )
+
+
+class EnvVar(ApiModel):
+    """An environment variable for the engine container (literal value only)."""
+
+    name: str = Field(min_length=1, max_length=256, description="Variable name.")
+    value: str = Field(default="", max_length=4096, description="Literal value.")
+
+
+class SecretKeyRef(ApiModel):
+    """A key in a Secret in the object's namespace."""
+
+    name: str = Field(
+        min_length=1, max_length=253, pattern=NAME_PATTERN, description="Secret name."
+    )
+    key: str = Field(default="token", min_length=1, max_length=253, description="Key in it.")
+
+
+class Resource(BaseModel):
+    """Envelope of a modelfleet object: apiVersion, kind, metadata, spec, status."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    #: Kind name, plural, short names, scope: set by each subclass.
+    KIND: ClassVar[str]
+    PLURAL: ClassVar[str]
+    SHORT_NAMES: ClassVar[tuple[str, ...]]
+    NAMESPACED: ClassVar[bool]
+
+    api_version: Literal["modelfleet.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: str
+    metadata: ObjectMeta
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> Resource:
+        if self.kind != type(self).KIND:
+            raise PydanticCustomError(
+                "rule",
+                "kind must be {expected}",
+                {"field": "kind", "expected": type(self).KIND},
+            )
+        return self

@@ -1,0 +1,480 @@
+"""RoutingPolicy: which pool answers which request, and how requests are placed.
+
+One policy answers one or more public model names. A request first goes through *model
+selection* (ordered rules, then the selection strategy over the matched targets), then through
+*placement* (a profile of filters, weighted scorers and a picker over the chosen pool's
+instances). SLO classes give each request a latency target and a priority; migration moves
+running requests between instances; rate limits apply per API key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from modelfleet.api.common import (
+    LABEL_PATTERN,
+    NAME_PATTERN,
+    ApiModel,
+    Condition,
+    Resource,
+    Rule,
+    unique,
+)
+
+ScorerType = Literal[
+    "prefix-cache",
+    "queue",
+    "kv-usage",
+    "slo-headroom",
+    "session-affinity",
+    "cold-spread",
+]
+ProfileName = Literal[
+    "modelfleet",
+    "round-robin",
+    "least-request",
+    "power-of-two",
+    "cache-aware",
+    "llm-d",
+    "llumnix",
+    "custom",
+]
+
+
+class PoolTarget(ApiModel):
+    """A pool and its share of the traffic that reaches it."""
+
+    pool: str = Field(
+        min_length=1, max_length=253, pattern=NAME_PATTERN, description="ModelPool name."
+    )
+    weight: float = Field(
+        default=1.0, ge=0, le=1000, description="Relative weight (0..1000). Default 1."
+    )
+
+
+def _weights_ok(targets: list[PoolTarget]) -> bool:
+    return any(t.weight > 0 for t in targets)
+
+
+class Match(ApiModel):
+    """Conditions of a rule; all given conditions must hold (AND)."""
+
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Request headers that must be present with exactly these values.",
+    )
+    min_prompt_tokens: int = Field(
+        default=0, ge=0, le=10_000_000, description="Smallest prompt, tokens. Default 0."
+    )
+    max_prompt_tokens: int = Field(
+        default=10_000_000,
+        ge=0,
+        le=10_000_000,
+        description="Largest prompt, tokens. Default 10,000,000 (no bound).",
+    )
+    keywords: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Any of these words (case-insensitive) in the last user message.",
+    )
+    regex: str = Field(
+        default="", max_length=1024, description="RE2-compatible pattern the prompt must match."
+    )
+    semantic_class: str = Field(
+        default="",
+        max_length=63,
+        description="Class the semantic classifier must assign (selection.semantic.classes).",
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.minPromptTokens <= self.maxPromptTokens",
+            message="minPromptTokens must be <= maxPromptTokens",
+            field="minPromptTokens",
+            check=lambda m: m.min_prompt_tokens <= m.max_prompt_tokens,
+        ),
+    )
+
+
+class RoutingRule(ApiModel):
+    """A named rule: the first rule whose match holds picks the targets."""
+
+    name: str = Field(
+        min_length=1, max_length=63, pattern=LABEL_PATTERN, description="Rule name (unique)."
+    )
+    match: Match = Field(default_factory=Match, description="Conditions (all must hold).")
+    targets: list[PoolTarget] = Field(
+        min_length=1, max_length=16, description="Pools to send matching requests to."
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.targets.exists(t, t.weight > 0.0)",
+            message="at least one target weight must be > 0",
+            field="targets",
+            check=lambda r: _weights_ok(r.targets),
+        ),
+    )
+
+
+FallbackReason = Literal["overload", "error", "timeout"]
+MigrationTrigger = Literal["load-imbalance", "slo-rescue", "drain"]
+
+
+def _all_fallbacks() -> list[FallbackReason]:
+    return ["overload", "error", "timeout"]
+
+
+def _drain_only() -> list[MigrationTrigger]:
+    return ["drain"]
+
+
+class CascadeParams(ApiModel):
+    """cascade: try the targets in order, fall back to the next one."""
+
+    fallback_on: list[FallbackReason] = Field(
+        default_factory=_all_fallbacks,
+        max_length=3,
+        description="What sends a request on to the next target. Default all three.",
+    )
+    timeout_ms: int = Field(
+        default=30000, ge=1, le=3_600_000, description="Time to first token before 'timeout', ms."
+    )
+
+
+class CostQualityParams(ApiModel):
+    """cost-quality: pick argmax predicted quality − costWeight × cost (CARROT-style)."""
+
+    cost_weight: float = Field(
+        default=1.0,
+        ge=0,
+        le=1_000_000,
+        description=(
+            "Trade-off λ, quality points per USD per 1k requests; 0 = best quality regardless "
+            "of cost. Default 1."
+        ),
+    )
+    quality_model: str = Field(
+        default="builtin",
+        max_length=253,
+        description="Quality predictor: 'builtin' or a ConfigMap name holding a trained one.",
+    )
+    pool_models: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Pool name → model key in the quality predictor (default: the pool name).",
+    )
+
+
+class SemanticClass(ApiModel):
+    """A class of requests, described by example phrases."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=LABEL_PATTERN, description="Name.")
+    examples: list[str] = Field(
+        min_length=1, max_length=256, description="Example prompts of this class."
+    )
+
+
+class SemanticParams(ApiModel):
+    """semantic: nearest class centroid decides the class used by rules."""
+
+    classes: list[SemanticClass] = Field(
+        default_factory=list, max_length=32, description="The classes."
+    )
+    min_similarity: float = Field(
+        default=0.0, ge=0, le=1, description="Below this cosine similarity: no class."
+    )
+
+
+class BanditParams(ApiModel):
+    """bandit: learn online from feedback which target serves best."""
+
+    algorithm: Literal["epsilon-greedy", "thompson", "ucb"] = Field(
+        default="thompson", description="Bandit algorithm. Default thompson."
+    )
+    epsilon: float = Field(default=0.1, ge=0, le=1, description="Exploration (epsilon-greedy).")
+    reward: Literal["success", "latency", "feedback"] = Field(
+        default="success",
+        description="Reward: request success, SLO met, or explicit client feedback.",
+    )
+
+
+class SelectionSpec(ApiModel):
+    """How a pool is chosen among the matched targets."""
+
+    strategy: Literal["weighted", "cascade", "cost-quality", "semantic", "bandit"] = Field(
+        default="weighted", description="Selection strategy. Default weighted."
+    )
+    cascade: CascadeParams = Field(default_factory=CascadeParams)
+    cost_quality: CostQualityParams = Field(default_factory=CostQualityParams)
+    semantic: SemanticParams = Field(default_factory=SemanticParams)
+    bandit: BanditParams = Field(default_factory=BanditParams)
+
+
+class ScorerSpec(ApiModel):
+    """A weighted placement scorer."""
+
+    type: ScorerType = Field(description="Scorer type.")
+    weight: float = Field(default=1.0, ge=0, le=1000, description="Weight (0..1000).")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Scorer parameters (checked by the scheduler against the scorer's schema).",
+    )
+
+
+class PickerSpec(ApiModel):
+    """How an instance is picked from the scores."""
+
+    type: Literal["max-score", "random-top-k"] = Field(
+        default="max-score", description="max-score (ties at random) or random among top k."
+    )
+    top_k: int = Field(default=2, ge=1, le=64, description="k for random-top-k.")
+
+
+class SessionAffinitySpec(ApiModel):
+    """Keep a session on one instance while its load stays bounded."""
+
+    header: str = Field(
+        default="x-session-id", min_length=1, max_length=256, description="Session header."
+    )
+    max_load_factor: float = Field(
+        default=1.25,
+        ge=1,
+        le=10,
+        description="An instance takes a session only below this × mean load (1..10).",
+    )
+
+
+class PlacementSpec(ApiModel):
+    """How an instance of the chosen pool is picked."""
+
+    profile: ProfileName = Field(
+        default="modelfleet",
+        description=(
+            "Built-in profile: modelfleet (prefix + load + SLO headroom), or a baseline "
+            "(round-robin, least-request, power-of-two, cache-aware, llm-d, llumnix); "
+            "custom = the scorers below."
+        ),
+    )
+    scorers: list[ScorerSpec] = Field(
+        default_factory=list, max_length=16, description="Scorers (profile custom only)."
+    )
+    picker: PickerSpec = Field(default_factory=PickerSpec)
+    prefix_source: Literal["approximate", "kv-events"] = Field(
+        default="approximate",
+        description=(
+            "approximate: prefixes learned from routed requests; kv-events: exact, from the "
+            "engines' KV-cache events (engine.kvEvents must be on)."
+        ),
+    )
+    session_affinity: SessionAffinitySpec | None = Field(
+        default=None, description="Session affinity; unset = off."
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.profile != 'custom' || self.scorers.exists(s, s.weight > 0.0)",
+            message="profile custom needs at least one scorer with weight > 0",
+            field="scorers",
+            check=lambda p: p.profile != "custom" or any(s.weight > 0 for s in p.scorers),
+        ),
+        Rule(
+            cel="self.profile == 'custom' || size(self.scorers) == 0",
+            message="scorers may only be set with profile custom",
+            field="scorers",
+            check=lambda p: p.profile == "custom" or not p.scorers,
+        ),
+        Rule(
+            cel="self.scorers.all(a, self.scorers.exists_one(b, b.type == a.type))",
+            message="scorer types must be unique",
+            field="scorers",
+            check=lambda p: unique([s.type for s in p.scorers]),
+        ),
+    )
+
+
+class SLOClass(ApiModel):
+    """A latency class a request can ask for."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=LABEL_PATTERN, description="Name.")
+    ttft_ms: int = Field(ge=1, le=600000, description="Time to first token target, ms.")
+    tpot_ms: int = Field(ge=1, le=60000, description="Time per output token target, ms.")
+    priority: int = Field(
+        default=50, ge=0, le=100, description="Higher is served first (0..100). Default 50."
+    )
+    on_violation: Literal["queue", "shed", "downgrade"] = Field(
+        default="queue",
+        description=(
+            "When no instance can meet the target: queue (wait), shed (429 at once) or "
+            "downgrade (send to downgradePool)."
+        ),
+    )
+    downgrade_pool: str = Field(
+        default="", max_length=253, description="Pool for on_violation downgrade."
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.onViolation != 'downgrade' || self.downgradePool != ''",
+            message="downgradePool is required when onViolation is downgrade",
+            field="downgradePool",
+            check=lambda c: c.on_violation != "downgrade" or c.downgrade_pool != "",
+        ),
+    )
+
+
+class MigrationSpec(ApiModel):
+    """Live migration of running requests (make-before-break)."""
+
+    enabled: bool = Field(default=False, description="Allow migrations. Default false.")
+    triggers: list[MigrationTrigger] = Field(
+        default_factory=_drain_only,
+        max_length=3,
+        description="Why a request may move. Default: drain only.",
+    )
+    max_concurrent: int = Field(
+        default=4, ge=1, le=256, description="Migrations in flight at once (1..256). Default 4."
+    )
+    min_gain_ms: int = Field(
+        default=200,
+        ge=0,
+        le=600000,
+        description="Move only if the predicted gain exceeds the move's cost by this, ms.",
+    )
+
+
+class RateLimit(ApiModel):
+    """Request and token budgets per minute."""
+
+    requests_per_minute: int = Field(default=0, ge=0, le=10_000_000, description="0 = none.")
+    tokens_per_minute: int = Field(default=0, ge=0, le=1_000_000_000, description="0 = none.")
+
+
+class KeyRateLimit(RateLimit):
+    """Budgets for one API key."""
+
+    key_id: str = Field(
+        min_length=1,
+        max_length=128,
+        description="API key id: 'sha256:' + first 16 hex digits of the bearer token's hash.",
+    )
+
+
+class RateLimitSpec(ApiModel):
+    """Per-key rate limits; requests over the limit get 429 with Retry-After."""
+
+    default: RateLimit | None = Field(default=None, description="Applies to unlisted keys.")
+    per_key: list[KeyRateLimit] = Field(default_factory=list, max_length=64)
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.perKey.all(a, self.perKey.exists_one(b, b.keyId == a.keyId))",
+            message="keyId values must be unique",
+            field="perKey",
+            check=lambda r: unique([k.key_id for k in r.per_key]),
+        ),
+    )
+
+
+class RoutingPolicySpec(ApiModel):
+    """Desired routing for some public model names."""
+
+    model_names: list[str] = Field(
+        min_length=1,
+        max_length=32,
+        description="Public model names (OpenAI 'model' field) this policy answers.",
+    )
+    rules: list[RoutingRule] = Field(
+        default_factory=list, max_length=32, description="Ordered rules; first match wins."
+    )
+    default_targets: list[PoolTarget] = Field(
+        min_length=1, max_length=16, description="Targets when no rule matches."
+    )
+    selection: SelectionSpec = Field(default_factory=SelectionSpec)
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
+    slo_classes: list[SLOClass] = Field(default_factory=list, max_length=16)
+    slo_class_header: str = Field(
+        default="x-slo-class", min_length=1, max_length=256, description="Header naming a class."
+    )
+    default_slo_class: str = Field(
+        default="", max_length=63, description="Class of requests without the header."
+    )
+    migration: MigrationSpec = Field(default_factory=MigrationSpec)
+    rate_limits: RateLimitSpec = Field(default_factory=RateLimitSpec)
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.rules.all(a, self.rules.exists_one(b, b.name == a.name))",
+            message="rule names must be unique",
+            field="rules",
+            check=lambda s: unique([r.name for r in s.rules]),
+        ),
+        Rule(
+            cel="self.defaultTargets.exists(t, t.weight > 0.0)",
+            message="at least one defaultTargets weight must be > 0",
+            field="defaultTargets",
+            check=lambda s: _weights_ok(s.default_targets),
+        ),
+        Rule(
+            cel="self.sloClasses.all(a, self.sloClasses.exists_one(b, b.name == a.name))",
+            message="SLO class names must be unique",
+            field="sloClasses",
+            check=lambda s: unique([c.name for c in s.slo_classes]),
+        ),
+        Rule(
+            cel=(
+                "self.defaultSloClass == '' || "
+                "self.sloClasses.exists(c, c.name == self.defaultSloClass)"
+            ),
+            message="defaultSloClass must name one of sloClasses",
+            field="defaultSloClass",
+            check=lambda s: (
+                s.default_slo_class == ""
+                or any(c.name == s.default_slo_class for c in s.slo_classes)
+            ),
+        ),
+        Rule(
+            cel="self.modelNames.all(a, self.modelNames.exists_one(b, b == a))",
+            message="modelNames must be unique",
+            field="modelNames",
+            check=lambda s: unique(s.model_names),
+        ),
+    )
+
+
+class RoutingPolicyStatus(ApiModel):
+    """Observed state, written by the operator."""
+
+    observed_generation: int = Field(default=0, ge=0, description="Generation last processed.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=8,
+        description=(
+            "Accepted (the spec is usable by the scheduler; reason Invalid otherwise), "
+            "ResolvedRefs (every referenced pool exists; reason PoolNotFound names the missing)."
+        ),
+    )
+
+
+class RoutingPolicy(Resource):
+    """How requests for some model names are answered (namespaced, short name rp)."""
+
+    KIND: ClassVar[str] = "RoutingPolicy"
+    PLURAL: ClassVar[str] = "routingpolicies"
+    SHORT_NAMES: ClassVar[tuple[str, ...]] = ("rp",)
+    NAMESPACED: ClassVar[bool] = True
+
+    kind: Literal["RoutingPolicy"] = "RoutingPolicy"
+    spec: RoutingPolicySpec
+    status: RoutingPolicyStatus | None = None
+
+    def referenced_pools(self) -> set[str]:
+        """Every pool name the spec refers to."""
+        s = self.spec
+        names = {t.pool for t in s.default_targets}
+        names |= {t.pool for r in s.rules for t in r.targets}
+        names |= {c.downgrade_pool for c in s.slo_classes if c.downgrade_pool}
+        return names

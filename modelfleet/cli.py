@@ -1,0 +1,151 @@
+"""The ``modelfleet`` command: one composition root per subcommand.
+
+Subcommands are registered explicitly here (no import side effects); each has an
+``add_arguments(parser)`` and a ``run(args) -> int``. Heavy modules are imported only when
+their subcommand runs, so ``modelfleet validate`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from modelfleet import __version__
+
+DEFAULT_CRD_DIR = "crds"
+
+
+def _crds_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=DEFAULT_CRD_DIR, help="directory to write into (default: crds)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="do not write; exit 1 if the files in --out differ from a fresh generation",
+    )
+
+
+def _crds_run(args: argparse.Namespace) -> int:
+    from modelfleet.api import KINDS
+    from modelfleet.api.crdgen import crd_filename, render_crd, write_crds
+
+    out = Path(args.out)
+    if args.check:
+        stale = [
+            crd_filename(k)
+            for k in KINDS
+            if not (out / crd_filename(k)).exists()
+            or (out / crd_filename(k)).read_text() != render_crd(k)
+        ]
+        for name in stale:
+            print(f"{out / name}: differs from the models; run `modelfleet crds`", file=sys.stderr)
+        return 1 if stale else 0
+    for path in write_crds(out):
+        print(path)
+    return 0
+
+
+def _validate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", metavar="FILE", help="manifests or directories")
+    p.add_argument(
+        "--check-refs",
+        action="store_true",
+        help="also check references between the given objects (pools → profiles, policies → pools)",
+    )
+
+
+def _validate_run(args: argparse.Namespace) -> int:
+    from modelfleet.api.validate import (
+        ManifestError,
+        check_references,
+        expand_paths,
+        validate_text,
+    )
+
+    try:
+        files = expand_paths(args.paths)
+    except ManifestError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    problems: list[object] = []
+    objects = []
+    for path in files:
+        try:
+            found, wrong = validate_text(path.read_text(), str(path))
+        except (ManifestError, UnicodeDecodeError, OSError) as exc:
+            print(f"{path}: {exc}", file=sys.stderr)
+            problems.append(exc)
+            continue
+        objects.extend(found)
+        problems.extend(wrong)
+        for p in wrong:
+            print(p)
+    if args.check_refs:
+        for p in check_references(objects):
+            problems.append(p)
+            print(p)
+    if problems:
+        print(f"{len(problems)} problem(s) in {len(files)} file(s)", file=sys.stderr)
+        return 1
+    print(f"ok: {len(objects)} object(s) in {len(files)} file(s)")
+    return 0
+
+
+def _version_args(p: argparse.ArgumentParser) -> None:
+    del p
+
+
+def _version_run(args: argparse.Namespace) -> int:
+    from modelfleet.api import API_VERSION
+
+    print(f"modelfleet {__version__} (API {API_VERSION})")
+    return 0
+
+
+Handler = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+
+
+def _lazy(module: str) -> Handler:
+    """A subcommand implemented by ``module.add_arguments`` / ``module.run``."""
+
+    def add(p: argparse.ArgumentParser) -> None:
+        importlib.import_module(module).add_arguments(p)
+
+    def run(args: argparse.Namespace) -> int:
+        result: int = importlib.import_module(module).run(args)
+        return result
+
+    return add, run
+
+
+def _subcommands() -> dict[str, tuple[str, Handler]]:
+    return {
+        "crds": ("write the CRDs generated from the API models", (_crds_args, _crds_run)),
+        "validate": ("validate manifests offline", (_validate_args, _validate_run)),
+        "version": ("print the version", (_version_args, _version_run)),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelfleet",
+        description="Kubernetes operator and cluster scheduler for multi-model LLM serving.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, (add, run)) in _subcommands().items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args._run(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Set up and run every check and every test tier (unit, integration, cluster).
+# Extra arguments go to pytest (e.g. `-m unit` for the fast tier only).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$(bash "$here/scripts/setup.sh")"
+cd "$here"
+export PATH="$venv/bin:$PATH"
+
+echo "== lint: ruff"
+ruff check modelfleet tests bench
+ruff format --check modelfleet tests bench
+echo "== types: mypy"
+mypy modelfleet
+echo "== layers: import-linter"
+lint-imports
+echo "== CRDs are up to date"
+modelfleet crds --check
+echo "== tests"
+pytest -ra "$@"

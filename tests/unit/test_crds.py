@@ -1,0 +1,102 @@
+"""The CRDs in crds/ are generated from the models and stay in sync."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from modelfleet.api import KINDS
+from modelfleet.api.crdgen import build_crd, crd_filename, render_crd
+from modelfleet.cli import main
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD_DIR = ROOT / "crds"
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.KIND)
+def test_checked_in_crd_matches_fresh_generation(kind: Any) -> None:
+    path = CRD_DIR / crd_filename(kind)
+    assert path.read_text() == render_crd(kind), f"{path} is stale: run `modelfleet crds`"
+
+
+def test_crds_check_flag_detects_drift(tmp_path: Path) -> None:
+    assert main(["crds", "--out", str(tmp_path)]) == 0
+    assert main(["crds", "--check", "--out", str(tmp_path)]) == 0
+    victim = tmp_path / crd_filename(KINDS[0])
+    victim.write_text(victim.read_text().replace("memoryGiB", "memoryGB"))
+    assert main(["crds", "--check", "--out", str(tmp_path)]) == 1
+
+
+def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    out: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(node, dict):
+        out.append((path, node))
+        for key, value in node.get("properties", {}).items():
+            out.extend(_walk(value, f"{path}.{key}"))
+        if "items" in node:
+            out.extend(_walk(node["items"], f"{path}[]"))
+        if isinstance(node.get("additionalProperties"), dict):
+            out.extend(_walk(node["additionalProperties"], f"{path}{{}}"))
+    return out
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.KIND)
+def test_crd_schema_is_structural(kind: Any) -> None:
+    """Every node has a type; no $ref, anyOf or title survive; preserve-unknown is explicit."""
+    crd = build_crd(kind)
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    text = yaml.safe_dump(schema)
+    assert "$ref" not in text and "anyOf" not in text and "title:" not in text
+    for path, node in _walk(schema):
+        assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields"), path
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.KIND)
+def test_crd_has_cel_rules_printer_columns_status(kind: Any) -> None:
+    crd = build_crd(kind)
+    version = crd["spec"]["versions"][0]
+    rules = [
+        rule
+        for _, node in _walk(version["schema"]["openAPIV3Schema"])
+        for rule in node.get("x-kubernetes-validations", [])
+    ]
+    assert rules, "no CEL rules"
+    assert all(r["message"] and r["rule"] for r in rules)
+    assert "status" in version["subresources"]
+    names = [c["name"] for c in version["additionalPrinterColumns"]]
+    assert "Age" in names and len(names) >= 4
+    assert crd["spec"]["names"]["categories"] == ["modelfleet"]
+    assert crd["spec"]["names"]["shortNames"]
+
+
+def test_modelpool_has_scale_subresource_and_columns() -> None:
+    (mp,) = [k for k in KINDS if k.KIND == "ModelPool"]
+    version = build_crd(mp)["spec"]["versions"][0]
+    assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
+    paths = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert paths["Model"] == ".spec.servedModelName"
+    assert paths["Ready"] == ".status.ready"
+
+
+def test_every_list_touched_by_a_cel_rule_is_bounded() -> None:
+    """The API server refuses CEL rules over unbounded lists (cost budget)."""
+    for kind in KINDS:
+        schema = build_crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        for path, node in _walk(schema):
+            for rule in node.get("x-kubernetes-validations", []):
+                for prop, sub in node.get("properties", {}).items():
+                    if f"self.{prop}." in rule["rule"] and sub.get("type") == "array":
+                        assert "maxItems" in sub, f"{path}.{prop} unbounded in {rule['rule']}"
+
+
+def test_nested_defaults_reach_the_api_server() -> None:
+    """Nested spec objects default to {} so the server applies the inner defaults."""
+    (mp,) = [k for k in KINDS if k.KIND == "ModelPool"]
+    spec = build_crd(mp)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert spec["properties"]["engine"]["default"] == {}
+    assert spec["properties"]["engine"]["properties"]["blockSize"]["default"] == 16
