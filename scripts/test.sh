@@ -8,8 +8,8 @@ cd "$here"
 export PATH="$venv/bin:$PATH"
 
 echo "== lint: ruff"
-ruff check modelfleet tests bench
-ruff format --check modelfleet tests bench
+ruff check .
+ruff format --check .
 echo "== types: mypy"
 mypy modelfleet
 echo "== layers: import-linter"
