@@ -12,6 +12,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from modelfleet import __version__
 
@@ -79,6 +80,7 @@ def _validate_run(args: argparse.Namespace) -> int:
             problems.append(exc)
             continue
         objects.extend(found)
+        wrong.extend(_placement_problems(found))
         problems.extend(wrong)
         for p in wrong:
             print(p)
@@ -91,6 +93,22 @@ def _validate_run(args: argparse.Namespace) -> int:
         return 1
     print(f"ok: {len(objects)} object(s) in {len(files)} file(s)")
     return 0
+
+
+def _placement_problems(objects: list[tuple[str, Any]]) -> list[Any]:
+    """Plugin parameters of RoutingPolicies, checked against each plugin's schema."""
+    from modelfleet.api.routingpolicy import RoutingPolicy
+    from modelfleet.api.validate import Problem
+    from modelfleet.policy.from_api import check_placement
+
+    out = []
+    for source, obj in objects:
+        if isinstance(obj, RoutingPolicy):
+            for field, message in check_placement(obj.spec.placement):
+                out.append(
+                    Problem(source, obj.KIND, obj.metadata.name, f"spec.placement.{field}", message)
+                )
+    return out
 
 
 def _version_args(p: argparse.ArgumentParser) -> None:

@@ -31,6 +31,10 @@ ScorerType = Literal[
     "session-affinity",
     "cold-spread",
 ]
+FilterType = Literal["healthy", "bounded-load", "slo-feasible", "shortlist"]
+PickerType = Literal[
+    "max-score", "random-top-k", "weighted-random", "round-robin", "power-of-two", "cache-aware"
+]
 ProfileName = Literal[
     "modelfleet",
     "round-robin",
@@ -221,17 +225,57 @@ class ScorerSpec(ApiModel):
     weight: float = Field(default=1.0, ge=0, le=1000, description="Weight (0..1000).")
     parameters: dict[str, Any] = Field(
         default_factory=dict,
-        description="Scorer parameters (checked by the scheduler against the scorer's schema).",
+        description=(
+            "Scorer parameters, checked against the scorer's own schema by `modelfleet "
+            "validate` and the operator (condition Accepted, reason InvalidParameters)."
+        ),
+    )
+
+
+class FilterSpec(ApiModel):
+    """A placement filter: endpoints it removes are not considered."""
+
+    type: FilterType = Field(description="Filter type.")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="Filter parameters (checked like scorers')."
     )
 
 
 class PickerSpec(ApiModel):
     """How an instance is picked from the scores."""
 
-    type: Literal["max-score", "random-top-k"] = Field(
-        default="max-score", description="max-score (ties at random) or random among top k."
+    type: PickerType = Field(
+        default="max-score", description="Picker type. Default max-score (ties at random)."
     )
-    top_k: int = Field(default=2, ge=1, le=64, description="k for random-top-k.")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="Picker parameters, e.g. {k: 2} for random-top-k."
+    )
+
+
+class PrefixIndexSpec(ApiModel):
+    """Sizing of the scheduler's prefix index."""
+
+    block_size: int = Field(
+        default=64,
+        ge=1,
+        le=4096,
+        description="Approximate index: tokens per hashed block (1..4096). Default 64.",
+    )
+    capacity_blocks: int = Field(
+        default=31250,
+        ge=1,
+        le=100_000_000,
+        description="Approximate index: LRU capacity per instance, blocks. Default 31,250.",
+    )
+    speculative_ttl_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=600,
+        description=(
+            "Exact index: how long a routed prompt counts as cached before its KV events "
+            "arrive, s (0..600). Default 2."
+        ),
+    )
 
 
 class SessionAffinitySpec(ApiModel):
@@ -249,20 +293,27 @@ class SessionAffinitySpec(ApiModel):
 
 
 class PlacementSpec(ApiModel):
-    """How an instance of the chosen pool is picked."""
+    """How an instance of the chosen pool is picked: filters → weighted scorers → picker."""
 
     profile: ProfileName = Field(
         default="modelfleet",
         description=(
-            "Built-in profile: modelfleet (prefix + load + SLO headroom), or a baseline "
-            "(round-robin, least-request, power-of-two, cache-aware, llm-d, llumnix); "
-            "custom = the scorers below."
+            "Built-in profile: modelfleet (SLO headroom + prefix cache + load, bounded load), "
+            "or a baseline (round-robin, least-request, power-of-two, cache-aware, llm-d, "
+            "llumnix); custom = the filters, scorers and picker below."
         ),
+    )
+    filters: list[FilterSpec] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Filters (profile custom only; default: healthy).",
     )
     scorers: list[ScorerSpec] = Field(
         default_factory=list, max_length=16, description="Scorers (profile custom only)."
     )
-    picker: PickerSpec = Field(default_factory=PickerSpec)
+    picker: PickerSpec = Field(
+        default_factory=PickerSpec, description="Picker (profile custom only)."
+    )
     prefix_source: Literal["approximate", "kv-events"] = Field(
         default="approximate",
         description=(
@@ -270,8 +321,13 @@ class PlacementSpec(ApiModel):
             "engines' KV-cache events (engine.kvEvents must be on)."
         ),
     )
+    prefix_index: PrefixIndexSpec = Field(default_factory=PrefixIndexSpec)
     session_affinity: SessionAffinitySpec | None = Field(
-        default=None, description="Session affinity; unset = off."
+        default=None,
+        description=(
+            "Session affinity with bounded load. Unset = the profile's default (modelfleet: "
+            "header x-session-id, factor 1.25; baselines: off)."
+        ),
     )
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (
@@ -282,10 +338,10 @@ class PlacementSpec(ApiModel):
             check=lambda p: p.profile != "custom" or any(s.weight > 0 for s in p.scorers),
         ),
         Rule(
-            cel="self.profile == 'custom' || size(self.scorers) == 0",
-            message="scorers may only be set with profile custom",
-            field="scorers",
-            check=lambda p: p.profile == "custom" or not p.scorers,
+            cel="self.profile == 'custom' || (size(self.scorers) == 0 && size(self.filters) == 0)",
+            message="filters and scorers may only be set with profile custom",
+            field="profile",
+            check=lambda p: p.profile == "custom" or not (p.scorers or p.filters),
         ),
         Rule(
             cel="self.scorers.all(a, self.scorers.exists_one(b, b.type == a.type))",

@@ -1,0 +1,187 @@
+"""Migration planner: drain, SLO rescue, load balance, cost model and limits."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from policy_fakes import PERF, ep, req, tokens
+
+from modelfleet.policy.hashing import ApproxTokenHasher
+from modelfleet.policy.migration import InflightView, Migration, MigrationParams, MigrationPlanner
+from modelfleet.policy.prefix import ApproxPrefixIndex
+from modelfleet.policy.types import EndpointId, EndpointView
+
+pytestmark = pytest.mark.unit
+
+ONLY_DRAIN = MigrationParams(enable_slo_rescue=False, enable_load_balance=False)
+ONLY_RESCUE = MigrationParams(enable_drain=False, enable_load_balance=False)
+ONLY_BALANCE = MigrationParams(enable_drain=False, enable_slo_rescue=False)
+
+
+def inflight(
+    name: str, src: str, *, prompt: int = 1000, gen: int = 10, max_tokens: int = 200, **kw
+) -> InflightView:  # type: ignore[no-untyped-def]
+    r = req(
+        name,
+        prompt_tokens=prompt,
+        max_tokens=max_tokens,
+        ttft_slo_s=kw.pop("ttft", None),
+        tpot_slo_s=kw.pop("tpot", None),
+        token_ids=kw.pop("ids", None),
+        priority=kw.pop("priority", 0),
+    )
+    return InflightView(r, EndpointId(src), generated_tokens=gen, **kw)
+
+
+def test_empty_inputs_plan_nothing() -> None:
+    pl = MigrationPlanner()
+    assert pl.plan([], []) == []
+    assert pl.plan([ep("a", perf=PERF)], []) == []
+
+
+def test_one_endpoint_has_nowhere_to_go() -> None:
+    pl = MigrationPlanner()
+    eps = [ep("a", perf=PERF, draining=True, running=1)]
+    assert pl.plan(eps, [inflight("r", "a")]) == []
+
+
+def test_all_equal_endpoints_are_left_alone() -> None:
+    eps = [ep(n, perf=PERF, running=2, inflight_requests=2) for n in "abc"]
+    flights = [inflight(f"{n}{i}", n) for n in "abc" for i in range(2)]
+    assert MigrationPlanner().plan(eps, flights) == []
+
+
+def test_drain_moves_every_request_to_best_destination() -> None:
+    eps = [
+        ep("old", perf=PERF, draining=True, running=2, inflight_requests=2),
+        ep("busy", perf=PERF, running=30, inflight_requests=30, inflight_prefill_tokens=50_000),
+        ep("idle", perf=PERF),
+    ]
+    flights = [inflight("r1", "old"), inflight("r2", "old", priority=5)]
+    plan = MigrationPlanner(ONLY_DRAIN).plan(eps, flights)
+    assert [(m.request_id, m.dst, m.reason) for m in plan] == [
+        ("r2", "idle", "drain"),
+        ("r1", "idle", "drain"),
+    ]
+    assert all(m.est_cost_s > 0 for m in plan)
+
+
+def test_drain_skips_non_migratable_and_unhealthy_destinations() -> None:
+    eps = [
+        ep("old", perf=PERF, draining=True),
+        ep("sick", perf=PERF, healthy=False),
+        ep("ok", perf=PERF),
+    ]
+    flights = [inflight("r1", "old", migratable=False), inflight("r2", "old")]
+    plan = MigrationPlanner(ONLY_DRAIN).plan(eps, flights)
+    assert [(m.request_id, m.dst) for m in plan] == [("r2", "ok")]
+
+
+def test_concurrency_limits() -> None:
+    eps = [ep("old", perf=PERF, draining=True), ep("a", perf=PERF), ep("b", perf=PERF)]
+    flights = [inflight(f"r{i}", "old") for i in range(10)]
+    p = MigrationParams(max_concurrent=3, max_per_endpoint=10, enable_load_balance=False)
+    assert len(MigrationPlanner(p).plan(eps, flights)) == 3
+    assert len(MigrationPlanner(p).plan(eps, flights, in_progress={"x", "y"})) == 1
+    assert MigrationPlanner(p).plan(eps, flights, in_progress={"x", "y", "z"}) == []
+    # per-endpoint limit: old can only send 2 per plan
+    p2 = MigrationParams(max_concurrent=10, max_per_endpoint=2)
+    assert len(MigrationPlanner(p2).plan(eps, flights)) == 2
+
+
+def test_request_already_migrating_is_not_planned_again() -> None:
+    eps = [ep("old", perf=PERF, draining=True), ep("a", perf=PERF)]
+    plan = MigrationPlanner(ONLY_DRAIN).plan(eps, [inflight("r1", "old")], in_progress={"r1"})
+    assert plan == []
+
+
+def test_slo_rescue_of_a_queued_request() -> None:
+    eps = [
+        ep("src", perf=PERF, running=10, waiting=5, inflight_prefill_tokens=30_000),
+        ep("dst", perf=PERF),
+    ]
+    late = inflight("late", "src", gen=0, phase="queued", age_s=0.5, ttft=1.0)
+    fine = inflight("fine", "src", gen=0, phase="queued", age_s=0.0, ttft=100.0)
+    plan = MigrationPlanner(ONLY_RESCUE).plan(eps, [late, fine])
+    assert [(m.request_id, m.dst, m.reason) for m in plan] == [("late", "dst", "slo-rescue")]
+    assert plan[0].est_gain_s > 0
+
+
+def test_slo_rescue_of_a_slow_decode() -> None:
+    eps = [ep("src", perf=PERF, running=60), ep("dst", perf=PERF, running=1)]
+    slow = inflight("slow", "src", gen=50, max_tokens=2000, observed_tpot_s=0.08, tpot=0.05)
+    plan = MigrationPlanner(ONLY_RESCUE).plan(eps, [slow])
+    assert [(m.request_id, m.reason) for m in plan] == [("slow", "slo-rescue")]
+
+
+def test_never_migrates_to_a_worse_place() -> None:
+    # the request is violating, but the only destination is worse than staying
+    slower = dataclasses.replace(PERF, decode_base_s=0.1)
+    eps = [ep("src", perf=PERF, running=60), ep("dst", perf=slower)]
+    slow = inflight("slow", "src", gen=50, max_tokens=2000, observed_tpot_s=0.08, tpot=0.05)
+    assert MigrationPlanner(ONLY_RESCUE).plan(eps, [slow]) == []
+    # nearly done: re-prefilling a long context costs more than finishing here
+    eps2 = [ep("src", perf=PERF, running=60), ep("dst", perf=PERF)]
+    tail = inflight(
+        "tail", "src", prompt=30_000, gen=1990, max_tokens=2000, observed_tpot_s=0.08, tpot=0.05
+    )
+    assert MigrationPlanner(ONLY_RESCUE).plan(eps2, [tail]) == []
+
+
+def test_load_balance_moves_shortest_from_hot_to_cold() -> None:
+    eps = [
+        ep("hot", perf=PERF, running=12, inflight_requests=12),
+        ep("cold", perf=PERF, running=0),
+    ]
+    flights = [inflight(f"r{i}", "hot", prompt=1000 + 100 * i, max_tokens=2000) for i in range(12)]
+    plan = MigrationPlanner(ONLY_BALANCE).plan(eps, flights)
+    assert plan and plan[0] == Migration(
+        plan[0].request_id,
+        EndpointId("hot"),
+        EndpointId("cold"),
+        "load-balance",
+        plan[0].est_cost_s,
+        plan[0].est_gain_s,
+    )
+    assert plan[0].request_id == "r0"  # SR: shortest first
+    # virtual loads are updated: it stops once balanced (12 vs 0, threshold 4 -> moves 2..)
+    assert 1 <= len(plan) <= 2
+    lr = MigrationPlanner(
+        MigrationParams(enable_drain=False, enable_slo_rescue=False, selection="LR")
+    ).plan(eps, flights)
+    assert lr[0].request_id == "r11"
+
+
+def test_load_balance_below_threshold_does_nothing() -> None:
+    eps = [ep("a", perf=PERF, inflight_requests=5), ep("b", perf=PERF, inflight_requests=2)]
+    flights = [inflight(f"r{i}", "a") for i in range(5)]
+    assert MigrationPlanner(ONLY_BALANCE).plan(eps, flights) == []
+
+
+def test_prefix_hits_lower_the_cost_and_choose_the_destination() -> None:
+    ids = tokens(4096)
+    idx = ApproxPrefixIndex(ApproxTokenHasher(64))
+    flight = inflight("r", "old", prompt=4096, ids=ids)
+    idx.insert(EndpointId("warm"), flight.request.chain(idx.hasher).hashes)
+    eps: list[EndpointView] = [
+        ep("old", perf=PERF, draining=True),
+        ep("cold", perf=PERF),
+        ep("warm", perf=PERF),
+    ]
+    with_index = MigrationPlanner(ONLY_DRAIN, prefix_index=idx).plan(eps, [flight])
+    without = MigrationPlanner(ONLY_DRAIN).plan(eps, [flight])
+    assert with_index[0].dst == "warm"
+    assert with_index[0].est_cost_s < without[0].est_cost_s
+
+
+def test_endpoints_without_perf_model_are_not_destinations() -> None:
+    eps = [ep("old", perf=PERF, draining=True), ep("blind")]
+    assert MigrationPlanner(ONLY_DRAIN).plan(eps, [inflight("r", "old")]) == []
+
+
+def test_params_are_validated() -> None:
+    with pytest.raises(ValueError):
+        MigrationParams(max_per_endpoint=0)
+    with pytest.raises(ValueError):
+        MigrationParams(period_s=0)

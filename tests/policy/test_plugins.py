@@ -1,0 +1,336 @@
+"""Every built-in filter, scorer and picker: empty input, one endpoint, all equal, behaviour."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from policy_fakes import PERF, FakeClock, ep, req, state, tokens
+
+from modelfleet.policy import params as P
+from modelfleet.policy.framework import CycleState
+from modelfleet.policy.hashing import ApproxAutoHasher
+from modelfleet.policy.plugins import (
+    BoundedLoadFilter,
+    CacheAwarePicker,
+    ColdSpreadScorer,
+    HealthyFilter,
+    KvUsageScorer,
+    MaxScorePicker,
+    PowerOfTwoPicker,
+    PrefixCacheScorer,
+    QueueScorer,
+    RandomTopKPicker,
+    RoundRobinPicker,
+    SessionAffinityScorer,
+    ShortlistFilter,
+    SloFeasibleFilter,
+    SloHeadroomScorer,
+    WeightedRandomPicker,
+)
+from modelfleet.policy.prefix import ApproxPrefixIndex
+from modelfleet.policy.types import Decision, EndpointId, RequestId
+
+pytestmark = pytest.mark.unit
+
+Factory = Callable[[], Any]
+
+SCORERS: dict[str, Factory] = {
+    "prefix-cache": lambda: PrefixCacheScorer(P.PrefixCacheParams()),
+    "queue": lambda: QueueScorer(P.QueueParams()),
+    "kv-usage": lambda: KvUsageScorer(),
+    "slo-headroom": lambda: SloHeadroomScorer(P.SloHeadroomParams()),
+    "session-affinity": lambda: SessionAffinityScorer(P.SessionAffinityParams()),
+    "cold-spread": lambda: ColdSpreadScorer(P.ColdSpreadParams()),
+}
+FILTERS: dict[str, Factory] = {
+    "healthy": lambda: HealthyFilter(),
+    "bounded-load": lambda: BoundedLoadFilter(P.BoundedLoadParams()),
+    "slo-feasible": lambda: SloFeasibleFilter(P.SloFeasibleParams()),
+    "shortlist": lambda: ShortlistFilter(P.ShortlistParams(k=2)),
+}
+PICKERS: dict[str, Factory] = {
+    "max-score": lambda: MaxScorePicker(),
+    "random-top-k": lambda: RandomTopKPicker(P.RandomTopKParams()),
+    "weighted-random": lambda: WeightedRandomPicker(),
+    "round-robin": lambda: RoundRobinPicker(),
+    "power-of-two": lambda: PowerOfTwoPicker(P.PowerOfTwoParams()),
+    "cache-aware": lambda: CacheAwarePicker(P.CacheAwareParams(), FakeClock()),
+}
+
+
+def st(**kw: Any) -> CycleState:
+    index = ApproxPrefixIndex(ApproxAutoHasher(block_size=16))
+    return state(req(prompt_tokens=64, token_ids=tokens(64), session_id="s1", **kw), index)
+
+
+# -- the three cases every plugin must cover --------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(SCORERS), ids=list(SCORERS))
+def test_scorer_empty_input(name: str) -> None:
+    assert list(SCORERS[name]().score(st(), [])) == []
+
+
+@pytest.mark.parametrize("name", list(SCORERS), ids=list(SCORERS))
+def test_scorer_one_endpoint(name: str) -> None:
+    out = list(SCORERS[name]().score(st(), [ep("a", perf=PERF)]))
+    assert len(out) == 1 and 0.0 <= out[0] <= 1.0
+
+
+@pytest.mark.parametrize("name", list(SCORERS), ids=list(SCORERS))
+def test_scorer_all_equal_gives_equal_scores(name: str) -> None:
+    eps = [ep(n, perf=PERF, running=3, waiting=1, kv_cache_usage=0.4) for n in "abcd"]
+    out = list(SCORERS[name]().score(st(), eps))
+    if name == "session-affinity":  # exactly one owner of the session, by design
+        assert sorted(out) == [0.0, 0.0, 0.0, 1.0]
+    else:
+        assert len(set(out)) == 1
+
+
+@pytest.mark.parametrize("name", list(FILTERS), ids=list(FILTERS))
+def test_filter_empty_one_all_equal(name: str) -> None:
+    f = FILTERS[name]()
+    assert f.filter(st(), []) == []
+    one = [ep("a", perf=PERF)]
+    assert f.filter(st(), one) == one
+    eps = [ep(n, perf=PERF, inflight_requests=2) for n in "ab"]
+    assert f.filter(st(), eps) == eps
+
+
+@pytest.mark.parametrize("name", list(PICKERS), ids=list(PICKERS))
+def test_picker_one_and_all_equal(name: str) -> None:
+    p = PICKERS[name]()
+    assert p.pick(st(), [ep("a")], [0.3]) == 0
+    eps = [ep(n) for n in "abcd"]
+    idx = p.pick(st(), eps, [0.5] * 4)
+    assert 0 <= idx < 4
+
+
+# -- behaviour ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("metric", "field", "values", "expected"),
+    [
+        pytest.param("waiting", "waiting", [0, 5, 10], [1.0, 0.5, 0.0], id="waiting"),
+        pytest.param(
+            "inflight-requests", "inflight_requests", [4, 2, 2], [0.0, 1.0, 1.0], id="inflight"
+        ),
+        pytest.param(
+            "inflight-tokens", "inflight_tokens", [100, 300, 200], [1.0, 0.0, 0.5], id="tokens"
+        ),
+    ],
+)
+def test_queue_scorer_min_max(
+    metric: str, field: str, values: list[int], expected: list[float]
+) -> None:
+    eps = [ep(f"e{i}", **{field: v}) for i, v in enumerate(values)]
+    assert QueueScorer(P.QueueParams(metric=metric)).score(st(), eps) == expected  # type: ignore[arg-type]
+
+
+def test_kv_usage_scorer() -> None:
+    eps = [ep("a", kv_cache_usage=0.9), ep("b", kv_cache_usage=0.1)]
+    assert KvUsageScorer().score(st(), eps) == pytest.approx([0.1, 0.9])
+
+
+def test_prefix_cache_scorer_prefers_longest_hit() -> None:
+    s = st()
+    assert s.prefix_index is not None
+    chain = s.request.chain(s.prefix_index.hasher).hashes
+    s.prefix_index.insert(EndpointId("a"), chain[:1])  # type: ignore[attr-defined]
+    s.prefix_index.insert(EndpointId("b"), chain)  # type: ignore[attr-defined]
+    out = PrefixCacheScorer(P.PrefixCacheParams(length_weight=0.0)).score(
+        s, [ep("a"), ep("b"), ep("c")]
+    )
+    assert out == [0.25, 1.0, 0.0]
+
+
+def test_slo_headroom_prefers_faster_accelerator_and_cache() -> None:
+    slow = dataclasses.replace(PERF, prefill_s_per_token=4e-4)
+    r = req(prompt_tokens=4000, ttft_slo_s=1.0, tpot_slo_s=0.05)
+    s = state(r)
+    out = SloHeadroomScorer(P.SloHeadroomParams()).score(
+        s,
+        [
+            ep("fast", perf=PERF),
+            ep("slow", perf=slow),
+            ep("busy", perf=PERF, inflight_prefill_tokens=20000),
+        ],
+    )
+    assert out[0] > out[1] and out[0] > out[2]
+    # fast: TTFT 0.41 s -> 0.5*(0.5+0.5*0.59)+0.5*1 = 0.8975; TPOT 0.011 s -> 0.945
+    assert out[0] == pytest.approx(0.75 * 0.8975 + 0.25 * 0.945)
+
+
+def test_slo_headroom_without_perf_is_neutral() -> None:
+    out = SloHeadroomScorer(P.SloHeadroomParams()).score(st(), [ep("a"), ep("b", perf=PERF)])
+    assert out[0] == 0.5
+
+
+def test_session_affinity_is_sticky_then_spills_when_overloaded() -> None:
+    sc = SessionAffinityScorer(P.SessionAffinityParams(max_load_factor=1.25))
+    eps = [ep(n) for n in "abcd"]
+    owner = sc.score(st(), eps).index(1.0)
+    # stable across calls and candidate order
+    assert sc.score(st(), list(reversed(eps))).index(1.0) == 3 - owner
+    loaded = [ep(e.id, inflight_requests=10 if i == owner else 0) for i, e in enumerate(eps)]
+    assert sc.score(st(), loaded).index(1.0) != owner
+
+
+def test_session_affinity_remembers_where_the_session_went() -> None:
+    sc = SessionAffinityScorer(P.SessionAffinityParams(max_sessions=1))
+    eps = [ep(n) for n in "abcd"]
+    owner = sc.score(st(), eps).index(1.0)
+    other = eps[(owner + 1) % 4].id
+    sc.on_routed(st().request, Decision(other, RequestId("r"), (), {}, {}, (), {}, {}, {}))
+    assert eps[sc.score(st(), eps).index(1.0)].id == other
+    sc.on_migrated(st().request, other, EndpointId("d"), 5)
+    assert sc.score(st(), eps).index(1.0) == 3
+    # LRU bound of one session: a second session evicts the first
+    s2 = state(req(session_id="s2"))
+    sc.on_routed(s2.request, Decision(other, RequestId("q"), (), {}, {}, (), {}, {}, {}))
+    assert sc.score(st(), eps).index(1.0) == owner
+
+
+def test_session_affinity_without_key_is_neutral() -> None:
+    sc = SessionAffinityScorer(P.SessionAffinityParams())
+    s = state(req())
+    assert sc.score(s, [ep("a"), ep("b")]) == [0.0, 0.0]
+
+
+def test_session_affinity_reads_configured_header() -> None:
+    sc = SessionAffinityScorer(P.SessionAffinityParams(header="x-user"))
+    s = state(req(headers={"x-user": "u1"}))
+    assert sorted(sc.score(s, [ep("a"), ep("b")])) == [0.0, 1.0]
+
+
+def test_cold_spread_rotates_cold_requests() -> None:
+    sc = ColdSpreadScorer(P.ColdSpreadParams())
+    eps = [ep("a"), ep("b"), ep("c")]
+    cold = Decision(EndpointId("a"), RequestId("r"), (), {}, {}, (), {}, {}, {}, 0, 0)
+    sc.on_routed(req(), cold)
+    out = sc.score(st(), eps)
+    assert out[0] < out[1] == out[2] == 1.0
+
+
+def test_bounded_load_filter_drops_hot_endpoint() -> None:
+    f = BoundedLoadFilter(P.BoundedLoadParams(max_load_factor=1.25, min_slack=0))
+    eps = [ep("a", inflight_requests=10), ep("b", inflight_requests=1), ep("c")]
+    kept = [e.id for e in f.filter(st(), eps)]
+    assert kept == ["b", "c"]
+
+
+def test_bounded_load_filter_weights_by_speed() -> None:
+    f = BoundedLoadFilter(P.BoundedLoadParams(max_load_factor=1.25, min_slack=0))
+    eps = [ep("fast", inflight_requests=6, relative_speed=3.0), ep("slow", inflight_requests=2)]
+    assert [e.id for e in f.filter(st(), eps)] == ["fast", "slow"]
+
+
+def test_shortlist_keeps_best_hits_and_least_loaded_in_input_order() -> None:
+    s = st()
+    assert s.prefix_index is not None
+    chain = s.request.chain(s.prefix_index.hasher).hashes
+    s.prefix_index.insert(EndpointId("hit1"), chain)  # type: ignore[attr-defined]
+    s.prefix_index.insert(EndpointId("hit2"), chain[:1])  # type: ignore[attr-defined]
+    eps = [
+        ep("busy", inflight_tokens=900),
+        ep("hit2", inflight_tokens=800),
+        ep("idle", inflight_tokens=10),
+        ep("hit1", inflight_tokens=700),
+        ep("fast", inflight_tokens=300, relative_speed=100.0),
+    ]
+    f = ShortlistFilter(P.ShortlistParams(k=3, prefix_share=0.34))
+    # quota ceil(0.34*3) = 2 hits (hit1, hit2), then the least loaded per speed: fast (3/unit)
+    assert [e.id for e in f.filter(s, eps)] == ["hit2", "hit1", "fast"]
+    no_hits = ShortlistFilter(P.ShortlistParams(k=2)).filter(st(), eps)
+    assert [e.id for e in no_hits] == ["idle", "fast"]
+
+
+def test_slo_feasible_filter_keeps_feasible_or_all() -> None:
+    f = SloFeasibleFilter(P.SloFeasibleParams())
+    r = req(prompt_tokens=1000, ttft_slo_s=0.5)
+    eps = [ep("ok", perf=PERF), ep("late", perf=PERF, inflight_prefill_tokens=10_000)]
+    assert [e.id for e in f.filter(state(r), eps)] == ["ok"]
+    only_late = [eps[1]]
+    assert f.filter(state(r), only_late) == only_late
+
+
+def test_max_score_breaks_ties_with_the_injected_rng() -> None:
+    eps = [ep(n) for n in "abcd"]
+    picks = {MaxScorePicker().pick(state(seed=s), eps, [1.0, 1.0, 0.0, 1.0]) for s in range(50)}
+    assert picks == {0, 1, 3}
+
+
+def test_round_robin_cycles_in_id_order() -> None:
+    rr = RoundRobinPicker()
+    eps = [ep("c"), ep("a"), ep("b")]
+    seen = []
+    for _ in range(4):
+        i = rr.pick(st(), eps, [0, 0, 0])
+        seen.append(eps[i].id)
+        rr.on_routed(req(), Decision(eps[i].id, RequestId("r"), (), {}, {}, (), {}, {}, {}))
+    assert seen == ["a", "b", "c", "a"]
+
+
+def test_power_of_two_takes_less_loaded_of_sample() -> None:
+    p2 = PowerOfTwoPicker(P.PowerOfTwoParams())
+    eps = [ep("a", inflight_requests=5), ep("b", inflight_requests=1)]
+    assert all(p2.pick(state(seed=s), eps, [0, 0]) == 1 for s in range(10))
+
+
+def test_random_top_k_stays_in_top_k() -> None:
+    p = RandomTopKPicker(P.RandomTopKParams(k=2))
+    picks = {
+        p.pick(state(seed=s), [ep(n) for n in "abcd"], [0.1, 0.9, 0.8, 0.2]) for s in range(40)
+    }
+    assert picks == {1, 2}
+
+
+def test_weighted_random_never_picks_zero_weight() -> None:
+    p = WeightedRandomPicker()
+    picks = {p.pick(state(seed=s), [ep(n) for n in "abc"], [0.0, 1.0, 3.0]) for s in range(60)}
+    assert picks == {1, 2}
+
+
+class TestCacheAware:
+    def decide(self, pk: CacheAwarePicker, r: Any, eps: list[Any]) -> str:
+        i = pk.pick(state(r), eps, [0.0] * len(eps))
+        pk.on_routed(r, Decision(eps[i].id, r.id, (), {}, {}, (), {}, {}, {}))
+        return str(eps[i].id)
+
+    def test_follows_cache_when_balanced(self) -> None:
+        pk = CacheAwarePicker(P.CacheAwareParams(), FakeClock())
+        eps = [ep("a"), ep("b")]
+        first = self.decide(pk, req("1", text="hello world, tell me a story"), eps)
+        again = self.decide(pk, req("2", text="hello world, tell me a story please"), eps)
+        assert again == first
+
+    def test_miss_goes_to_smallest_tree(self) -> None:
+        pk = CacheAwarePicker(P.CacheAwareParams(), FakeClock())
+        eps = [ep("a"), ep("b")]
+        first = self.decide(pk, req("1", text="x" * 100), eps)
+        other = self.decide(pk, req("2", text="completely different"), eps)
+        assert other != first
+
+    def test_imbalance_overrides_cache(self) -> None:
+        pk = CacheAwarePicker(P.CacheAwareParams(), FakeClock())
+        eps = [ep("a"), ep("b")]
+        first = self.decide(pk, req("1", text="shared prefix " * 10), eps)
+        busy = [ep(e.id, inflight_requests=100 if e.id == first else 0) for e in eps]
+        assert self.decide(pk, req("2", text="shared prefix " * 10), busy) != first
+
+    def test_token_prompts_work(self) -> None:
+        pk = CacheAwarePicker(P.CacheAwareParams(), FakeClock())
+        eps = [ep("a"), ep("b")]
+        first = self.decide(pk, req("1", token_ids=list(range(50))), eps)
+        assert self.decide(pk, req("2", token_ids=list(range(60))), eps) == first
+
+
+def test_bounded_load_never_empties_the_set() -> None:
+    f = BoundedLoadFilter(P.BoundedLoadParams(metric="inflight-tokens", min_slack=0))
+    s = state(req(prompt_tokens=100_000))
+    eps = [ep("a"), ep("b")]
+    assert f.filter(s, eps) == eps
