@@ -143,6 +143,11 @@ def _subcommands() -> dict[str, tuple[str, Handler]]:
         "crds": ("write the CRDs generated from the API models", (_crds_args, _crds_run)),
         "validate": ("validate manifests offline", (_validate_args, _validate_run)),
         "version": ("print the version", (_version_args, _version_run)),
+        "engine": ("run a simulated vLLM engine (OpenAI API)", _lazy("modelfleet.engine.cli")),
+        "dev-cluster": (
+            "a local Kubernetes control plane with simulated GPU nodes (up|down|kubeconfig)",
+            _lazy("modelfleet.testing.cluster"),
+        ),
     }
 
 

@@ -16,5 +16,9 @@ echo "== layers: import-linter"
 lint-imports
 echo "== CRDs are up to date"
 modelfleet crds --check
+echo "== control plane for the cluster tier (built once into \$MODELFLEET_CACHE, then reused)"
+start=$(date +%s)
+bash e2e/controlplane/build.sh | tail -n 1
+echo "control plane ready in $(($(date +%s) - start)) s"
 echo "== tests"
 pytest -ra "$@"

@@ -34,9 +34,10 @@ class Rule:
     """A cross-field rule, checked in Python and emitted as CEL.
 
     ``cel`` is evaluated by the API server with ``self`` bound to the object the rule is
-    attached to; ``check`` is the same predicate in Python on the parsed model. ``field`` is
-    the path (relative to that object, camelCase, dotted) that the error names; it becomes the
-    CEL ``fieldPath`` so both validators point at the same place.
+    attached to (empty when the schema itself enforces the rule, e.g. a list of type set);
+    ``check`` is the same predicate in Python on the parsed model. ``field`` is the path
+    (relative to that object, camelCase, dotted) that the error names; it becomes the CEL
+    ``fieldPath`` so both validators point at the same place.
     """
 
     cel: str
@@ -83,8 +84,9 @@ class ApiModel(BaseModel):
 
 def _add_cel_rules(schema: dict[str, Any], cls: type[Any]) -> None:
     rules: tuple[Rule, ...] = getattr(cls, "cel_rules", ())
-    if rules:
-        schema["x-kubernetes-validations"] = [r.to_cel() for r in rules]
+    cel = [r.to_cel() for r in rules if r.cel]
+    if cel:
+        schema["x-kubernetes-validations"] = cel
 
 
 def unique(values: list[str]) -> bool:

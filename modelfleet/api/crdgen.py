@@ -9,8 +9,9 @@ translation is mechanical and lossless for the constructs the API uses:
 * ``additionalProperties: false`` is dropped (structural schemas prune and kubectl's strict
   field validation refuses unknown fields); ``dict[str, Any]`` becomes
   ``x-kubernetes-preserve-unknown-fields``;
-* nested objects that default to all-defaults get ``default: {}`` so the API server fills in
-  the inner defaults, as the Python models do;
+* nested objects that default to all-defaults get that fully defaulted object as ``default``,
+  so the API server fills in the inner defaults as the Python models do (and CEL rules, which
+  the server checks against defaults, see every field they read);
 * titles are dropped; descriptions, defaults, enums, bounds and the models' CEL rules
   (``x-kubernetes-validations``) are kept.
 
@@ -55,6 +56,17 @@ PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
 }
 
 _DROP = {"title", "additionalProperties", "$defs"}
+#: Marker on a resolved node that came from ``X | None`` (removed before output).
+_OPTIONAL = "__optional__"
+
+
+def _defaults_of(schema: dict[str, Any]) -> dict[str, Any]:
+    """The object an all-defaults instance of ``schema`` is (its children already resolved).
+
+    The API server evaluates CEL rules against a schema's ``default`` when the CRD is created,
+    so a nested default must be the fully defaulted object, not ``{}``.
+    """
+    return {k: v["default"] for k, v in schema["properties"].items() if "default" in v}
 
 
 def _resolve(node: Any, defs: dict[str, Any]) -> Any:
@@ -74,7 +86,9 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
         merged = {**options[0], **{k: v for k, v in node.items() if k != "anyOf"}}
         if merged.get("default", 0) is None:
             del merged["default"]
-        return _resolve(merged, defs)
+        resolved = _resolve(merged, defs)
+        resolved[_OPTIONAL] = True  # unset means None: never give it a default
+        return resolved
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key in _DROP:
@@ -99,18 +113,23 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
     if "properties" in out:
         required = set(out.get("required", ()))
         for name, prop in out["properties"].items():
-            if name not in required and prop.get("type") == "array" and "default" not in prop:
+            optional = prop.pop(_OPTIONAL, False)
+            if name in required or "default" in prop or optional:
+                continue
+            if prop.get("type") == "array":
                 # Lists default to empty in the models; CEL rules may then read them safely.
                 prop["default"] = []
-            # A nested object with every field defaulted: default it to {} so the API server
-            # applies the inner defaults exactly as the Python model does.
+            elif prop.get("x-kubernetes-preserve-unknown-fields") or "additionalProperties" in prop:
+                prop["default"] = {}
+            # A nested object with every field defaulted defaults to that object, so the API
+            # server applies the inner defaults exactly as the Python model does.
             if (
                 prop.get("type") == "object"
                 and "properties" in prop
                 and "default" not in prop
                 and not prop.get("required")
             ):
-                prop["default"] = {}
+                prop["default"] = _defaults_of(prop)
     return out
 
 
@@ -118,7 +137,18 @@ def openapi_schema(model: type[Any]) -> dict[str, Any]:
     """The structural OpenAPI v3 schema of a pydantic model."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
     schema: dict[str, Any] = _resolve(raw, raw.get("$defs", {}))
+    _strip_markers(schema)
     return schema
+
+
+def _strip_markers(node: Any) -> None:
+    if isinstance(node, dict):
+        node.pop(_OPTIONAL, None)
+        for value in node.values():
+            _strip_markers(value)
+    elif isinstance(node, list):
+        for value in node:
+            _strip_markers(value)
 
 
 def build_crd(resource: type[Resource]) -> dict[str, Any]:

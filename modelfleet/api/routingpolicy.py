@@ -9,7 +9,7 @@ running requests between instances; rate limits apply per API key.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -438,10 +438,11 @@ class RateLimitSpec(ApiModel):
 class RoutingPolicySpec(ApiModel):
     """Desired routing for some public model names."""
 
-    model_names: list[str] = Field(
+    model_names: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
         min_length=1,
         max_length=32,
-        description="Public model names (OpenAI 'model' field) this policy answers.",
+        description="Public model names (OpenAI 'model' field) this policy answers; unique.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     rules: list[RoutingRule] = Field(
         default_factory=list, max_length=32, description="Ordered rules; first match wins."
@@ -493,7 +494,7 @@ class RoutingPolicySpec(ApiModel):
             ),
         ),
         Rule(
-            cel="self.modelNames.all(a, self.modelNames.exists_one(b, b == a))",
+            cel="",  # the schema's list type 'set' enforces it on the server
             message="modelNames must be unique",
             field="modelNames",
             check=lambda s: unique(s.model_names),

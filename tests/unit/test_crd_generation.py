@@ -10,6 +10,8 @@ import yaml
 
 from modelfleet.api import KINDS
 from modelfleet.api.crdgen import build_crd, crd_filename, render_crd
+from modelfleet.api.modelpool import EngineSpec, ModelSource
+from modelfleet.api.routingpolicy import PlacementSpec
 from modelfleet.cli import main
 
 pytestmark = pytest.mark.unit
@@ -94,9 +96,16 @@ def test_every_list_touched_by_a_cel_rule_is_bounded() -> None:
                         assert "maxItems" in sub, f"{path}.{prop} unbounded in {rule['rule']}"
 
 
-def test_nested_defaults_reach_the_api_server() -> None:
-    """Nested spec objects default to {} so the server applies the inner defaults."""
+def test_nested_defaults_are_the_models_defaults() -> None:
+    """A nested spec object defaults to the fully defaulted model, as pydantic fills it in.
+
+    (The API server checks CEL rules against defaults when the CRD is created, so ``{}``
+    would fail every rule that reads a field of the nested object.)
+    """
     (mp,) = [k for k in KINDS if k.KIND == "ModelPool"]
     spec = build_crd(mp)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    assert spec["properties"]["engine"]["default"] == {}
-    assert spec["properties"]["engine"]["properties"]["blockSize"]["default"] == 16
+    assert spec["properties"]["engine"]["default"] == EngineSpec().to_wire()
+    assert spec["properties"]["source"]["default"] == ModelSource().to_wire()
+    (rp,) = [k for k in KINDS if k.KIND == "RoutingPolicy"]
+    rspec = build_crd(rp)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert rspec["properties"]["placement"]["default"] == PlacementSpec().to_wire()

@@ -140,3 +140,11 @@ def test_unknown_subcommand_is_an_error() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["frobnicate"])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("command", ["engine", "dev-cluster"])
+def test_component_subcommands_are_wired(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    assert f"modelfleet {command}" in capsys.readouterr().out

@@ -1,0 +1,265 @@
+"""``modelfleet engine``: run one simulated vLLM instance as an HTTP server.
+
+Importing this module and calling :func:`add_arguments` is cheap (only the profile tables);
+the server stack is imported when :func:`run` builds the server.
+
+The flags mirror ``vllm serve`` where vLLM has one (``--served-model-name``,
+``--tensor-parallel-size``/``-tp``, ``--max-model-len``, ``--block-size``,
+``--num-gpu-blocks-override``, ``--gpu-memory-utilization``, ``--max-num-seqs``,
+``--max-num-batched-tokens``, ``--enable-prefix-caching``, ``--prefix-caching-hash-algo``,
+``--kv-events-config``, ``--enable-prompt-tokens-details``) and add what a simulator needs:
+``--accelerator`` (the modelled GPU), ``--time-scale`` (wall seconds per modelled second)
+and ``--kv-events-port`` (shorthand for a ZMQ publisher bound on that port).
+
+Like vLLM, the block-hash seed is the process's ``PYTHONHASHSEED`` (unset = vLLM's
+``"vllm-none-hash"``) and ``VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0`` publishes raw 32-byte
+digests instead of 64-bit ints, so a simulator and a real vLLM configured alike publish
+identical block hashes. This module is the composition root: it is the only place that
+reads the environment.
+
+On start it prints one line to stdout, ``modelfleet engine listening on http://HOST:PORT``
+(with the real port when ``--port 0`` asked for any free one), for scripts and tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from modelfleet.engine.profiles import ACCELERATORS, MODELS
+
+if TYPE_CHECKING:  # the server stack (aiohttp, zmq, prometheus) loads only when run
+    from modelfleet.engine.kv_events import KVEventsConfig
+    from modelfleet.engine.server import EngineServer, ServerConfig
+
+__all__ = ["add_arguments", "build_config", "main", "run"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number in 0..65535, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
+    return value
+
+
+def _kv_events_config(text: str) -> KVEventsConfig:
+    from modelfleet.engine.kv_events import KVEventsConfig
+
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"must be JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    try:
+        return KVEventsConfig.from_json_dict(data)
+    except (TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the engine's flags to ``parser`` (a top-level parser or a subcommand's)."""
+    accel = ", ".join(sorted(ACCELERATORS))
+    models = ", ".join(sorted(MODELS))
+    parser.add_argument(
+        "--accelerator", required=True, choices=sorted(ACCELERATORS), metavar="NAME",
+        help=f"modelled GPU type; one of: {accel}",
+    )  # fmt: skip
+    parser.add_argument(
+        "--model", required=True, choices=sorted(MODELS), metavar="NAME",
+        help=f"modelled model; one of: {models}",
+    )  # fmt: skip
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    parser.add_argument(
+        "--port", type=_port, default=8000, help="HTTP port (default 8000; 0 = any free port)"
+    )
+    parser.add_argument(
+        "--served-model-name", nargs="+", metavar="NAME", default=None,
+        help="model name(s) the API answers to (default: --model)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tensor-parallel-size", "-tp", type=_positive_int, default=1, metavar="N",
+        help="GPUs per instance (1, 2, 4 or 8)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-model-len", type=_positive_int, default=None, metavar="N",
+        help="context length, prompt + output (default 8192)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--block-size", type=_positive_int, default=16, metavar="N",
+        help="tokens per KV block, also the prefix-hash block (default 16)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--num-gpu-blocks", "--num-gpu-blocks-override", dest="num_gpu_blocks",
+        type=_positive_int, default=None, metavar="N",
+        help="KV-cache blocks (default: derived from GPU memory and model size)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--gpu-memory-utilization", type=_fraction, default=0.9, metavar="F",
+        help="fraction of GPU memory for weights + KV cache (default 0.9)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-num-seqs", type=_positive_int, default=256, metavar="N",
+        help="most requests running in one batch (default 256)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-num-batched-tokens", type=_positive_int, default=8192, metavar="N",
+        help="token budget of one step, chunked prefill (default 8192)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True
+    )
+    parser.add_argument(
+        "--prefix-caching-hash-algo", choices=["sha256", "sha256_cbor"], default="sha256"
+    )
+    parser.add_argument(
+        "--kv-events-port", type=_port, default=None, metavar="P",
+        help="publish KV-cache events on a ZMQ PUB socket bound to tcp://*:P",
+    )  # fmt: skip
+    parser.add_argument(
+        "--kv-events-config", type=_kv_events_config, default=None, metavar="JSON",
+        help="vLLM's KV-events config JSON (enable_kv_cache_events, publisher, endpoint, ...)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--time-scale", type=_positive_float, default=1.0, metavar="X",
+        help="wall-clock seconds per modelled second (default 1.0; 0.1 = ten times faster)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--enable-prompt-tokens-details", action="store_true",
+        help="report usage.prompt_tokens_details.cached_tokens, as vLLM's flag does",
+    )  # fmt: skip
+    parser.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
+
+
+def build_config(args: argparse.Namespace, environ: dict[str, str] | None = None) -> ServerConfig:
+    """Turn parsed flags (and vLLM's environment variables) into a validated ServerConfig."""
+    from modelfleet.engine.core import EngineConfig
+    from modelfleet.engine.kv_events import KVEventsConfig
+    from modelfleet.engine.server import ServerConfig
+
+    env = dict(os.environ) if environ is None else environ
+    overrides: dict[str, object] = {
+        "block_size": args.block_size,
+        "num_gpu_blocks": args.num_gpu_blocks,
+        "gpu_memory_utilization": args.gpu_memory_utilization,
+        "max_num_seqs": args.max_num_seqs,
+        "max_num_batched_tokens": args.max_num_batched_tokens,
+        "enable_prefix_caching": args.enable_prefix_caching,
+        "prefix_caching_hash_algo": args.prefix_caching_hash_algo,
+        "hash_seed": env.get("PYTHONHASHSEED") or None,
+        "kv_events_int_hashes": env.get("VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES", "1") != "0",
+    }
+    if args.max_model_len is not None:
+        overrides["max_model_len"] = args.max_model_len
+    engine = EngineConfig.for_model(
+        args.accelerator, args.model, args.tensor_parallel_size, **overrides
+    )
+    if args.kv_events_config is not None and args.kv_events_port is not None:
+        raise ValueError("give either --kv-events-port or --kv-events-config, not both")
+    kv = args.kv_events_config or KVEventsConfig()
+    if args.kv_events_port is not None:
+        kv = KVEventsConfig(
+            enable_kv_cache_events=True, publisher="zmq", endpoint=f"tcp://*:{args.kv_events_port}"
+        )
+    return ServerConfig(
+        engine=engine,
+        served_model_names=tuple(args.served_model_name or ()),
+        time_scale=args.time_scale,
+        kv_events=kv,
+        enable_prompt_tokens_details=args.enable_prompt_tokens_details,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM; returns the process exit code."""
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = build_config(args)
+    except ValueError as e:
+        print(f"modelfleet engine: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_serve_until_signal(config, args.host, args.port))
+    except OSError as e:
+        print(f"modelfleet engine: cannot serve on {args.host}:{args.port}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def _serve_until_signal(config: ServerConfig, host: str, port: int) -> None:
+    from modelfleet.engine.server import serve
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    def started(server: EngineServer, bound: int) -> None:
+        eng = config.engine
+        kv = f", kv events {server.publisher.last_endpoint}" if server.publisher else ""
+        print(
+            f"modelfleet engine listening on http://{host}:{bound} "
+            f"(model {config.model_names[0]} = {eng.model} on {eng.tensor_parallel_size}x "
+            f"{eng.accelerator}, {server.core.stats().num_gpu_blocks} KV blocks of "
+            f"{eng.block_size}, time scale {config.time_scale}{kv})",
+            flush=True,
+        )
+
+    await serve(config, host, port, started=started, stop=stop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m modelfleet.engine``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m modelfleet.engine",
+        description="Run a simulated vLLM engine (OpenAI-compatible HTTP API, vLLM metrics).",
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

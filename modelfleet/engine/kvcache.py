@@ -1,0 +1,391 @@
+"""Paged KV cache with automatic prefix caching, vLLM V1 style, and vLLM's block-hash recipe.
+
+Block hashes (vLLM 0.32, ``vllm/v1/core/kv_cache_utils.py``; byte-exact, see
+``shared/reference/vllm-migration.md`` section 6)::
+
+    H(x)   = sha256(pickle.dumps(x, protocol=5))            # "sha256" (default)
+           | sha256(canonical_cbor(x))                       # "sha256_cbor"
+    parent = H(seed)     # seed = the vLLM process's PYTHONHASHSEED, else "vllm-none-hash"
+    for each FULL block i of ids (prompt + generated):
+        extra  = (("cache_salt", salt),) if i == 0 and salt else None
+        parent = H((parent, tuple(ids[i*bs:(i+1)*bs]), extra))
+    event hash = low 64 bits of the digest as an int (VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=1)
+                 or the raw 32-byte digest
+
+Block pool (vLLM V1 ``BlockPool``): every block has a reference count and, once full and
+cached, a hash. Blocks with reference count 0 sit in one free queue in LRU order; a freed
+request's blocks are appended tail-first (so a request's last blocks are evicted before its
+first ones, which are the most likely to be shared). Allocation pops the queue head; if that
+block still carries a hash it is evicted from the cache map (``BlockRemoved``). A prefix hit
+takes the cached block out of the free queue and increments its count. Invariant:
+``ref_cnt[b] == 0  <=>  b in free queue``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import struct
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "HASH_ALGOS",
+    "NONE_HASH_SEED",
+    "AllBlocksCleared",
+    "BlockHasher",
+    "BlockPool",
+    "BlockRemoved",
+    "BlockStored",
+    "Digest",
+    "KVEvent",
+    "canonical_cbor",
+    "event_hash",
+]
+
+NONE_HASH_SEED = "vllm-none-hash"
+HASH_ALGOS = ("sha256", "sha256_cbor", "builtin")
+
+# A block digest: 32 bytes for vLLM's algorithms; an int for "builtin" (simulation only).
+Digest = bytes | int
+
+
+# ----------------------------------------------------------------------------- KV events
+
+
+@dataclass(frozen=True)
+class BlockStored:
+    """Full blocks newly cached (vLLM ``BlockStored``); parent is None for a first block."""
+
+    block_hashes: list[int | bytes]
+    parent_block_hash: int | bytes | None
+    token_ids: list[int]
+    block_size: int
+    lora_id: int | None = None
+    medium: str | None = "GPU"
+    lora_name: str | None = None
+    extra_keys: list[object] | None = None
+    group_idx: int = 0
+    kv_cache_spec_kind: str = "full_attention"
+
+
+@dataclass(frozen=True)
+class BlockRemoved:
+    """Cached blocks evicted (vLLM emits one event per evicted hash)."""
+
+    block_hashes: list[int | bytes]
+    medium: str | None = "GPU"
+    group_idx: int = 0
+
+
+@dataclass(frozen=True)
+class AllBlocksCleared:
+    """The prefix cache was reset."""
+
+
+KVEvent = BlockStored | BlockRemoved | AllBlocksCleared
+
+
+# ----------------------------------------------------------------------------- hashing
+
+
+def canonical_cbor(obj: object) -> bytes:
+    """Canonical (RFC 7049 section 3.9) CBOR of the small value set vLLM hashes.
+
+    Supports None, bool, int, str, bytes and tuples/lists thereof; integers use the shortest
+    head, which is all canonical ordering requires for these types (no maps, no floats).
+    """
+    out = bytearray()
+    _cbor(obj, out)
+    return bytes(out)
+
+
+def _cbor_head(major: int, n: int, out: bytearray) -> None:
+    if n < 24:
+        out.append((major << 5) | n)
+    elif n < 1 << 8:
+        out.append((major << 5) | 24)
+        out.append(n)
+    elif n < 1 << 16:
+        out.append((major << 5) | 25)
+        out += struct.pack(">H", n)
+    elif n < 1 << 32:
+        out.append((major << 5) | 26)
+        out += struct.pack(">I", n)
+    elif n < 1 << 64:
+        out.append((major << 5) | 27)
+        out += struct.pack(">Q", n)
+    else:
+        raise ValueError(f"integer too large for CBOR: {n}")
+
+
+def _cbor(obj: object, out: bytearray) -> None:
+    if obj is None:
+        out.append(0xF6)
+    elif obj is True:
+        out.append(0xF5)
+    elif obj is False:
+        out.append(0xF4)
+    elif isinstance(obj, int):
+        if obj >= 0:
+            _cbor_head(0, obj, out)
+        else:
+            _cbor_head(1, -1 - obj, out)
+    elif isinstance(obj, bytes):
+        _cbor_head(2, len(obj), out)
+        out += obj
+    elif isinstance(obj, str):
+        raw = obj.encode("utf-8")
+        _cbor_head(3, len(raw), out)
+        out += raw
+    elif isinstance(obj, tuple | list):
+        _cbor_head(4, len(obj), out)
+        for item in obj:
+            _cbor(item, out)
+    else:
+        raise TypeError(f"cannot CBOR-encode {type(obj).__name__}")
+
+
+def _sha256_pickle(obj: object) -> bytes:
+    return hashlib.sha256(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)).digest()
+
+
+def _sha256_cbor(obj: object) -> bytes:
+    return hashlib.sha256(canonical_cbor(obj)).digest()
+
+
+def event_hash(digest: Digest, *, as_int: bool = True) -> int | bytes:
+    """The hash as published in KV events: low 64 bits big-endian as int, or the raw digest."""
+    if isinstance(digest, int):
+        return digest & 0xFFFFFFFFFFFFFFFF
+    if as_int:
+        return int.from_bytes(digest, "big") & 0xFFFFFFFFFFFFFFFF
+    return digest
+
+
+class BlockHasher:
+    """Computes vLLM's chained block hashes for one engine configuration.
+
+    "builtin" chains Python's tuple hash instead of sha256: ~10x cheaper, with the same
+    equality structure (equal prefixes <=> equal chains, up to 64-bit collisions), so cache
+    behaviour is identical. It is for virtual-time simulation only: its values are not
+    vLLM's, so a scheduler cannot match them against a real engine's KV events.
+    """
+
+    def __init__(self, block_size: int, algo: str = "sha256", seed: str | None = None) -> None:
+        if algo not in HASH_ALGOS:
+            raise ValueError(
+                f"unknown prefix_caching_hash_algo {algo!r}; valid: {', '.join(HASH_ALGOS)}"
+            )
+        if block_size <= 0:
+            raise ValueError(f"block_size must be positive, got {block_size}")
+        self.block_size = block_size
+        self.algo = algo
+        self._h: Callable[[object], Digest]
+        if algo == "builtin":
+            self._h = hash
+            self.none_hash: Digest = 0
+        else:
+            self._h = _sha256_pickle if algo == "sha256" else _sha256_cbor
+            self.none_hash = self._h(NONE_HASH_SEED if seed is None else seed)
+
+    def hash_block(
+        self, parent: Digest | None, tokens: Sequence[int], extra: tuple[object, ...] | None
+    ) -> Digest:
+        """Hash of one full block given its parent's digest (None = first block)."""
+        return self._h((self.none_hash if parent is None else parent, tuple(tokens), extra))
+
+    def extend(
+        self, hashes: list[Digest], token_ids: Sequence[int], cache_salt: str | None = None
+    ) -> None:
+        """Append the hashes of every full block of `token_ids` not yet in `hashes` (in place)."""
+        bs = self.block_size
+        n_full = len(token_ids) // bs
+        h = self._h
+        i = len(hashes)
+        if i >= n_full:
+            return
+        parent = hashes[-1] if hashes else self.none_hash
+        if i == 0 and cache_salt:
+            parent = h((parent, tuple(token_ids[:bs]), (("cache_salt", cache_salt),)))
+            hashes.append(parent)
+            i = 1
+        # zip over one iterator repeated bs times yields the block tuples in C
+        it = iter(token_ids[i * bs : n_full * bs])
+        append = hashes.append
+        for block in zip(*([it] * bs), strict=False):
+            parent = h((parent, block, None))
+            append(parent)
+
+    def hashes(self, token_ids: Sequence[int], cache_salt: str | None = None) -> list[Digest]:
+        """Digests of every full block of `token_ids`."""
+        out: list[Digest] = []
+        self.extend(out, token_ids, cache_salt)
+        return out
+
+
+# ----------------------------------------------------------------------------- block pool
+
+
+class BlockPool:
+    """Fixed set of KV blocks with reference counts, a hash->block map and an LRU free queue.
+
+    `event_sink`, when given, receives BlockStored / BlockRemoved / AllBlocksCleared events;
+    `int_hashes` selects how hashes appear in events.
+    """
+
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int,
+        *,
+        enable_caching: bool = True,
+        event_sink: Callable[[KVEvent], None] | None = None,
+        int_hashes: bool = True,
+    ) -> None:
+        if num_blocks <= 0:
+            raise ValueError(f"num_gpu_blocks must be positive, got {num_blocks}")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.enable_caching = enable_caching
+        self.ref_cnt = [0] * num_blocks
+        self.block_hash: list[Digest | None] = [None] * num_blocks
+        # LRU free queue: head = next to allocate/evict.
+        self.free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
+        # digest -> the block that serves hits for it; further blocks holding the same digest
+        # (computed twice, as vLLM allows) wait in `dups` and take over when it is evicted.
+        self.cached: dict[Digest, int] = {}
+        self.dups: dict[Digest, list[int]] = {}
+        self.event_sink = event_sink
+        self.int_hashes = int_hashes
+        self.num_evictions = 0
+
+    # -- queries
+    @property
+    def num_free(self) -> int:
+        """Blocks with reference count 0 (free or cached-but-evictable)."""
+        return len(self.free)
+
+    def usage(self) -> float:
+        """Fraction of blocks referenced by live requests (vLLM's kv_cache_usage_perc)."""
+        return 1.0 - len(self.free) / self.num_blocks
+
+    def lookup(self, digest: Digest) -> int | None:
+        """A physical block holding `digest`, if cached."""
+        return self.cached.get(digest)
+
+    # -- mutations
+    def touch(self, blocks: Sequence[int]) -> None:
+        """Take cached blocks for a request (prefix hit): ref += 1, leave the free queue."""
+        free = self.free
+        ref = self.ref_cnt
+        for b in blocks:
+            if ref[b] == 0:
+                del free[b]
+            ref[b] += 1
+
+    def allocate(self, n: int) -> list[int]:
+        """Pop `n` blocks from the LRU head, evicting their cached hashes. Caller checks space."""
+        free = self.free
+        if n > len(free):
+            raise RuntimeError(f"allocate({n}) with only {len(free)} free blocks")
+        out: list[int] = []
+        ref = self.ref_cnt
+        bh = self.block_hash
+        cached = self.cached
+        popitem = free.popitem
+        removed: list[Digest] | None = None
+        dups = self.dups
+        sink = self.event_sink
+        evicted = 0
+        for _ in range(n):
+            b = popitem(last=False)[0]
+            digest = bh[b]
+            if digest is not None:
+                bh[b] = None
+                evicted += 1
+                owner = cached.pop(digest)
+                if dups and digest in dups:
+                    copies = dups[digest]
+                    if owner == b:
+                        cached[digest] = copies.pop(0)
+                    else:
+                        cached[digest] = owner
+                        copies.remove(b)
+                    if not copies:
+                        del dups[digest]
+                if sink is not None:
+                    if removed is None:
+                        removed = []
+                    removed.append(digest)
+            ref[b] = 1
+            out.append(b)
+        self.num_evictions += evicted
+        if removed is not None and self.event_sink is not None:
+            for digest in removed:
+                self.event_sink(BlockRemoved([event_hash(digest, as_int=self.int_hashes)]))
+        return out
+
+    def free_blocks(self, blocks: Sequence[int]) -> None:
+        """Release a request's blocks; those reaching 0 join the queue tail, last block first."""
+        free = self.free
+        ref = self.ref_cnt
+        for b in reversed(blocks):
+            ref[b] -= 1
+            if ref[b] == 0:
+                free[b] = None
+
+    def cache_full_blocks(
+        self,
+        blocks: Sequence[int],
+        digests: Sequence[Digest],
+        start: int,
+        end: int,
+        token_ids: Sequence[int],
+        cache_salt: str | None = None,
+    ) -> None:
+        """Mark blocks[start:end] (now full) as cached under digests[start:end]; emit BlockStored.
+
+        `extra_keys` in the event is None per block except `[salt]` on block 0 when salted.
+        """
+        if not self.enable_caching or end <= start:
+            return
+        bh = self.block_hash
+        cached = self.cached
+        for i in range(start, end):
+            b = blocks[i]
+            if bh[b] is not None:  # already cached (e.g. a prefix hit)
+                continue
+            d = digests[i]
+            bh[b] = d
+            if d in cached:
+                self.dups.setdefault(d, []).append(b)
+            else:
+                cached[d] = b
+        if self.event_sink is not None:
+            bs = self.block_size
+            ih = self.int_hashes
+            parent = event_hash(digests[start - 1], as_int=ih) if start > 0 else None
+            self.event_sink(
+                BlockStored(
+                    block_hashes=[event_hash(digests[i], as_int=ih) for i in range(start, end)],
+                    parent_block_hash=parent,
+                    token_ids=list(token_ids[start * bs : end * bs]),
+                    block_size=bs,
+                    extra_keys=[
+                        [cache_salt] if (i == 0 and cache_salt) else None for i in range(start, end)
+                    ],
+                )
+            )
+
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached hash; only allowed when no block is referenced (like vLLM)."""
+        if len(self.free) != self.num_blocks:
+            return False
+        self.cached.clear()
+        self.dups.clear()
+        self.block_hash = [None] * self.num_blocks
+        if self.event_sink is not None:
+            self.event_sink(AllBlocksCleared())
+        return True

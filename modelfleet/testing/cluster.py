@@ -1,0 +1,765 @@
+"""A real Kubernetes control plane on loopback, for tests and local development.
+
+:class:`Cluster` runs etcd, kube-apiserver, kube-controller-manager, kube-scheduler (all from the
+one ``controlplane`` binary that ``e2e/controlplane/build.sh`` builds from the upstream Go
+modules) and kwok, which keeps simulated GPU nodes Ready and runs the pods bound to them. Pods are
+scheduled by the real scheduler, CRDs and their CEL rules are evaluated by the real API server,
+and the real garbage collector follows owner references; only kubelets and containers are fake.
+
+Start (``Cluster.start`` / ``with Cluster(...)``), in a fresh temp dir, every port a free
+loopback port:
+
+1. certificates and an admin kubeconfig (:mod:`modelfleet.testing.cluster_pki`);
+2. etcd, then kube-apiserver; wait for ``/readyz`` to answer ``ok``;
+3. controller-manager, scheduler and kwok together; wait for their ``/healthz``;
+4. the nodes (:mod:`modelfleet.testing.cluster_nodes`); wait until kwok reports them Ready and
+   the ``default`` service account exists, so the first pod a test creates is admitted.
+
+Stop runs in reverse order: kwok, scheduler and controller-manager, then the API server, then etcd
+(the API server stopped after etcd retries it for 20 s and more). Each component runs in its own
+process group; it gets SIGTERM, a bounded wait, then SIGKILL of the whole group, so ``stop`` never
+leaves a process behind. Children also carry ``PR_SET_PDEATHSIG=SIGKILL``: if the Python process
+that started them dies without cleaning up, the kernel kills them. (That signal is tied to the
+*thread* that started them: start and stop a cluster from the same long-lived thread.)
+
+The CLI (``python -m modelfleet.testing.cluster``; ``add_arguments``/``run`` let ``modelfleet
+dev-cluster`` reuse it):
+
+* ``up`` runs a cluster in the foreground until Ctrl-C or SIGTERM and records it in a state dir
+  (default ``$MODELFLEET_CACHE/dev-cluster``); ``up --detach`` starts the same in the background
+  and returns once it is ready;
+* ``kubeconfig`` prints the running cluster's kubeconfig path
+  (``export KUBECONFIG=$(python -m modelfleet.testing.cluster kubeconfig)``);
+* ``down`` stops it (SIGTERM to the ``up`` process, which tears down; SIGKILL as a last resort).
+
+Binaries are found in ``$MODELFLEET_CONTROLPLANE_BIN`` if set, else in the build cache
+(``${MODELFLEET_CACHE:-~/.cache/modelfleet}/controlplane/<key>/bin``) that ``build.sh``
+reports; :func:`locate_binaries` can run the build (12-25 min cold on 2 cores, seconds warm).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import yaml
+
+from modelfleet.testing.cluster_client import (
+    ApiResponse,
+    Binaries,
+    ClusterClient,
+    ClusterError,
+    Connection,
+    KubectlError,
+)
+from modelfleet.testing.cluster_nodes import DEFAULT_NODES, NodeSpec, nodes_from_profiles
+from modelfleet.testing.cluster_pki import make_pki, write_kubeconfig
+
+__all__ = [
+    "DEFAULT_NODES",
+    "ApiResponse",
+    "Binaries",
+    "Cluster",
+    "ClusterClient",
+    "ClusterError",
+    "KubectlError",
+    "NodeSpec",
+    "add_arguments",
+    "locate_binaries",
+    "main",
+    "run",
+]
+
+#: Overrides the cache root (default ``~/.cache/modelfleet``).
+ENV_CACHE = "MODELFLEET_CACHE"
+#: A directory holding ``controlplane``, ``kubectl``, ``kwok``, ``helm`` (skips build.sh).
+ENV_BIN = "MODELFLEET_CONTROLPLANE_BIN"
+#: Run the cluster tests against this existing cluster (e.g. kind) instead of starting one.
+ENV_TEST_KUBECONFIG = "MODELFLEET_TEST_KUBECONFIG"
+
+#: Component names, in start order. Also the names of their log files.
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def cache_root() -> Path:
+    """``$MODELFLEET_CACHE`` or ``~/.cache/modelfleet``."""
+    env = os.environ.get(ENV_CACHE)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "modelfleet"
+
+
+# --------------------------------------------------------------------------------------------
+# binaries
+
+
+def build_script() -> Path | None:
+    """``e2e/controlplane/build.sh`` of the checkout this package runs from, if any."""
+    script = Path(__file__).resolve().parents[2] / "e2e" / "controlplane" / "build.sh"
+    return script if script.is_file() else None
+
+
+def locate_binaries(build: bool = False, client_only: bool = False) -> Binaries:
+    """Find the control-plane binaries; with ``build=True`` build them if they are missing.
+
+    Order: ``$MODELFLEET_CONTROLPLANE_BIN``; else ``build.sh --check`` (which names the cache
+    directory for the pinned versions); else, if allowed, ``build.sh`` (its progress goes to
+    stderr). Raises :class:`ClusterError` saying what to run when nothing usable is found.
+    ``client_only``: kubectl and helm suffice (``$MODELFLEET_CONTROLPLANE_BIN`` may hold just
+    those, e.g. links to a system kubectl and helm when testing a kind cluster).
+    """
+    if env := os.environ.get(ENV_BIN):
+        found = Binaries(Path(env).expanduser())
+        if missing := found.missing(client_only):
+            raise ClusterError(f"${ENV_BIN}={env} lacks: {', '.join(missing)}")
+        return found
+    script = build_script()
+    if script is None:
+        raise ClusterError(
+            f"no control-plane binaries: set ${ENV_BIN} to a directory holding "
+            "controlplane, kubectl, kwok and helm, or run from a modelfleet checkout "
+            "(e2e/controlplane/build.sh)"
+        )
+    check = subprocess.run(
+        ["bash", str(script), "--check"], capture_output=True, text=True, check=False, timeout=60
+    )
+    if check.returncode == 0:
+        return Binaries(Path(check.stdout.strip().splitlines()[-1]))
+    if check.returncode != 3:
+        raise ClusterError(f"{script} --check failed ({check.returncode}): {check.stderr.strip()}")
+    if not build:
+        raise ClusterError(
+            f"control-plane binaries are not built (expected in {check.stdout.strip()}); "
+            f"run `bash {script}` (12-25 minutes on 2 cores the first time, depending on load)"
+        )
+    proc = subprocess.run(
+        ["bash", str(script)], stdout=subprocess.PIPE, text=True, check=False, timeout=7200
+    )
+    if proc.returncode != 0:
+        raise ClusterError(
+            f"`bash {script}` failed with exit code {proc.returncode}; see its output"
+        )
+    found = Binaries(Path(proc.stdout.strip().splitlines()[-1]))
+    if missing := found.missing():
+        raise ClusterError(f"{script} finished but these are missing: {', '.join(missing)}")
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# processes
+
+
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports (held open together so none repeats)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _pdeathsig_preexec() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child die with its parent (Linux), or None elsewhere.
+
+    libc is loaded here, in the parent: loading a library between fork and exec can deadlock.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    prctl = libc.prctl
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+    return preexec
+
+
+@dataclass
+class _Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, lines: int = 25) -> str:
+        try:
+            text = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(text[-lines:])
+
+
+def _signal_group(proc: _Proc, sig: signal.Signals) -> None:
+    # Each component leads its own session, so its pgid is its pid; the group may outlive the
+    # leader only if a component forked, which is exactly what the group kill is for.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.popen.pid, sig)
+
+
+def _stop_all(procs: Sequence[_Proc], grace: float) -> None:
+    """SIGTERM each group, wait up to ``grace`` s for all of them together, SIGKILL the rest."""
+    for p in procs:
+        if p.alive():
+            _signal_group(p, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        _signal_group(p, signal.SIGKILL)  # also reaps stragglers in the group
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.popen.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------------------------
+# the cluster
+
+
+@dataclass(frozen=True)
+class Ports:
+    etcd_client: int
+    etcd_peer: int
+    apiserver: int
+    controller_manager: int
+    scheduler: int
+    kwok: int
+
+
+class Cluster(ClusterClient):
+    """A running control plane with simulated nodes; see the module docstring.
+
+    ``log_dir`` keeps the component logs after ``stop`` (otherwise they go with the temp dir).
+    ``stop_grace`` bounds each teardown phase before SIGKILL; ``start_timeout`` bounds each wait
+    during start.
+    """
+
+    def __init__(
+        self,
+        binaries: Binaries,
+        nodes: Sequence[NodeSpec] = DEFAULT_NODES,
+        *,
+        log_dir: Path | None = None,
+        stop_grace: float = 10.0,
+        start_timeout: float = 90.0,
+    ) -> None:
+        if missing := binaries.missing():
+            raise ClusterError(f"control-plane binaries missing: {', '.join(missing)}")
+        names = [n.name for n in nodes]
+        if len(set(names)) != len(names):
+            raise ClusterError(f"node names must be unique, got {names}")
+        super().__init__(binaries, wait_timeout=start_timeout)
+        self.nodes = tuple(nodes)
+        self.stop_grace = stop_grace
+        self.start_timeout = start_timeout
+        self._log_dir = log_dir
+        self._procs: list[_Proc] = []
+        self._workdir: Path | None = None
+        self._ports: Ports | None = None
+
+    # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def workdir(self) -> Path:
+        if self._workdir is None:
+            raise ClusterError("cluster is not started")
+        return self._workdir
+
+    @property
+    def ports(self) -> Ports:
+        if self._ports is None:
+            raise ClusterError("cluster is not started")
+        return self._ports
+
+    @property
+    def log_dir(self) -> Path:
+        return self._log_dir or self.workdir / "logs"
+
+    def pids(self) -> dict[str, int]:
+        """Component name → pid of the processes still running."""
+        return {p.name: p.popen.pid for p in self._procs if p.alive()}
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start every component and the nodes; on any failure (or Ctrl-C) stop what started.
+
+        Ports are picked free and then released, so another process can take one before the
+        component binds it; a start that fails with "address already in use" is retried with
+        new ports (three attempts in all).
+        """
+        if self._procs:
+            raise ClusterError("cluster already started")
+        for attempt in range(3):
+            try:
+                self._start()
+                return
+            except ClusterError as err:
+                self.stop()
+                if "address already in use" not in str(err) or attempt == 2:
+                    raise
+            except BaseException:
+                self.stop()
+                raise
+
+    def _start(self) -> None:
+        self._workdir = Path(tempfile.mkdtemp(prefix="modelfleet-cluster-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._ports = Ports(*_free_ports(6))
+        pki = make_pki(self.workdir / "pki")
+        server, kubeconfig = (
+            f"https://127.0.0.1:{self._ports.apiserver}",
+            self.workdir / "kubeconfig",
+        )
+        write_kubeconfig(kubeconfig, server, pki)
+        tls = ssl.create_default_context(cafile=str(pki.ca_cert))
+        tls.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))
+        self.connect(Connection(server, kubeconfig, tls, self.workdir))
+        preexec = _pdeathsig_preexec()
+        cp, ports, kc = str(self.binaries.controlplane), self.ports, str(self.kubeconfig)
+
+        self._spawn(
+            "etcd",
+            [cp, "etcd", f"--data-dir={self.workdir / 'etcd'}",
+             f"--listen-client-urls=http://127.0.0.1:{ports.etcd_client}",
+             f"--listen-peer-urls=http://127.0.0.1:{ports.etcd_peer}",
+             "--unsafe-no-fsync"],
+            preexec,
+        )  # fmt: skip
+        self._wait("etcd ready", lambda: "etcd: ready" in self._proc("etcd").tail(50))
+        self._spawn(
+            "kube-apiserver",
+            [cp, "kube-apiserver",
+             f"--etcd-servers=http://127.0.0.1:{ports.etcd_client}",
+             f"--secure-port={ports.apiserver}",
+             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+             f"--cert-dir={self.workdir / 'apiserver-certs'}",
+             f"--tls-cert-file={pki.apiserver_cert}", f"--tls-private-key-file={pki.apiserver_key}",
+             f"--client-ca-file={pki.ca_cert}",
+             f"--service-account-key-file={pki.sa_pub}",
+             f"--service-account-signing-key-file={pki.sa_key}",
+             "--service-account-issuer=https://kubernetes.default.svc",
+             "--service-cluster-ip-range=10.96.0.0/16",
+             "--authorization-mode=Node,RBAC",
+             "--profiling=false"],
+            preexec,
+        )  # fmt: skip
+        self._wait("kube-apiserver /readyz", self._apiserver_ready)
+        self._spawn(
+            "kube-controller-manager",
+            [cp, "kube-controller-manager",
+             f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}",
+             f"--authorization-kubeconfig={kc}",
+             f"--service-account-private-key-file={pki.sa_key}", f"--root-ca-file={pki.ca_cert}",
+             f"--cluster-signing-cert-file={pki.ca_cert}",
+             f"--cluster-signing-key-file={pki.ca_key}",
+             "--leader-elect=false", "--bind-address=127.0.0.1",
+             f"--secure-port={ports.controller_manager}",
+             f"--cert-dir={self.workdir / 'kcm-certs'}",
+             "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route",
+             "--profiling=false"],
+            preexec,
+        )  # fmt: skip
+        self._spawn(
+            "kube-scheduler",
+            [cp, "kube-scheduler",
+             f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}",
+             f"--authorization-kubeconfig={kc}",
+             "--leader-elect=false", "--bind-address=127.0.0.1",
+             f"--secure-port={ports.scheduler}", f"--cert-dir={self.workdir / 'scheduler-certs'}",
+             "--profiling=false"],
+            preexec,
+        )  # fmt: skip
+        self._spawn(
+            "kwok",
+            [str(self.binaries.kwok), f"--kubeconfig={kc}",
+             "--manage-all-nodes=false",
+             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+             f"--server-address=127.0.0.1:{ports.kwok}",
+             f"--config={self.binaries.kwok_stages}"],
+            preexec,
+        )  # fmt: skip
+        self._wait(
+            "kube-controller-manager /healthz", lambda: self._healthz(ports.controller_manager)
+        )
+        self._wait("kube-scheduler /healthz", lambda: self._healthz(ports.scheduler))
+        self.kubectl("apply", "-f", "-", input=_dump_all(n.manifest() for n in self.nodes))
+        timeout = f"--timeout={int(self.start_timeout)}s"
+        self.kubectl("wait", "--for=condition=Ready", "node", "--all", timeout)
+        self._wait(
+            "service account default/default",
+            lambda: (
+                self.kubectl("get", "sa", "default", "-n", "default", check=False).returncode == 0
+            ),
+        )
+
+    def stop(self) -> None:
+        """Stop every component in reverse start order; idempotent; always removes the temp dir."""
+        by_name = {p.name: p for p in self._procs}
+        phases = [
+            ("kwok", "kube-scheduler", "kube-controller-manager"),
+            ("kube-apiserver",),
+            ("etcd",),
+        ]
+        for phase in phases:
+            _stop_all([by_name[n] for n in phase if n in by_name], self.stop_grace)
+        self._procs.clear()
+        self.connect(None)
+        if self._workdir is not None:  # without a log_dir the logs go with it
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    def _spawn(self, name: str, argv: list[str], preexec: Callable[[], None] | None) -> None:
+        log = self.log_dir / f"{name}.log"
+        with log.open("ab") as out:
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                start_new_session=True,
+                preexec_fn=preexec,
+            )
+        self._procs.append(_Proc(name, popen, log))
+
+    def _proc(self, name: str) -> _Proc:
+        return next(p for p in self._procs if p.name == name)
+
+    def _wait(self, what: str, ready: Callable[[], bool]) -> None:
+        """Poll ``ready`` until true; fail early, with the log tail, if a component exited."""
+        deadline = time.monotonic() + self.start_timeout
+        delay = 0.05
+        while True:
+            for p in self._procs:
+                if not p.alive():
+                    raise ClusterError(
+                        f"{p.name} exited with code {p.popen.returncode} while waiting for "
+                        f"{what}; last lines of {p.log}:\n{p.tail()}"
+                    )
+            if ready():
+                return
+            if time.monotonic() > deadline:
+                tails = "\n".join(f"--- {p.name}:\n{p.tail(10)}" for p in self._procs)
+                raise ClusterError(
+                    f"timed out after {self.start_timeout:.0f} s waiting for {what}\n{tails}"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def _apiserver_ready(self) -> bool:
+        try:
+            resp = self.api("GET", "/readyz", timeout=5)
+        except (OSError, ClusterError):
+            return False
+        return resp.status == 200 and resp.text.strip() == "ok"
+
+    @staticmethod
+    def _healthz(port: int) -> bool:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # self-signed serving cert of a loopback-only component
+        try:
+            with urllib.request.urlopen(
+                f"https://127.0.0.1:{port}/healthz", context=ctx, timeout=5
+            ) as r:
+                return bool(r.status == 200)
+        except (OSError, urllib.error.URLError):
+            return False
+
+
+def _dump_all(docs: Iterable[dict[str, Any]]) -> str:
+    return yaml.safe_dump_all(list(docs), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    return Path(args.state_dir).expanduser() if args.state_dir else cache_root() / "dev-cluster"
+
+
+def _read_state(state_dir: Path) -> dict[str, Any] | None:
+    try:
+        state = json.loads((state_dir / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _write_state(state_dir: Path, state: dict[str, Any]) -> None:
+    tmp = state_dir / "state.json.tmp"
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(state_dir / "state.json")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _load_profile_docs(paths: Sequence[str]) -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for raw in paths:
+        path = Path(raw)
+        files = sorted(path.rglob("*.yaml")) if path.is_dir() else [path]
+        for f in files:
+            try:
+                loaded = list(yaml.safe_load_all(f.read_text()))
+            except (OSError, yaml.YAMLError) as err:
+                raise ClusterError(f"--profiles {f}: {err}") from err
+            docs.extend(d for d in loaded if isinstance(d, dict))
+    if not any(d.get("kind") == "AcceleratorProfile" for d in docs):
+        raise ClusterError(f"--profiles {' '.join(paths)}: no AcceleratorProfile found")
+    return docs
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``up`` / ``down`` / ``kubeconfig`` sub-commands to ``parser``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--state-dir",
+        default=None,
+        help="where the running cluster is recorded (default: $MODELFLEET_CACHE/dev-cluster, "
+        "i.e. ~/.cache/modelfleet/dev-cluster)",
+    )
+    sub = parser.add_subparsers(
+        dest="cluster_action", metavar="{up,down,kubeconfig}", required=True
+    )
+    up = sub.add_parser(
+        "up", parents=[common], help="start a cluster; runs until Ctrl-C/SIGTERM unless --detach"
+    )
+    up.add_argument(
+        "--detach", action="store_true", help="run in the background; return when ready"
+    )
+    up.add_argument(
+        "--profiles",
+        nargs="+",
+        metavar="PATH",
+        default=None,
+        help="AcceleratorProfile manifests (files or directories) to derive GPU nodes from; "
+        "default: one node each of H100-80GB, A100-80GB, L40S, L4 plus a CPU node",
+    )
+    up.add_argument(
+        "--no-build",
+        action="store_true",
+        help="fail instead of building the binaries when they are missing",
+    )
+    up.add_argument("--log-dir", default=None, help="keep component logs here (default: state dir)")
+    down = sub.add_parser("down", parents=[common], help="stop the cluster started by `up`")
+    down.add_argument("--timeout", type=float, default=60.0, help="seconds before SIGKILL")
+    sub.add_parser(
+        "kubeconfig", parents=[common], help="print the running cluster's kubeconfig path"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute the sub-command parsed by :func:`add_arguments`; returns the exit code."""
+    try:
+        action = args.cluster_action
+        if action == "up":
+            return _cmd_detach(args) if args.detach else _cmd_up(args)
+        if action == "down":
+            return _cmd_down(args)
+        if action == "kubeconfig":
+            return _cmd_kubeconfig(args)
+        print(f"unknown action {action!r}", file=sys.stderr)
+        return 2
+    except ClusterError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+def _refuse_if_running(state_dir: Path) -> None:
+    state = _read_state(state_dir)
+    if state and _pid_alive(int(state.get("pid", 0))):
+        raise ClusterError(
+            f"a cluster is already running (pid {state['pid']}, state {state_dir}); "
+            "stop it with `down` or pass another --state-dir"
+        )
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    state_dir = _state_dir(args)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    _refuse_if_running(state_dir)
+    binaries = locate_binaries(build=not args.no_build)
+    nodes = (
+        nodes_from_profiles(_load_profile_docs(args.profiles)) if args.profiles else DEFAULT_NODES
+    )
+    log_dir = Path(args.log_dir).expanduser() if args.log_dir else state_dir / "logs"
+    if log_dir.exists():
+        shutil.rmtree(log_dir)
+
+    def on_term(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    state: dict[str, Any] = {"pid": os.getpid(), "ready": False}
+    _write_state(state_dir, state)
+    cluster = Cluster(binaries, nodes, log_dir=log_dir)
+    started = time.monotonic()
+    try:
+        with cluster:
+            shutil.copyfile(cluster.kubeconfig, state_dir / "kubeconfig")
+            state |= {
+                "ready": True,
+                "server": cluster.server,
+                "kubeconfig": str(state_dir / "kubeconfig"),
+                "workdir": str(cluster.workdir),
+                "processes": cluster.pids(),
+                "nodes": [n.name for n in cluster.nodes],
+            }
+            _write_state(state_dir, state)
+            print(
+                f"cluster ready in {time.monotonic() - started:.1f} s at {cluster.server} "
+                f"(nodes: {', '.join(n.name for n in cluster.nodes)}; logs: {log_dir})\n"
+                f"export KUBECONFIG={state_dir / 'kubeconfig'}\n"
+                "Ctrl-C (or `down`) stops it.",
+                flush=True,
+            )
+            while True:
+                signal.pause()
+    except KeyboardInterrupt:
+        print("stopping cluster", flush=True)
+    finally:
+        for name in ("state.json", "kubeconfig"):
+            (state_dir / name).unlink(missing_ok=True)
+    return 0
+
+
+def _cmd_detach(args: argparse.Namespace) -> int:
+    state_dir = _state_dir(args)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    _refuse_if_running(state_dir)
+    locate_binaries(build=not args.no_build)  # build here, in the foreground, if needed
+    argv = [sys.executable, "-m", "modelfleet.testing.cluster", "up", "--state-dir", str(state_dir)]
+    if args.profiles:
+        argv += ["--profiles", *args.profiles]
+    if args.log_dir:
+        argv += ["--log-dir", args.log_dir]
+    (state_dir / "state.json").unlink(missing_ok=True)
+    with (state_dir / "up.log").open("wb") as out:
+        child = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        state = _read_state(state_dir)
+        if state and state.get("ready") and state.get("pid") == child.pid:
+            print(state["kubeconfig"])
+            return 0
+        if child.poll() is not None:
+            log = (state_dir / "up.log").read_text(errors="replace")
+            print(
+                f"error: cluster failed to start (exit {child.returncode}):\n{log}", file=sys.stderr
+            )
+            return 1
+        time.sleep(0.2)
+    child.terminate()
+    print(f"error: cluster not ready after 300 s; see {state_dir / 'up.log'}", file=sys.stderr)
+    return 1
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    state_dir = _state_dir(args)
+    state = _read_state(state_dir)
+    if state is None:
+        print(f"no cluster recorded in {state_dir}", file=sys.stderr)
+        return 1
+    pid = int(state.get("pid", 0))
+    if pid and _pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + args.timeout
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    # Last resort: the `up` process is gone or stuck. Kill component groups that still run
+    # the recorded workdir (a pid alone may have been reused by an unrelated process).
+    workdir = str(state.get("workdir", ""))
+    for comp_pid in dict(state.get("processes") or {}).values():
+        try:
+            cmdline = Path(f"/proc/{comp_pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if workdir and workdir in cmdline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(comp_pid), signal.SIGKILL)
+    if pid and _pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    for name in ("state.json", "kubeconfig"):
+        (state_dir / name).unlink(missing_ok=True)
+    if workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print("cluster stopped")
+    return 0
+
+
+def _cmd_kubeconfig(args: argparse.Namespace) -> int:
+    state_dir = _state_dir(args)
+    state = _read_state(state_dir)
+    if not state or not state.get("ready") or not _pid_alive(int(state.get("pid", 0))):
+        print(f"no running cluster recorded in {state_dir}; start one with `up`", file=sys.stderr)
+        return 1
+    print(state["kubeconfig"])
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m modelfleet.testing.cluster",
+        description="A local Kubernetes control plane with simulated GPU nodes.",
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Cluster tier: one real Kubernetes control plane per test session.
+
+* Binaries: when any test of this folder is selected, collection ends by locating the
+  control-plane binaries and building them with ``e2e/controlplane/build.sh`` if they are
+  missing (12-25 minutes the first time; the build's output is shown live). This happens at
+  collection, outside every test's timeout. If the build fails, every test here fails with the
+  reason — nothing is skipped.
+* ``cluster`` (session): etcd, kube-apiserver, controller-manager, scheduler and kwok with the
+  default simulated nodes (H100, A100, L40S, L4, CPU); component logs are kept under pytest's
+  temp dir (``controlplane-logs*``). With ``$MODELFLEET_TEST_KUBECONFIG`` set, the tests run
+  against that existing cluster instead (e2e/kind/run.sh), and only kubectl and helm are needed.
+* ``namespace``: a fresh namespace per test, deleted afterwards; tests isolate themselves there.
+* ``kubectl``: ``cluster.kubectl`` (raises ``KubectlError`` with the output on failure).
+* ``installed_crds``: ``crds/*.yaml`` applied and Established, once per session.
+* ``no_leaked_processes`` (session): FAILS the run if any process of the control-plane
+  binaries, or any process mentioning the cluster's temp dir, outlives the suite (and kills it,
+  so the machine stays clean).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelfleet.testing.cluster import (
+    ENV_TEST_KUBECONFIG,
+    Binaries,
+    Cluster,
+    ClusterClient,
+    ClusterError,
+    locate_binaries,
+)
+from modelfleet.testing.cluster_manifests import load_manifests
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_DIR = REPO / "crds"
+
+_BINARIES = pytest.StashKey[Binaries]()
+_BINARIES_ERROR = pytest.StashKey[str]()
+_WORKDIRS = pytest.StashKey[list[str]]()
+
+
+def _selected_here(session: pytest.Session) -> bool:
+    """True if a cluster-tier test of this folder will run (unit tests here need no cluster)."""
+    here = Path(__file__).parent
+    return any(
+        here in Path(str(item.path)).parents and item.get_closest_marker("cluster")
+        for item in session.items
+    )
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Locate (or build) the binaries before any test runs, outside per-test timeouts."""
+    config = session.config
+    if not _selected_here(session) or _BINARIES in config.stash or _BINARIES_ERROR in config.stash:
+        return
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capman = config.pluginmanager.get_plugin("capturemanager")
+    client_only = bool(os.environ.get(ENV_TEST_KUBECONFIG))
+    try:
+        try:
+            found = locate_binaries(build=False, client_only=client_only)
+        except ClusterError:
+            if reporter is not None:
+                reporter.write_line("cluster tier: building the control plane (build.sh) ...")
+            if capman is not None:
+                with capman.global_and_fixture_disabled():
+                    found = locate_binaries(build=True, client_only=client_only)
+            else:
+                found = locate_binaries(build=True, client_only=client_only)
+        config.stash[_BINARIES] = found
+    except ClusterError as err:
+        config.stash[_BINARIES_ERROR] = str(err)
+
+
+def _binaries(config: pytest.Config) -> Binaries:
+    if _BINARIES_ERROR in config.stash:
+        pytest.fail(f"cluster tier cannot run: {config.stash[_BINARIES_ERROR]}", pytrace=False)
+    if _BINARIES not in config.stash:  # e.g. collected by a plugin that skipped the hook
+        try:
+            config.stash[_BINARIES] = locate_binaries(build=True)
+        except ClusterError as err:
+            config.stash[_BINARIES_ERROR] = str(err)
+            pytest.fail(f"cluster tier cannot run: {err}", pytrace=False)
+    return config.stash[_BINARIES]
+
+
+def _suspects(binaries: Binaries, workdirs: list[str]) -> dict[int, str]:
+    """pid → command line of processes running a control-plane binary or naming a workdir."""
+    exes = {os.path.realpath(binaries.bin_dir / t) for t in ("controlplane", "kwok", "helm")}
+    out: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            exe = os.readlink(entry / "exe").removesuffix(" (deleted)")
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if exe in exes or any(w in cmdline for w in workdirs):
+            out[int(entry.name)] = cmdline.strip()
+    return out
+
+
+@pytest.fixture(scope="session")
+def no_leaked_processes(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the run if a control-plane or kwok process started by this suite outlives it."""
+    binaries = _binaries(request.config)
+    workdirs: list[str] = request.config.stash.setdefault(_WORKDIRS, [])
+    before = set(_suspects(binaries, workdirs))  # e.g. a developer's `dev-cluster up`
+    yield
+    deadline = time.monotonic() + 5
+    leaked = {p: c for p, c in _suspects(binaries, workdirs).items() if p not in before}
+    while leaked and time.monotonic() < deadline:
+        time.sleep(0.2)
+        leaked = {p: c for p, c in _suspects(binaries, workdirs).items() if p not in before}
+    for pid in leaked:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    if leaked:
+        lines = "\n".join(f"  pid {p}: {c[:200]}" for p, c in sorted(leaked.items()))
+        pytest.fail(f"processes outlived the cluster tier (now killed):\n{lines}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def cluster(
+    no_leaked_processes: None,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[ClusterClient]:
+    binaries = _binaries(request.config)
+    if external := os.environ.get(ENV_TEST_KUBECONFIG):
+        client = ClusterClient.from_kubeconfig(binaries, Path(external))
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    log_dir = tmp_path_factory.mktemp("controlplane-logs")
+    c = Cluster(binaries, log_dir=log_dir)
+    try:
+        c.start()
+    except ClusterError as err:
+        pytest.fail(f"control plane did not start (logs in {log_dir}): {err}", pytrace=False)
+    request.config.stash[_WORKDIRS].append(str(c.workdir))
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def kubectl(cluster: ClusterClient) -> Callable[..., Any]:
+    return cluster.kubectl
+
+
+@pytest.fixture
+def namespace(cluster: ClusterClient, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A namespace of its own for each test (``t-<test name>-<random>``), deleted after it."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"t-{slug}-{uuid.uuid4().hex[:6]}"
+    cluster.create_namespace(name)
+    yield name
+    cluster.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def installed_crds(cluster: ClusterClient) -> list[dict[str, Any]]:
+    """Every CRD of crds/*.yaml, applied (server-side) and Established."""
+    crds = [d for f in sorted(CRD_DIR.glob("*.yaml")) for d in load_manifests(f)]
+    if not crds:
+        pytest.fail(f"no CustomResourceDefinitions in {CRD_DIR}", pytrace=False)
+    for f in sorted(CRD_DIR.glob("*.yaml")):
+        cluster.kubectl("apply", "--server-side", "-f", str(f))
+    for crd in crds:
+        name = crd["metadata"]["name"]
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+    return crds
