@@ -153,12 +153,13 @@ class CostQualityParams(ApiModel):
     """cost-quality: pick argmax predicted quality − costWeight × cost (CARROT-style)."""
 
     cost_weight: float = Field(
-        default=1.0,
+        default=0.05,
         ge=0,
         le=1_000_000,
         description=(
-            "Trade-off λ, quality points per USD per 1k requests; 0 = best quality regardless "
-            "of cost. Default 1."
+            "Trade-off λ: predicted quality (probability of a correct answer, 0..1) given up "
+            "per USD of cost per 1k requests. 0 = best quality regardless of cost; useful "
+            "range 0.01..0.1. Default 0.05."
         ),
     )
     quality_model: str = Field(
