@@ -144,6 +144,10 @@ def _subcommands() -> dict[str, tuple[str, Handler]]:
         "validate": ("validate manifests offline", (_validate_args, _validate_run)),
         "version": ("print the version", (_version_args, _version_run)),
         "engine": ("run a simulated vLLM engine (OpenAI API)", _lazy("modelfleet.engine.cli")),
+        "simulate": (
+            "compare placement policies on a local simulated fleet (no cluster needed)",
+            _lazy("modelfleet.sim.cli"),
+        ),
         "dev-cluster": (
             "a local Kubernetes control plane with simulated GPU nodes (up|down|kubeconfig)",
             _lazy("modelfleet.testing.cluster"),
