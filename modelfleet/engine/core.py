@@ -37,6 +37,10 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import takewhile
+from operator import is_not
+from typing import cast
 
 from modelfleet.engine.kvcache import (
     HASH_ALGOS,
@@ -191,6 +195,9 @@ class EngineStats:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+# `_is_block(x)`: x is a block id, not the None of a cache miss (a C-level predicate).
+_is_block = partial(is_not, None)
+
 # Request states
 _WAITING = 0
 _RUNNING = 1
@@ -261,6 +268,11 @@ class EngineCore:
     `next_token(context)` must be a pure function of the whole token context (prompt plus
     generated tokens); `kv_event_sink` receives BlockStored / BlockRemoved / AllBlocksCleared
     as they happen; `eos_token_id` is the model's end-of-sequence token (None = no EOS).
+
+    `block_hasher` replaces the hasher built from `prefix_caching_hash_algo` / `hash_seed`
+    (e.g. a simulator's memoised subclass of `BlockHasher`). It must chain like the recipe
+    (equal token prefixes <=> equal digests) and use the config's `block_size`; KV events
+    then carry its digests. Available afterwards as the public attribute `hasher`.
     """
 
     def __init__(
@@ -270,8 +282,14 @@ class EngineCore:
         next_token: Callable[[Sequence[int]], int],
         kv_event_sink: Callable[[KVEvent], None] | None = None,
         eos_token_id: int | None = None,
+        block_hasher: BlockHasher | None = None,
     ) -> None:
         config.validate()
+        if block_hasher is not None and block_hasher.block_size != config.block_size:
+            raise ValueError(
+                f"block_hasher.block_size={block_hasher.block_size} does not match "
+                f"block_size={config.block_size}"
+            )
         self.config = config
         self.model_spec = get_model(config.model)
         self.accelerator_spec = get_accelerator(config.accelerator)
@@ -285,8 +303,10 @@ class EngineCore:
             event_sink=kv_event_sink,
             int_hashes=config.kv_events_int_hashes,
         )
-        self.hasher = BlockHasher(
-            config.block_size, config.prefix_caching_hash_algo, config.hash_seed
+        self.hasher = (
+            block_hasher
+            if block_hasher is not None
+            else BlockHasher(config.block_size, config.prefix_caching_hash_algo, config.hash_seed)
         )
         self._next_token = next_token
         self._eos = eos_token_id
@@ -362,13 +382,12 @@ class EngineCore:
         ntok = len(r.all_ids)
         self.hasher.extend(r.hashes, r.all_ids, r.salt)
         max_blocks = (ntok - 1) // bs
-        hit: list[int] = []
-        cached = self.pool.cached
-        for d in r.hashes[:max_blocks]:
-            b = cached.get(d)
-            if b is None:
-                break
-            hit.append(b)
+        # The walk stops at the first digest not cached; map/takewhile keep it in C (a
+        # head-of-line request that does not fit is re-matched at every step).
+        hit = cast(
+            "list[int]",
+            list(takewhile(_is_block, map(self.pool.cached.get, r.hashes[:max_blocks]))),
+        )
         self._prefix_queries += ntok
         self._prefix_hits += len(hit) * bs
         return hit, len(hit) * bs
@@ -381,12 +400,10 @@ class EngineCore:
         bs = self.block_size
         total = r.num_computed + num_hit + num_new
         need = -(-total // bs) - len(r.blocks) - len(hit_blocks)
-        if hit_blocks:
-            ref = pool.ref_cnt
-            evictable = sum(1 for b in hit_blocks if ref[b] == 0)
-        else:
-            evictable = 0
-        if need > len(pool.free) - evictable:
+        # Hit blocks that are free count as free space but are about to be taken by the hit.
+        ref = pool.ref_cnt
+        evictable = [ref[b] for b in hit_blocks].count(0) if hit_blocks else 0
+        if need > pool.num_free - evictable:
             return False
         if hit_blocks:
             pool.touch(hit_blocks)
@@ -581,7 +598,7 @@ class EngineCore:
         nsteps = 0
         if len(running) == 1:
             return self._single_decode_burst(now, until, max_steps, ends, participants, finished)
-        while running and t < until and nsteps < max_steps and need <= len(pool.free):
+        while running and t < until and nsteps < max_steps and need <= pool.num_free:
             b = len(running)
             t += step_time(b, ctx_sum)
             ends_append(t)
@@ -641,7 +658,7 @@ class EngineCore:
         with the per-step work reduced to the few statements a lone decode needs."""
         r = self._running[0]
         bs = self.block_size
-        free = self.pool.free
+        pool = self.pool
         allocate = self._allocate
         next_token = self._next_token
         step_time = self.timer.decode_step_time
@@ -660,7 +677,7 @@ class EngineCore:
         while t < until and nsteps < max_steps:
             m = c % bs
             if m == 0:
-                if not free:
+                if not pool.num_free:
                     break
                 allocate(r, 1)
             elif m == bs - 1:

@@ -228,6 +228,33 @@ def test_kv_events_carry_vllm_hashes_including_generated_blocks():
     assert stored[1].parent_block_hash == stored[0].block_hashes[-1]
 
 
+def test_injected_block_hasher_is_used_and_must_match_block_size():
+    class Tagged(BlockHasher):
+        """Builtin chaining, offset so its digests differ from the default hasher's."""
+
+        def hash_block(self, parent, tokens, extra):  # type: ignore[no-untyped-def]
+            return super().hash_block(parent, tokens, extra) + 1
+
+        def extend(self, hashes, token_ids, cache_salt=None):  # type: ignore[no-untyped-def]
+            while len(hashes) < len(token_ids) // self.block_size:
+                i = len(hashes)
+                block = token_ids[i * self.block_size : (i + 1) * self.block_size]
+                hashes.append(self.hash_block(hashes[-1] if hashes else None, block, None))
+
+    cfg = EngineConfig("h100-80gb", "tiny", block_size=4, num_gpu_blocks=50)
+    events: list[KVEvent] = []
+    hasher = Tagged(4, "builtin")
+    e = EngineCore(cfg, next_token=toy_next_token, kv_event_sink=events.append, block_hasher=hasher)
+    assert e.hasher is hasher
+    prompt = list(range(100, 110))
+    e.add_request(EngineRequest("a", prompt, max_tokens=2))
+    run_all(e)
+    stored = [h for ev in events if isinstance(ev, BlockStored) for h in ev.block_hashes]
+    assert stored[:2] == [event_hash(d) for d in hasher.hashes(prompt)]
+    with pytest.raises(ValueError, match=r"block_hasher\.block_size=16"):
+        EngineCore(cfg, next_token=toy_next_token, block_hasher=BlockHasher(16, "builtin"))
+
+
 def test_config_validation_names_the_bad_value():
     with pytest.raises(ValueError, match="h200"):
         EngineConfig.for_model("h200", "llama-3-8b")

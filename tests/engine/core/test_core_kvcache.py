@@ -114,7 +114,7 @@ def test_pool_lru_evicts_oldest_freed_and_emits_removed():
     assert pool.num_free == 0
     pool.free_blocks(a)  # a freed first -> evicted first; its LAST block goes first
     pool.free_blocks(b)
-    assert list(pool.free) == [a[1], a[0], b[1], b[0]]
+    assert pool.free_queue() == [a[1], a[0], b[1], b[0]]
     got = pool.allocate(1)
     assert got == [a[1]]
     assert isinstance(events[-1], BlockRemoved)
@@ -123,7 +123,7 @@ def test_pool_lru_evicts_oldest_freed_and_emits_removed():
     first = pool.lookup(h.hashes(a_ids)[0])
     assert first == a[0]
     pool.touch([first])
-    assert first not in pool.free and pool.ref_cnt[first] == 1
+    assert not pool.is_free(first) and pool.ref_cnt[first] == 1
 
 
 def test_pool_stored_event_shape_and_parent():
@@ -171,3 +171,119 @@ def test_duplicate_digest_blocks_take_over_when_the_first_is_evicted():
     pool.allocate(1)
     assert pool.lookup(d[0]) is None
     assert [type(e).__name__ for e in events].count("BlockRemoved") == 2
+
+
+class _ReferencePool:
+    """The LRU free-queue semantics written the obvious way (an ordered dict, one block at a
+    time), to check BlockPool's sliced queue against: same blocks, same evictions."""
+
+    def __init__(self, n: int) -> None:
+        self.ref = [0] * n
+        self.free: dict[int, None] = dict.fromkeys(range(n))  # insertion order = LRU order
+        self.hash: list[object] = [None] * n
+        self.owner: dict[object, int] = {}
+        self.dups: dict[object, list[int]] = {}
+        self.removed: list[object] = []
+
+    def touch(self, blocks: list[int]) -> None:
+        for b in blocks:
+            if self.ref[b] == 0:
+                del self.free[b]
+            self.ref[b] += 1
+
+    def allocate(self, n: int) -> list[int]:
+        out = []
+        for _ in range(n):
+            b = next(iter(self.free))
+            del self.free[b]
+            d = self.hash[b]
+            if d is not None:
+                self.hash[b] = None
+                self.removed.append(d)
+                copies = self.dups.get(d, [])
+                if self.owner[d] == b:
+                    del self.owner[d]
+                    if copies:
+                        self.owner[d] = copies.pop(0)
+                else:
+                    copies.remove(b)
+                if d in self.dups and not copies:
+                    del self.dups[d]
+            self.ref[b] = 1
+            out.append(b)
+        return out
+
+    def free_blocks(self, blocks: list[int]) -> None:
+        for b in reversed(blocks):
+            self.ref[b] -= 1
+            if self.ref[b] == 0:
+                self.free[b] = None
+
+    def cache(self, blocks: list[int], digests: list[int]) -> None:
+        for b, d in zip(blocks, digests, strict=True):
+            if self.hash[b] is None:
+                self.hash[b] = d
+                if d in self.owner:
+                    self.dups.setdefault(d, []).append(b)
+                else:
+                    self.owner[d] = b
+
+
+@pytest.mark.parametrize("num_blocks", [3, 17, 64], ids=lambda n: f"blocks{n}")
+def test_pool_matches_one_block_at_a_time_lru_reference(num_blocks: int) -> None:
+    """Random allocate / cache / hit / free sequences (with duplicate digests, hits on free
+    blocks leaving stale queue entries, queue trimming and compaction): the pool hands out the
+    same blocks, evicts the same digests in the same order and keeps its invariants."""
+    import random
+
+    rng = random.Random(num_blocks)
+    events: list[KVEvent] = []
+    pool = BlockPool(num_blocks, 1, event_sink=events.append)
+    ref = _ReferencePool(num_blocks)
+    held: list[list[int]] = []
+    for step in range(12000):
+        op = rng.random()
+        if held and (op < 0.35 or pool.num_free == 0):
+            blocks = held.pop(rng.randrange(len(held)))
+            pool.free_blocks(blocks)
+            ref.free_blocks(blocks)
+        elif op < 0.75:
+            n = rng.randint(1, min(pool.num_free, 6))
+            got = pool.allocate(n)
+            assert got == ref.allocate(n), step
+            digests = [rng.randrange(3 * num_blocks) for _ in got]  # duplicates happen
+            k = rng.randint(0, n)
+            pool.cache_full_blocks(got, digests, 0, k, [0] * n)
+            ref.cache(got[:k], digests[:k])
+            held.append(got)
+        elif pool.cached:
+            cached = list(pool.cached.values())
+            hit = rng.sample(cached, min(len(cached), rng.randint(1, 4)))
+            pool.touch(hit)
+            ref.touch(hit)
+            if op < 0.9:
+                held.append(hit)
+            else:  # a hit released at once: stale queue entries pile up (compaction)
+                pool.free_blocks(hit)
+                ref.free_blocks(hit)
+        assert pool.num_free == len(ref.free)
+        if step % 97 == 0:
+            pool.check_invariants()
+            assert pool.free_queue() == list(ref.free)
+            assert pool.cached == ref.owner and pool.dups == ref.dups
+    removed = [e.block_hashes[0] for e in events if isinstance(e, BlockRemoved)]
+    assert removed == [event_hash(d) for d in ref.removed]
+    assert pool.num_evictions == len(ref.removed)
+
+
+def test_compaction_keeps_referenced_blocks_out_of_the_free_queue():
+    pool = BlockPool(4, 1)
+    held = pool.allocate(3)  # consumed entries 0..2
+    spare = pool.allocate(1)
+    pool.cache_full_blocks(spare, [7], 0, 1, [0])
+    pool.free_blocks(spare)
+    for _ in range(12):  # each hit-and-release leaves a stale entry: forces compaction
+        pool.touch(spare)
+        pool.free_blocks(spare)
+    assert len(pool.free_queue()) == 1 and not any(pool.is_free(b) for b in held)
+    pool.check_invariants()
