@@ -72,6 +72,27 @@ class SloHeadroomParams(Params):
             " candidate misses the target (unitless, default 0.5, 0..1)."
         ),
     )
+    ttft_floor: float = Field(
+        0.0,
+        ge=0.0,
+        le=10.0,
+        description=(
+            "f: the TTFT relative term compares (best + f·target)/(pred + f·target) instead of"
+            " best/pred, so TTFTs far below the target count as nearly equal (fraction of the"
+            " TTFT target, default 0 = plain best/pred, range 0..10; no effect without a"
+            " target)."
+        ),
+    )
+    tpot_floor: float = Field(
+        0.0,
+        ge=0.0,
+        le=10.0,
+        description=(
+            "The same floor for the TPOT relative term, so an endpoint that decodes slower but"
+            " well within the TPOT target is not ranked like one that misses it (fraction of"
+            " the TPOT target, default 0, range 0..10)."
+        ),
+    )
 
 
 class SessionAffinityParams(Params):
@@ -107,6 +128,16 @@ class ColdSpreadParams(Params):
         ge=0.0,
         le=1.0,
         description="Score of every candidate for a request with a hit somewhere (default 0.5).",
+    )
+    min_hit_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "A request counts as cold unless its best hit on a candidate exceeds this share of"
+            " its prompt, so a shared system prompt alone does not make every request warm"
+            " (unitless, default 0 = any hit is warm, range 0..<1)."
+        ),
     )
 
 

@@ -209,11 +209,14 @@ class KvUsageScorer(Plugin):
         return [1.0 - e.kv_cache_usage for e in endpoints]
 
 
-def _headroom(pred: list[float], best: float, target: float | None, rel_w: float) -> list[float]:
+def _headroom(
+    pred: list[float], best: float, target: float | None, rel_w: float, floor: float = 0.0
+) -> list[float]:
     """Per-candidate headroom score of predicted latencies ``pred`` (see SloHeadroomScorer)."""
-    rel = [best / x if x > 0 else 1.0 for x in pred]
     if target is None or target <= 0:
-        return rel
+        return [best / x if x > 0 else 1.0 for x in pred]
+    f = floor * target
+    rel = [(best + f) / (x + f) if x + f > 0 else 1.0 for x in pred]
     half = 0.5 / target
     out = []
     for x, r in zip(pred, rel, strict=True):
@@ -228,10 +231,21 @@ class SloHeadroomScorer(Plugin):
 
     Per candidate with a perf model: TTFT predicted with its prefix hit and the prefill queued on
     it; TPOT predicted at its batch plus this request. Each latency scores
-    ``(1−r)·clamp(0.5 + 0.5·(target − pred)/target) + r·best/pred``: 1 at zero latency, 0.5 exactly
-    at the target, 0 at twice the target, plus a relative term (``best/pred``) that still ranks
-    candidates when all of them miss (or when the request has no target). TTFT and TPOT mix as
+    ``(1−r)·clamp(0.5 + 0.5·(target − pred)/target) + r·rel``: 1 at zero latency, 0.5 exactly
+    at the target, 0 at twice the target, plus a relative term that still ranks candidates when
+    all of them miss (or when the request has no target). TTFT and TPOT mix as
     ``(1−t)·ttft + t·tpot``. Candidates without a perf model score 0.5 (neutral).
+
+    The relative term is ``(best + F)/(pred + F)`` with ``F = floor·target`` (``ttftFloor`` and
+    ``tpotFloor``; plain ``best/pred`` when the floor is 0 or there is no target). Why a floor:
+    ``best/pred`` is scale-free, so a candidate at 30 ms TPOT scores a third of one at 10 ms even
+    when the target is 100 ms and both meet it easily; on a mixed fleet that ranks every slower
+    accelerator as if it missed, and all traffic piles onto the fastest one (measured: 87 % of
+    the Mooncake trace on 6 of 16 engines). With the floor, differences far below the target
+    shrink toward a tie (which load, cache and spreading terms then break) while differences
+    near or above the target keep almost their full weight. Invariant: for ``F ≥ 0`` the term is
+    in (0, 1], 1 for the best candidate, and monotone decreasing in ``pred``, so the scorer never
+    prefers a slower prediction; a floor only flattens the gradient.
     """
 
     def __init__(self, p: P.SloHeadroomParams) -> None:
@@ -270,8 +284,8 @@ class SloHeadroomScorer(Plugin):
         tw, rw = self.p.tpot_weight, self.p.relative_weight
         best1 = min(t for t, k in zip(ttfts, known, strict=True) if k)
         best2 = min(t for t, k in zip(tpots, known, strict=True) if k)
-        h1 = _headroom(ttfts, best1, req.ttft_slo_s, rw)
-        h2 = _headroom(tpots, best2, req.tpot_slo_s, rw)
+        h1 = _headroom(ttfts, best1, req.ttft_slo_s, rw, self.p.ttft_floor)
+        h2 = _headroom(tpots, best2, req.tpot_slo_s, rw, self.p.tpot_floor)
         return [
             (1.0 - tw) * a + tw * b if k else 0.5 for a, b, k in zip(h1, h2, known, strict=True)
         ]
@@ -374,6 +388,13 @@ class ColdSpreadScorer(Plugin):
     longest without receiving one, so new conversations fan out and caches stay diverse. Never
     used → 1; otherwise rank by recency, least recent → 1, most recent → 0. Requests with a hit
     somewhere get ``neutralScore`` everywhere. The recency table changes only in ``on_routed``.
+
+    "A hit somewhere" means a best hit above ``minHitFraction`` of the prompt (default 0: any
+    hit). Why the threshold: when every request starts with the same system prompt, every
+    request has a short hit everywhere and the scorer never fires (measured on the Mooncake
+    trace: 3,657 of 3,658 requests); with a threshold, a new conversation behind a shared
+    preamble still counts as new. Scoring and ``on_routed`` use the same test, so the table
+    records exactly the requests that were scored as cold.
     """
 
     def __init__(self, p: P.ColdSpreadParams) -> None:
@@ -384,8 +405,10 @@ class ColdSpreadScorer(Plugin):
     def score(self, state: CycleState, endpoints: Sequence[EndpointView]) -> list[float]:
         n = len(endpoints)
         hits = state.prefix_hits()
-        if hits and any(e.id in hits for e in endpoints):
-            return [self.p.neutral_score] * n
+        if hits:
+            best = max((hits.get(e.id, 0) for e in endpoints), default=0)
+            if not self._cold(best, state.request.prompt_tokens):
+                return [self.p.neutral_score] * n
         used = sorted({self._last[e.id] for e in endpoints if e.id in self._last})
         if not used:
             return [1.0] * n
@@ -397,8 +420,12 @@ class ColdSpreadScorer(Plugin):
             out.append(1.0 if seq is None else 1.0 - (rank[seq] + 1) / (denom + 1))
         return out
 
+    def _cold(self, best_hit: int, prompt_tokens: int) -> bool:
+        """Cold: no hit, or the best hit is at most ``minHitFraction`` of the prompt."""
+        return best_hit <= 0 or best_hit <= self.p.min_hit_fraction * prompt_tokens
+
     def on_routed(self, request: RequestView, decision: Decision) -> None:
-        if decision.max_cached_tokens == 0:
+        if self._cold(decision.max_cached_tokens, request.prompt_tokens):
             self._seq += 1
             self._last[decision.endpoint] = self._seq
 

@@ -165,6 +165,73 @@ def test_slo_headroom_prefers_faster_accelerator_and_cache() -> None:
     assert out[0] == pytest.approx(0.75 * 0.8975 + 0.25 * 0.945)
 
 
+# TPOT = decode_base + per_seq·(running + 1): fast PERF 0.01 + 2·1e-3 = 0.012 s, slow decoder
+# 0.01 + 2·3e-3 = 0.016 s; both well within the 0.05 s target.
+SLOW_DECODE = dataclasses.replace(PERF, decode_s_per_seq=3e-3)
+
+
+def _headroom_pair(**kw: float) -> tuple[float, float]:
+    """TPOT-only scores (tpot_weight 1, relative term only) of a fast and a slow decoder."""
+    r = req(prompt_tokens=1000, ttft_slo_s=1.0, tpot_slo_s=0.05)
+    sc = SloHeadroomScorer(P.SloHeadroomParams(tpot_weight=1.0, relative_weight=1.0, **kw))
+    out = sc.score(
+        state(r), [ep("fast", perf=PERF, running=1), ep("slow", perf=SLOW_DECODE, running=1)]
+    )
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize(
+    ("floor", "expected_slow"),
+    [
+        # plain best/pred: 0.012 / 0.016
+        pytest.param(0.0, 0.012 / 0.016, id="no-floor-is-best-over-pred"),
+        # F = 2·0.05 = 0.1 s: (0.012 + 0.1) / (0.016 + 0.1)
+        pytest.param(2.0, 0.112 / 0.116, id="floor-2-nearly-ties-within-target"),
+        pytest.param(10.0, 0.512 / 0.516, id="large-floor-flattens-further"),
+    ],
+)
+def test_slo_headroom_tpot_floor_flattens_differences_below_target(
+    floor: float, expected_slow: float
+) -> None:
+    fast, slow = _headroom_pair(tpot_floor=floor)
+    assert fast == pytest.approx(1.0)
+    assert slow == pytest.approx(expected_slow)
+    assert slow < fast, "a floor never reverses the order"
+
+
+@pytest.mark.parametrize(
+    ("kw", "changed"),
+    [
+        pytest.param({"ttft_floor": 1.0}, False, id="ttft-floor-leaves-tpot-term"),
+        pytest.param({"tpot_floor": 1.0}, True, id="tpot-floor-moves-tpot-term"),
+    ],
+)
+def test_slo_headroom_floors_are_independent(kw: dict[str, float], changed: bool) -> None:
+    assert (_headroom_pair(**kw) != _headroom_pair()) is changed
+
+
+@pytest.mark.parametrize(
+    ("ttft_slo", "floor", "expected_slow"),
+    [
+        # TTFT: fast 0.01 + 1000·1e-4 = 0.11 s, slow (4e-4/token) 0.41 s
+        pytest.param(None, 1.0, 0.11 / 0.41, id="no-target-floor-ignored"),
+        pytest.param(1.0, 0.0, 0.11 / 0.41, id="target-no-floor"),
+        pytest.param(1.0, 1.0, 1.11 / 1.41, id="target-floor-1"),
+    ],
+)
+def test_slo_headroom_ttft_floor_needs_a_target(
+    ttft_slo: float | None, floor: float, expected_slow: float
+) -> None:
+    slow_prefill = dataclasses.replace(PERF, prefill_s_per_token=4e-4)
+    r = req(prompt_tokens=1000, ttft_slo_s=ttft_slo)
+    sc = SloHeadroomScorer(
+        P.SloHeadroomParams(tpot_weight=0.0, relative_weight=1.0, ttft_floor=floor)
+    )
+    fast, slow = sc.score(state(r), [ep("fast", perf=PERF), ep("slow", perf=slow_prefill)])
+    assert fast == pytest.approx(1.0)
+    assert slow == pytest.approx(expected_slow)
+
+
 def test_slo_headroom_without_perf_is_neutral() -> None:
     out = SloHeadroomScorer(P.SloHeadroomParams()).score(st(), [ep("a"), ep("b", perf=PERF)])
     assert out[0] == 0.5
@@ -214,6 +281,39 @@ def test_cold_spread_rotates_cold_requests() -> None:
     sc.on_routed(req(), cold)
     out = sc.score(st(), eps)
     assert out[0] < out[1] == out[2] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("min_hit_fraction", "hit_blocks", "cold"),
+    [
+        # st(): 64-token prompt, 16-token blocks; the hit sits on endpoint "b"
+        pytest.param(0.0, 0, True, id="no-hit-is-cold"),
+        pytest.param(0.0, 1, False, id="default-any-hit-is-warm"),
+        pytest.param(0.3, 1, True, id="short-shared-preamble-is-cold"),
+        pytest.param(0.3, 2, False, id="hit-above-threshold-is-warm"),
+    ],
+)
+def test_cold_spread_min_hit_fraction(min_hit_fraction: float, hit_blocks: int, cold: bool) -> None:
+    sc = ColdSpreadScorer(P.ColdSpreadParams(min_hit_fraction=min_hit_fraction))
+    s = st()
+    assert s.prefix_index is not None
+    chain = s.request.chain(s.prefix_index.hasher).hashes
+    if hit_blocks:
+        s.prefix_index.insert(EndpointId("b"), chain[:hit_blocks])  # type: ignore[attr-defined]
+    # "a" received the last cold request; the routing of a request with this hit records it
+    # as cold use exactly when it is scored as cold
+    first = Decision(EndpointId("a"), RequestId("r0"), (), {}, {}, (), {}, {}, {}, 0, 0)
+    sc.on_routed(s.request, first)
+    out = sc.score(s, [ep("a"), ep("b"), ep("c")])
+    if cold:
+        assert out[0] < out[1] == out[2] == 1.0
+    else:
+        assert out == [0.5, 0.5, 0.5]
+    this = Decision(
+        EndpointId("c"), RequestId("r1"), (), {}, {}, (), {}, {}, {}, 0, 16 * hit_blocks
+    )
+    sc.on_routed(s.request, this)
+    assert (sc.score(state(req(prompt_tokens=64)), [ep("a"), ep("c")])[1] < 1.0) is cold
 
 
 def test_bounded_load_filter_drops_hot_endpoint() -> None:
