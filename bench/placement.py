@@ -32,6 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from modelfleet.sim.cli import parse_fleet as _parse_fleet  # noqa: E402
 from modelfleet.sim.cluster import ClusterSimulator, SimConfig  # noqa: E402
 from modelfleet.sim.fleet import EngineSpec, mixed_fleet  # noqa: E402
 from modelfleet.sim.metrics import LoadSample, RequestRecord, RunMetrics  # noqa: E402
@@ -50,13 +51,11 @@ MAIN = "modelfleet"
 
 
 def parse_fleet(text: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for part in text.split(","):
-        name, sep, count = part.partition("=")
-        if not sep or not count.strip().isdigit():
-            raise SystemExit(f"--fleet: expected ACCEL=COUNT[,ACCEL=COUNT...], got {part!r}")
-        out[name.strip()] = int(count)
-    return out
+    """``--fleet`` as ``{accelerator: count}``; exits naming the flag on a malformed value."""
+    try:
+        return _parse_fleet(text)
+    except argparse.ArgumentTypeError as exc:
+        raise SystemExit(f"--fleet: {exc}") from None
 
 
 def load_trace(path: str, window: tuple[float, float] | None) -> Trace:
