@@ -9,7 +9,7 @@ its hyper-parameters chosen by 5-fold cross-validation on train, and evaluated o
 ``*_test.csv`` files (945 prompts after cleaning). A selector with a cost knob is swept over 81
 values of λ (pick ``argmax_m q̂_m − λ·1000·ĉ_m``, exactly :class:`CostQualityStrategy`'s rule);
 AIQ, the cheapest operating point reaching 95 % of GPT-4's quality (as a share of GPT-4's
-cost) and the best quality are computed by :mod:`modelfleet.policy.selection.metrics`, with
+cost) and the best quality are computed by ``bench/selection_metrics.py``, with
 percentile bootstrap intervals over resampled test prompts (paired: the same resamples for
 every selector, so differences have their own interval).
 
@@ -44,14 +44,14 @@ import numpy.typing as npt
 from modelfleet.api.routingpolicy import RoutingPolicySpec
 from modelfleet.policy.selection import PoolView, SelectionRequest, build_selector
 from modelfleet.policy.selection.features import HashedTfidf, fit_idf
-from modelfleet.policy.selection.metrics import aiq, bootstrap_ci, cheapest_reaching
 from modelfleet.policy.selection.predictor import (
     KnnPredictor,
     LinearPredictor,
     load_builtin_predictor,
 )
 from modelfleet.policy.selection.semantic import SemanticClassifier
-from modelfleet.policy.selection.train import (
+from selection_metrics import aiq, bootstrap_ci, cheapest_reaching
+from selection_train import (
     DEFAULT_ALPHA,
     ROUTERBENCH_MODELS,
     RouterBenchSplit,

@@ -3,7 +3,7 @@
     .venv/bin/python bench/train_selector.py            # writes the artefact
     .venv/bin/python bench/train_selector.py --check    # retrains, compares with the shipped one
 
-Fits :func:`modelfleet.policy.selection.train.fit_linear` (hashed TF-IDF features, kernel
+Fits ``fit_linear`` of ``bench/selection_train.py`` (hashed TF-IDF features, kernel
 ridge, closed form) on the RouterBench train split only (``bench/data/routerbench``, 2,205
 prompts after cleaning) and saves it to
 ``modelfleet/policy/selection/artefacts/routerbench-linear.npz``. The fit is deterministic; the
@@ -23,7 +23,7 @@ from modelfleet.policy.selection.predictor import (
     load_predictor,
     save_predictor,
 )
-from modelfleet.policy.selection.train import DEFAULT_ALPHA, DEFAULT_DIM, train_default
+from selection_train import DEFAULT_ALPHA, DEFAULT_DIM, train_default
 
 DATA = Path(__file__).resolve().parent / "data" / "routerbench"
 

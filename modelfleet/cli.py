@@ -125,15 +125,45 @@ def _version_run(args: argparse.Namespace) -> int:
 Handler = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
 
-def _lazy(module: str) -> Handler:
-    """A subcommand implemented by ``module.add_arguments`` / ``module.run``."""
+def _missing_extra(err: ModuleNotFoundError) -> str | None:
+    """The missing third-party module behind ``err`` (None if it is modelfleet's own)."""
+    name = (err.name or "").partition(".")[0]
+    return None if not name or name == "modelfleet" else name
+
+
+def _lazy(module: str, extra: str) -> Handler:
+    """A subcommand implemented by ``module.add_arguments`` / ``module.run``.
+
+    ``module`` and what it imports come from the ``extra`` of the package. Without it, the
+    subcommand still exists (``modelfleet --help`` lists it) and running it says which extra
+    to install, instead of a traceback; the other subcommands are unaffected.
+    """
+    missing: list[str] = []
 
     def add(p: argparse.ArgumentParser) -> None:
-        importlib.import_module(module).add_arguments(p)
+        try:
+            importlib.import_module(module).add_arguments(p)
+        except ModuleNotFoundError as err:
+            if (name := _missing_extra(err)) is None:
+                raise
+            missing.append(name)
+            p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
     def run(args: argparse.Namespace) -> int:
-        result: int = importlib.import_module(module).run(args)
-        return result
+        try:
+            if not missing:
+                result: int = importlib.import_module(module).run(args)
+                return result
+        except ModuleNotFoundError as err:
+            if (name := _missing_extra(err)) is None:
+                raise
+            missing.append(name)
+        print(
+            f"modelfleet {args.command}: needs the '{extra}' extra (missing Python module "
+            f"{missing[0]!r}); install it with: pip install 'modelfleet[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2
 
     return add, run
 
@@ -143,14 +173,17 @@ def _subcommands() -> dict[str, tuple[str, Handler]]:
         "crds": ("write the CRDs generated from the API models", (_crds_args, _crds_run)),
         "validate": ("validate manifests offline", (_validate_args, _validate_run)),
         "version": ("print the version", (_version_args, _version_run)),
-        "engine": ("run a simulated vLLM engine (OpenAI API)", _lazy("modelfleet.engine.cli")),
+        "engine": (
+            "run a simulated vLLM engine (OpenAI API)",
+            _lazy("modelfleet.engine.cli", "engine"),
+        ),
         "simulate": (
             "compare placement policies on a local simulated fleet (no cluster needed)",
-            _lazy("modelfleet.sim.cli"),
+            _lazy("modelfleet.sim.cli", "bench"),
         ),
         "dev-cluster": (
             "a local Kubernetes control plane with simulated GPU nodes (up|down|kubeconfig)",
-            _lazy("modelfleet.testing.cluster"),
+            _lazy("modelfleet.testing.cluster_cli", "testing"),
         ),
     }
 

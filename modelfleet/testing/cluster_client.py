@@ -1,30 +1,35 @@
-"""Talking to a Kubernetes API server from tests: kubectl, helm and raw API requests.
+"""Talking to a Kubernetes API server from tests: kubectl, helm and the ``kubernetes`` client.
 
 :class:`ClusterClient` is what a test needs from a cluster, whoever runs it: the local control
 plane (:class:`modelfleet.testing.cluster.Cluster` is a client that also owns its processes) or an
 existing cluster reached through a kubeconfig (:meth:`ClusterClient.from_kubeconfig`, used to run
-the same suite on kind). kubectl and helm are the binaries of :class:`Binaries`, never whatever
-happens to be on PATH, and their caches live in a private directory so runs do not share state.
+the same suite on kind). API calls go through the maintained ``kubernetes`` client, configured
+from the same kubeconfig file and context as the tools: the typed core API, the dynamic client
+(any kind, found by API discovery) and raw requests for tests that inspect a refusal. kubectl
+and helm are the binaries of :class:`Binaries`, never whatever happens to be on PATH, and their
+caches live in a private directory so runs do not share state.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
-import ssl
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+import kubernetes.client as k8s
+import kubernetes.config as k8s_config
+import urllib3
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import ResourceNotFoundError
+from kubernetes.dynamic.resource import Resource
 
 _TOOLS = ("controlplane", "kubectl", "kwok", "helm")
 #: What a client of an existing cluster needs.
@@ -96,89 +101,79 @@ class ApiResponse:
 
 @dataclass(frozen=True)
 class Connection:
-    """How to reach one API server: its URL, TLS context, optional bearer token, and the
-    kubeconfig kubectl/helm use. ``cache_dir`` holds their caches."""
+    """How to reach one API server: the ``kubernetes`` client configured from ``kubeconfig`` at
+    ``context`` (kubectl and helm use the same file and context), and ``cache_dir`` for caches."""
 
-    server: str
     kubeconfig: Path
-    ssl_context: ssl.SSLContext
+    context: str
+    api_client: k8s.ApiClient
     cache_dir: Path
-    token: str = ""
 
+    @classmethod
+    def from_kubeconfig(
+        cls, kubeconfig: Path, cache_dir: Path, context: str | None = None
+    ) -> Connection:
+        """Load ``kubeconfig`` with the ``kubernetes`` client at its current context or the one
+        named: client certificates, bearer tokens, exec plugins, CA data or files, whatever
+        that client supports. A bad file or an unknown context raises :class:`ClusterError`."""
+        try:
+            contexts, current = k8s_config.list_kube_config_contexts(str(kubeconfig))
+            name = context or str(current["name"])
+            if name not in {c["name"] for c in contexts}:
+                raise ClusterError(f"kubeconfig {kubeconfig}: no context named {name!r}")
+            api_client = k8s_config.new_client_from_config(str(kubeconfig), context=name)
+        except (k8s_config.ConfigException, OSError, KeyError, TypeError) as err:
+            raise ClusterError(f"kubeconfig {kubeconfig}: {err}") from err
+        return cls(kubeconfig, name, api_client, cache_dir)
 
-def _pem(entry: dict[str, Any], data_key: str, file_key: str, out: Path) -> Path | None:
-    """A kubeconfig credential as a file: ``*-data`` (base64) is written to ``out``."""
-    if data := entry.get(data_key):
-        out.write_bytes(base64.b64decode(data))
-        out.chmod(0o600)
-        return out
-    if path := entry.get(file_key):
-        return Path(path).expanduser()
-    return None
+    @property
+    def server(self) -> str:
+        return str(self.api_client.configuration.host)
 
 
 class ClusterClient:
-    """kubectl, helm and raw requests against one API server (see the module docstring)."""
+    """kubectl, helm and the ``kubernetes`` client against one API server (module docstring).
+
+    API access, from most to least typed: :attr:`core` (``CoreV1Api``; any other typed API
+    class takes :attr:`api_client`), :meth:`resource` (a dynamic-client resource of any kind,
+    custom ones included: ``create``/``get``/``patch``/``delete``), and :meth:`api` (one raw
+    request whose non-2xx reply is returned, not raised, for tests that inspect a refusal).
+    """
 
     def __init__(self, binaries: Binaries, *, wait_timeout: float = 90.0) -> None:
         self.binaries = binaries
         self.wait_timeout = wait_timeout
         self._conn: Connection | None = None
+        self._dynamic: DynamicClient | None = None
         self._owned_cache: Path | None = None
 
     @classmethod
     def from_kubeconfig(
         cls, binaries: Binaries, kubeconfig: Path, context: str | None = None
     ) -> ClusterClient:
-        """A client for an existing cluster (current or named context of ``kubeconfig``).
-
-        Supports client certificates, bearer tokens and CA data or files, inline or by path —
-        what kind, kubeadm and the local control plane write. Call :meth:`close` when done.
-        """
-        try:
-            config = yaml.safe_load(kubeconfig.read_text())
-        except (OSError, yaml.YAMLError) as err:
-            raise ClusterError(f"kubeconfig {kubeconfig}: {err}") from err
-        name = context or config.get("current-context")
-
-        def pick(section: str, key: str) -> dict[str, Any]:
-            for item in config.get(section) or []:
-                if item.get("name") == key:
-                    return dict(item.get(section.rstrip("s")) or {})
-            raise ClusterError(f"kubeconfig {kubeconfig}: no {section[:-1]} named {key!r}")
-
-        ctx = pick("contexts", str(name))
-        cluster, user = pick("clusters", ctx["cluster"]), pick("users", ctx["user"])
-        client = cls(binaries)
+        """A client for an existing cluster (current or named context of ``kubeconfig``), e.g.
+        kind's. Call :meth:`close` when done."""
         cache = Path(tempfile.mkdtemp(prefix="modelfleet-client-"))
+        try:
+            conn = Connection.from_kubeconfig(kubeconfig, cache, context)
+        except ClusterError:
+            shutil.rmtree(cache, ignore_errors=True)
+            raise
+        client = cls(binaries)
         client._owned_cache = cache
-        ca = _pem(cluster, "certificate-authority-data", "certificate-authority", cache / "ca.crt")
-        if cluster.get("insecure-skip-tls-verify"):
-            tls = ssl.create_default_context()
-            tls.check_hostname = False
-            tls.verify_mode = ssl.CERT_NONE
-        else:
-            tls = ssl.create_default_context(cafile=str(ca) if ca else None)
-        cert = _pem(user, "client-certificate-data", "client-certificate", cache / "client.crt")
-        key = _pem(user, "client-key-data", "client-key", cache / "client.key")
-        if cert and key:
-            tls.load_cert_chain(str(cert), str(key))
-        # kubectl gets its own copy pinned to the chosen context.
-        own = cache / "kubeconfig"
-        own.write_text(yaml.safe_dump({**config, "current-context": name}, sort_keys=False))
-        own.chmod(0o600)
-        client.connect(
-            Connection(str(cluster["server"]), own, tls, cache, token=str(user.get("token", "")))
-        )
+        client.connect(conn)
         return client
 
     def connect(self, conn: Connection | None) -> None:
-        """Point the client at a server (``None``: disconnected)."""
+        """Point the client at a server (``None``: disconnected); closes the previous one."""
+        if self._conn is not None and self._conn is not conn:
+            self._conn.api_client.close()
         self._conn = conn
+        self._dynamic = None
 
     def close(self) -> None:
         """Disconnect and remove the private cache of a :meth:`from_kubeconfig` client."""
-        self._conn = None
+        self.connect(None)
         if self._owned_cache is not None:
             shutil.rmtree(self._owned_cache, ignore_errors=True)
             self._owned_cache = None
@@ -196,6 +191,35 @@ class ClusterClient:
     @property
     def kubeconfig(self) -> Path:
         return self.connection.kubeconfig
+
+    @property
+    def api_client(self) -> k8s.ApiClient:
+        """The configured ``kubernetes.client.ApiClient``, for any typed API class."""
+        return self.connection.api_client
+
+    @property
+    def core(self) -> k8s.CoreV1Api:
+        """The core/v1 API: namespaces, pods, services, nodes, ..."""
+        return k8s.CoreV1Api(self.api_client)
+
+    @property
+    def dynamic(self) -> DynamicClient:
+        """The dynamic client, created on first use (it runs API discovery); its discovery
+        cache lives in this client's cache directory."""
+        if self._dynamic is None:
+            cache = self.connection.cache_dir / "client-cache" / "discovery.json"
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            self._dynamic = DynamicClient(self.api_client, cache_file=str(cache))
+        return self._dynamic
+
+    def resource(self, api_version: str, kind: str) -> Resource:
+        """The dynamic-client resource serving ``kind`` in ``api_version``. Discovery is
+        refreshed once on a miss, so CRDs installed after the first lookup are found."""
+        try:
+            found: Resource = self.dynamic.resources.get(api_version=api_version, kind=kind)
+        except ResourceNotFoundError as err:
+            raise ClusterError(f"the API server serves no kind {kind} in {api_version}") from err
+        return found
 
     def _tool_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -229,14 +253,18 @@ class ClusterClient:
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         """Run kubectl against this cluster; raise :class:`KubectlError` on failure if ``check``."""
-        argv = [str(self.binaries.kubectl), f"--kubeconfig={self.kubeconfig}", *args]
+        conn = self.connection
+        argv = [str(self.binaries.kubectl), f"--kubeconfig={conn.kubeconfig}",
+                f"--context={conn.context}", *args]  # fmt: skip
         return self._run_tool(argv, input, check, timeout)
 
     def helm(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 300
     ) -> subprocess.CompletedProcess[str]:
         """Run helm against this cluster (helm's cache and config are private to the client)."""
-        argv = [str(self.binaries.helm), f"--kubeconfig={self.kubeconfig}", *args]
+        conn = self.connection
+        argv = [str(self.binaries.helm), f"--kubeconfig={conn.kubeconfig}",
+                f"--kube-context={conn.context}", *args]  # fmt: skip
         return self._run_tool(argv, input, check, timeout)
 
     def api(
@@ -248,57 +276,56 @@ class ClusterClient:
         accept: str = "application/json",
         timeout: float = 30,
     ) -> ApiResponse:
-        """One request to the API server. Non-2xx statuses are returned, not raised, so callers
-        can inspect a refusal's ``Status`` object (``details.causes[].field``). ``accept`` may
-        ask for another representation, e.g. the server-side ``Table`` kubectl prints:
+        """One request to the API server through the ``kubernetes`` client's transport (its
+        TLS and credentials). Non-2xx statuses are returned, not raised, so callers can inspect
+        a refusal's ``Status`` object (``details.causes[].field``); an unreachable server
+        raises :class:`ClusterError`. ``accept`` may ask for
+        another representation, e.g. the server-side ``Table`` kubectl prints:
         ``application/json;as=Table;v=v1;g=meta.k8s.io``."""
-        conn = self.connection
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(conn.server + path, data=data, method=method)
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        req.add_header("Accept", accept)
-        if conn.token:
-            req.add_header("Authorization", f"Bearer {conn.token}")
+        client = self.api_client
+        headers = {"Accept": accept}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        method, url, headers, payload, _ = client.param_serialize(
+            method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
+        )
         try:
-            with urllib.request.urlopen(req, context=conn.ssl_context, timeout=timeout) as r:
-                status, raw = r.status, r.read()
-        except urllib.error.HTTPError as err:
-            status, raw = err.code, err.read()
-        text = raw.decode(errors="replace")
+            resp = client.call_api(
+                method, url, header_params=headers, body=payload, _request_timeout=timeout
+            )
+        except urllib3.exceptions.HTTPError as err:  # refused, reset, timed out, TLS
+            raise ClusterError(f"{method} {self.server}{path}: {err}") from err
+        text = resp.read().decode(errors="replace")
         try:
             decoded = json.loads(text)
         except ValueError:
             decoded = None
-        return ApiResponse(status, decoded if isinstance(decoded, dict) else {}, text)
+        return ApiResponse(resp.status, decoded if isinstance(decoded, dict) else {}, text)
 
     def resource_path(self, api_version: str, kind: str, namespace: str | None = None) -> str:
-        """The collection URL path for ``kind`` in ``api_version`` (via API discovery)."""
-        base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
-        resp = self.api("GET", base)
-        if resp.status != 200:
-            raise ClusterError(
-                f"discovery of {api_version} failed ({resp.status}): {resp.text[:200]}"
-            )
-        for res in resp.body.get("resources", []):
-            if res.get("kind") == kind and "/" not in res.get("name", "/"):
-                if res.get("namespaced"):
-                    return f"{base}/namespaces/{namespace or 'default'}/{res['name']}"
-                return f"{base}/{res['name']}"
-        raise ClusterError(f"the API server serves no kind {kind} in {api_version}")
+        """The collection URL path of ``kind`` in ``api_version`` (a namespaced kind's in
+        ``namespace``, default ``default``), for :meth:`api`."""
+        res = self.resource(api_version, kind)
+        path: str = res.path(namespace=(namespace or "default") if res.namespaced else None)
+        return path
 
     def create_namespace(self, name: str) -> None:
         """Create a namespace and wait until its ``default`` service account exists (pods are
-        refused before that, and the first pod of a test must not race the controller).
-        Raw API calls rather than kubectl: tests create one per test, so this is hot."""
-        created = self.api("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
-        if created.status != 201:
-            raise ClusterError(
-                f"create namespace {name}: HTTP {created.status}: {created.text[:300]}"
-            )
+        refused before that, and the first pod of a test must not race the controller)."""
+        core = self.core
+        try:
+            core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
+        except ApiException as err:
+            raise ClusterError(f"create namespace {name}: HTTP {err.status}: {err.body}") from err
         deadline = time.monotonic() + self.wait_timeout
         delay = 0.02
-        while self.api("GET", f"/api/v1/namespaces/{name}/serviceaccounts/default").status != 200:
+        while True:
+            try:
+                core.read_namespaced_service_account("default", name)
+                return
+            except ApiException as err:
+                if err.status != 404:
+                    raise ClusterError(f"namespace {name}: HTTP {err.status}: {err.body}") from err
             if time.monotonic() > deadline:
                 raise ClusterError(
                     f"namespace {name}: no default service account after {self.wait_timeout} s"
@@ -308,6 +335,10 @@ class ClusterClient:
 
     def delete_namespace(self, name: str) -> None:
         """Start deleting a namespace (and everything in it); does not wait for it to go."""
-        resp = self.api("DELETE", f"/api/v1/namespaces/{name}")
-        if resp.status not in (200, 202, 404):
-            raise ClusterError(f"delete namespace {name}: HTTP {resp.status}: {resp.text[:300]}")
+        try:
+            self.core.delete_namespace(name)
+        except ApiException as err:
+            if err.status != 404:
+                raise ClusterError(
+                    f"delete namespace {name}: HTTP {err.status}: {err.body}"
+                ) from err

@@ -11,8 +11,9 @@ secure-port API server with RBAC needs:
   controller-manager, the scheduler and kwok (a test cluster has no need for per-component RBAC);
 * an RSA key pair that signs and verifies service-account tokens.
 
-Keys are EC for speed (an RSA key costs ~100 ms of the cold start each); only the service-account
-key is RSA, the algorithm every Kubernetes client library accepts.
+Keys are EC because generating one is much cheaper than an RSA key, and every key is made on
+each cold start; only the service-account key is RSA, the algorithm every Kubernetes client
+library accepts.
 """
 
 from __future__ import annotations

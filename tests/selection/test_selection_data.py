@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelfleet.policy.selection.train import (
+from selection_train import (
     ROUTERBENCH_MODELS,
     decode_prompt,
     load_routerbench,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from modelfleet.policy.selection.metrics import (
+from selection_metrics import (
     aiq,
     bootstrap_ci,
     cheapest_reaching,

@@ -16,7 +16,7 @@ from modelfleet.policy.selection.predictor import (
     save_predictor,
 )
 from modelfleet.policy.selection.semantic import SemanticClassifier
-from modelfleet.policy.selection.train import ROUTERBENCH_MODELS, fit_linear
+from selection_train import ROUTERBENCH_MODELS, fit_linear
 
 pytestmark = pytest.mark.unit
 

@@ -8,10 +8,11 @@ bucket weighs 1 (plain log-TF), which is what semantic classes built from a hand
 phrases use.
 
 Why this and not sentence embeddings: the scheduler featurises every request on its hot path.
-Featurising costs about 0.1 ms per kilobyte of prompt (at most 4 KiB are read; ~0.25 ms for
-3 KB here) and needs no model weights or torch, while MiniLM embeddings need torch (about
-2.7 GB with PyPI's CUDA build) and milliseconds per request on CPU; on RouterBench they do
-not select better (``bench/results/model-selection.md`` compares both).
+Featurising is linear in the text read, at most the last ``DEFAULT_MAX_CHARS`` characters of
+the prompt, so its cost is bounded whatever the prompt's length, and it needs no model weights
+or torch; sentence embeddings (MiniLM) need torch and a forward pass per request, and on
+RouterBench they do not select better. ``bench/results/model-selection.md`` has the measurements of both (decision
+cost per request, AIQ).
 
 Invariant: :meth:`HashedTfidf.transform` is a pure function of (text, dim, idf); equal inputs
 give bit-identical vectors in every process.

@@ -16,7 +16,8 @@ the same queries and models. Points cheaper than ``c_min`` take part in the hull
 integral starts at ``c_min``.
 
 Everything here is pure (numpy arrays in, floats out) so that the tests can check the metric's
-geometry on hand-made hulls.
+geometry on hand-made hulls. Offline evaluation only (``bench/model_selection.py``), so it lives
+in ``bench/``, outside the runtime package.
 """
 
 from __future__ import annotations

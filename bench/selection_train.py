@@ -1,7 +1,10 @@
 """Offline training of the default quality predictor, and the RouterBench data it learns from.
 
-Never imported by the scheduler's hot path: it reads CSV files and fits models. It produces
-the ``.npz`` artefact that :func:`modelfleet.policy.selection.predictor.load_predictor` reads.
+Offline work, so it lives in ``bench/`` and not in the runtime package: it reads CSV files and
+fits models. It produces the ``.npz`` artefact that
+:func:`modelfleet.policy.selection.predictor.load_predictor` reads; the runtime reads only that.
+Run by ``bench/train_selector.py`` and ``bench/model_selection.py``; the tests import it with
+``bench/`` on ``sys.path`` (``tests/conftest.py``).
 
 Data cleaning (RouterBench 0-shot subset, RouterDC's split; see
 ``/work/shared/reference/model-selection.md``): one row per prompt with, per model, a quality
