@@ -11,8 +11,8 @@ Why this and not sentence embeddings: the scheduler featurises every request on 
 Featurising is linear in the text read, at most the last ``DEFAULT_MAX_CHARS`` characters of
 the prompt, so its cost is bounded whatever the prompt's length, and it needs no model weights
 or torch; sentence embeddings (MiniLM) need torch and a forward pass per request, and on
-RouterBench they do not select better. ``bench/results/model-selection.md`` has the measurements of both (decision
-cost per request, AIQ).
+RouterBench they do not select better. ``bench/results/model-selection.md`` has the
+measurements of both (decision cost per request, AIQ).
 
 Invariant: :meth:`HashedTfidf.transform` is a pure function of (text, dim, idf); equal inputs
 give bit-identical vectors in every process.
