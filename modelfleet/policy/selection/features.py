@@ -8,10 +8,10 @@ bucket weighs 1 (plain log-TF), which is what semantic classes built from a hand
 phrases use.
 
 Why this and not sentence embeddings: the scheduler featurises every request on its hot path.
-Featurising costs about 0.1 ms per kilobyte of prompt (at most 4 KiB are read; ~0.25 ms for
-3 KB here) and needs no model weights or torch, while MiniLM embeddings need torch (about
-2.7 GB with PyPI's CUDA build) and milliseconds per request on CPU; on RouterBench they do
-not select better (``bench/results/model-selection.md`` compares both).
+Featurising is a few numpy passes over at most the last 4 KiB of the prompt and needs no model
+weights or torch, while sentence embeddings need torch and a model forward pass per request;
+on RouterBench they do not select better. ``bench/results/model-selection.md`` compares both
+and measures the selector's decision cost.
 
 Invariant: :meth:`HashedTfidf.transform` is a pure function of (text, dim, idf); equal inputs
 give bit-identical vectors in every process.
