@@ -1,15 +1,24 @@
 """Virtual time: step engine models by a discrete-event clock instead of the wall clock.
 
-Each `VirtualEngine` wraps one `EngineCore` and owns its clock `now`. Engines never interact,
-so each is advanced only when something needs it: `advance_to(t)` runs steps while a step
-would *start* before `t` (a step in flight when `t` comes finishes first, like a real GPU; a
-request that arrives mid-step is scheduled at the next step start). An idle engine jumps to `t`.
+The one driver of engine steps in virtual time, used by :class:`VirtualEngine` here and by the
+cluster simulator (``modelfleet.sim.cluster``):
 
-Fast path: when the engine is in pure decode with nothing waiting, `EngineCore.decode_burst`
-runs many steps back to back without per-token objects; token timestamps are appended as
-slices of the burst's step end times. It produces exactly the timestamps, tokens, blocks
-and counters of stepping one at a time (tests compare the two bit for bit); `fast=False`
-turns it off.
+* :func:`start_work` starts an engine's next unit of work at ``now``: one step, or, when the
+  batch is pure decode with nothing waiting, a fused burst of up to ``max_fused_steps`` steps
+  that all start before ``horizon`` (``EngineCore.decode_burst``, no per-token objects). A step
+  decides its batch at its start, so a request that arrives mid-step joins the next one, as in
+  vLLM.
+* :meth:`StepWork.take` hands out the tokens of the steps that ended by ``t``, each step once,
+  as runs ``(request id, first step, end step, finish reason, cached prompt tokens)``: token
+  ``i`` of a run was produced by step ``i`` and reached the client at ``ends[i]``. A caller that
+  needs to act between the steps of a burst (the simulator making a decision) takes the steps
+  up to then and the rest later; fused and single steps give the same tokens at the same times
+  (tests compare the two bit for bit).
+
+Each `VirtualEngine` wraps one `EngineCore` and owns its clock `now`. Engines never interact,
+so each is advanced only when something needs it: `advance_to(t)` runs work while it would
+*start* before `t` (a step in flight when `t` comes finishes first, like a real GPU). An idle
+engine jumps to `t`. `fast=False` turns bursts off.
 
 `VirtualCluster` holds many engines and replays a trace of (engine index, request) in
 arrival order; a router that needs the state of every engine at time t calls
@@ -18,13 +27,102 @@ arrival order; a router that needs the state of every engine at time t calls
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from modelfleet.engine.core import EngineCore, EngineRequest
+from modelfleet.engine.core import EngineCore, EngineRequest, TokenOutput
 
-__all__ = ["RequestRecord", "VirtualCluster", "VirtualEngine"]
+__all__ = ["RequestRecord", "StepWork", "TokenRun", "VirtualCluster", "VirtualEngine", "start_work"]
+
+#: ``(request id, first step, end step, finish reason or None, cached prompt tokens)``: the
+#: request got one token from each step in ``[first, end)`` of a :class:`StepWork`.
+TokenRun = tuple[str, int, int, str | None, int]
+
+_NO_BURST_LIMIT = 1 << 30
+
+
+class StepWork:
+    """One step or one fused decode burst of an engine, and how much of it was handed out.
+
+    ``ends[j]`` is the virtual time step ``j`` ends; ``done`` counts the steps already handed
+    out by :meth:`take`. A single step carries its token ``outputs``; a burst its
+    ``participants`` with the number of steps each ran (``steps_run``) and the finish reasons
+    (``finished``). ``events`` is free for the caller (the simulator attaches the KV events the
+    engine emitted when the work started, to deliver them when it ends).
+    """
+
+    __slots__ = ("done", "ends", "events", "finished", "outputs", "participants", "steps_run")
+
+    def __init__(self, ends: list[float]) -> None:
+        self.ends = ends
+        self.done = 0
+        self.outputs: list[TokenOutput] = []
+        self.participants: list[str] = []
+        self.steps_run: list[int] = []
+        self.finished: dict[str, str] = {}
+        self.events: list[object] = []
+
+    @property
+    def complete(self) -> bool:
+        """Every step has been handed out."""
+        return self.done == len(self.ends)
+
+    def take(self, t: float) -> list[TokenRun] | None:
+        """The token runs of the steps that ended by ``t`` and were not handed out yet.
+
+        ``None`` when no new step ended by ``t``; a list (possibly empty) otherwise. A run's
+        finish reason is set only in the take that hands out the request's last step.
+        """
+        ends = self.ends
+        j = bisect.bisect_right(ends, t)
+        lo = self.done
+        if j <= lo:
+            return None
+        self.done = j
+        if self.outputs:  # a single step: j == 1
+            runs: list[TokenRun] = [
+                (o.request_id, 0, 1, o.finish_reason, o.num_cached_prompt_tokens)
+                for o in self.outputs
+            ]
+            self.outputs = []
+            return runs
+        finished = self.finished
+        runs = []
+        for rid, k in zip(self.participants, self.steps_run, strict=True):
+            a = k if k < lo else lo
+            b = k if k < j else j
+            if b > a:
+                runs.append((rid, a, b, finished.get(rid) if k <= j else None, 0))
+        return runs
+
+
+def start_work(
+    core: EngineCore, now: float, horizon: float, max_fused_steps: int = _NO_BURST_LIMIT
+) -> StepWork | None:
+    """Start the engine's next step at ``now``, or a fused decode burst bounded by ``horizon``.
+
+    A burst runs only when ``max_fused_steps > 1``, ``horizon > now`` and the batch is pure
+    decode with nothing waiting (``EngineCore.can_burst``); its steps all start before
+    ``horizon``. Otherwise one step runs. ``None`` when the engine has nothing to do.
+    """
+    if not core.has_unfinished():
+        return None
+    if max_fused_steps > 1 and horizon > now and core.can_burst():
+        burst = core.decode_burst(now, horizon, max_fused_steps)
+        if burst.step_ends:
+            work = StepWork(burst.step_ends)
+            work.participants = burst.participants
+            work.steps_run = burst.steps_run
+            work.finished = burst.finished
+            return work
+    res = core.step()
+    if not res.scheduled and res.duration <= 0.0:
+        raise RuntimeError("engine has unfinished requests but scheduled none")
+    work = StepWork([now + res.duration])
+    work.outputs = res.outputs
+    return work
 
 
 @dataclass
@@ -112,50 +210,29 @@ class VirtualEngine:
         self._advance(math.inf, jump_when_idle=False)
 
     def _advance(self, t: float, *, jump_when_idle: bool) -> None:
-        core = self.core
         records = self.records
         keep = self.record_token_times
+        limit = _NO_BURST_LIMIT if self.fast else 1
         while self.now < t:
-            if not core.has_unfinished():
+            work = start_work(self.core, self.now, t, limit)
+            if work is None:
                 if jump_when_idle:
                     self.now = t
                 return
-            if self.fast and core.can_burst():
-                burst = core.decode_burst(self.now, t)
-                ends = burst.step_ends
-                if ends:
-                    finished = burst.finished
-                    for rid, k in zip(burst.participants, burst.steps_run, strict=True):
-                        if k == 0:
-                            continue
-                        rec = records[rid]
-                        if keep:
-                            rec.token_times.extend(ends[:k])
-                        rec.num_output_tokens += k
-                        reason = finished.get(rid)
-                        if reason is not None:
-                            rec.finish_time = ends[k - 1]
-                            rec.finish_reason = reason
-                    self.num_steps += len(ends)
-                    self.now = ends[-1]
-                    continue
-            result = core.step()
-            if result.duration <= 0.0 and not result.scheduled:
-                raise RuntimeError("engine has unfinished requests but scheduled nothing")
-            self.now += result.duration
-            self.num_steps += 1
-            now = self.now
-            for out in result.outputs:
-                rec = records[out.request_id]
+            ends = work.ends
+            for rid, a, b, reason, cached in work.take(math.inf) or ():
+                rec = records[rid]
                 if rec.first_token_time is None:
-                    rec.first_token_time = now
-                    rec.num_cached_tokens = out.num_cached_prompt_tokens
+                    rec.first_token_time = ends[a]
+                    rec.num_cached_tokens = cached
                 if keep:
-                    rec.token_times.append(now)
-                rec.num_output_tokens += 1
-                if out.finished:
-                    rec.finish_time = now
-                    rec.finish_reason = out.finish_reason
+                    rec.token_times.extend(ends[a:b])
+                rec.num_output_tokens += b - a
+                if reason is not None:
+                    rec.finish_time = ends[b - 1]
+                    rec.finish_reason = reason
+            self.num_steps += len(ends)
+            self.now = ends[-1]
 
 
 class VirtualCluster:

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from modelfleet.policy.perf import predict_ttft
 from modelfleet.policy.types import EndpointId, EndpointView, RequestView
 
 AdmissionAction = Literal["admit", "queue", "shed", "downgrade"]
@@ -73,16 +74,7 @@ def admit(
     if target is None:
         return AdmissionDecision("admit", "no TTFT target")
     preds = [
-        (
-            e.perf.predict_ttft(
-                request.prompt_tokens,
-                prefix_hits.get(e.id, 0),
-                running=e.running,
-                waiting=e.waiting,
-                pending_prefill_tokens=e.inflight_prefill_tokens,
-            ),
-            e.id,
-        )
+        (predict_ttft(e.perf, e, request.prompt_tokens, prefix_hits.get(e.id, 0)), e.id)
         for e in live
         if e.perf is not None
     ]

@@ -9,9 +9,10 @@ JSON shape (camelCase, unknown fields refused)::
     filters:        [{type, parameters}]            # optional, default [healthy]
     prefixIndex:    {blockSize, capacityBlocks, speculativeTtlS}   # optional
 
-``build_profile`` is the only place a spec turns into objects: it builds the shared prefix
-index (only if a plugin reads prefix hits), then every plugin through the registry, which
-validates each plugin's ``parameters`` against its model (``modelfleet.policy.params``).
+``build_profile`` is the only place a spec turns into objects: it builds every plugin through
+the registry, which validates each plugin's ``parameters`` against its model
+(``modelfleet.policy.params``), then the shared prefix index if and only if a plugin declares
+that it consumes prefix hits (``Data.PREFIX_HITS`` in its ``consumes``).
 """
 
 from __future__ import annotations
@@ -23,14 +24,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from modelfleet.policy.framework import BuildContext, Plugin, PluginRegistry, Profile
+from modelfleet.policy.framework import BuildContext, Data, Plugin, PluginRegistry, Profile
 from modelfleet.policy.hashing import ApproxAutoHasher, BlockHasher
 from modelfleet.policy.prefix import ApproxPrefixIndex, PrecisePrefixIndex, PrefixIndex
-
-#: Plugin types that read prefix hits; a profile builds its prefix index only if it has one.
-PREFIX_CONSUMERS = frozenset(
-    {"prefix-cache", "slo-headroom", "cold-spread", "slo-feasible", "shortlist"}
-)
 
 
 class _Spec(BaseModel):
@@ -109,10 +105,8 @@ def default_profile_spec() -> ProfileSpec:
       loaded per unit of speed, so on large pools the scorers run on 16 candidates instead of
       all of them (decision cost, ``bench/decision_cost.py``); a no-op up to 16 endpoints.
 
-    Measured together (``bench/placement.py``, Mooncake trace ×0.8, 16 mixed engines, seeds
-    0–1, full hour) the floors and the cold threshold moved the default from p99 TTFT 5.31 s,
-    goodput 2.668 req/s, prefix hit 10.8 %, imbalance 4.4, 25 requests on the 4 L40S to
-    5.20 s, 2.679 req/s, 16.1 %, 3.0 and ~1,240 requests on the L40S.
+    What the floors and the cold threshold changed, measured against the previous default on
+    the placement benchmark, is in ``bench/results/placement-notes.md``.
     """
     return ProfileSpec(
         filters=[
@@ -178,9 +172,20 @@ def build_profile(
                 for s in scorer_specs
             ]
 
-    types_used = {s.type for s in [*scorer_specs, *spec.filters]}
+    ctx = BuildContext(clock=clock, rng=rng)
+    filters = [
+        registry.create(s.type, "filter", s.parameters, ctx, name=n)
+        for s, n in zip(spec.filters, _unique_names(spec.filters), strict=True)
+    ]
+    scorers = [
+        (registry.create(s.type, "scorer", s.parameters, ctx, name=n), s.weight)
+        for s, n in zip(scorer_specs, _unique_names(scorer_specs), strict=True)
+    ]
+    picker = registry.create(spec.picker.type, "picker", spec.picker.parameters, ctx)
+
+    plugins = [*filters, *(s for s, _ in scorers), picker]
     index: PrefixIndex | None = None
-    if types_used & PREFIX_CONSUMERS:
+    if any(Data.PREFIX_HITS in getattr(p, "consumes", ()) for p in plugins):
         if spec.prefix_source == "kv-events":
             if precise_hasher is None:
                 raise ValueError(
@@ -193,17 +198,6 @@ def build_profile(
         else:
             hasher = approx_hasher or ApproxAutoHasher(block_size=spec.prefix_index.block_size)
             index = ApproxPrefixIndex(hasher, capacity_blocks=spec.prefix_index.capacity_blocks)
-
-    ctx = BuildContext(clock=clock, rng=rng, prefix_index=index)
-    filters = [
-        registry.create(s.type, "filter", s.parameters, ctx, name=n)
-        for s, n in zip(spec.filters, _unique_names(spec.filters), strict=True)
-    ]
-    scorers = [
-        (registry.create(s.type, "scorer", s.parameters, ctx, name=n), s.weight)
-        for s, n in zip(scorer_specs, _unique_names(scorer_specs), strict=True)
-    ]
-    picker = registry.create(spec.picker.type, "picker", spec.picker.parameters, ctx)
     return Profile(
         name,
         filters=filters,

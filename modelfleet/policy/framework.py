@@ -12,6 +12,10 @@ Contract (after the Gateway API Inference Extension's endpoint picker):
   first maximum.
 * Every plugin is timed with the injected clock; timings and errors land in the
   :class:`~.types.Decision`.
+* Every plugin declares the data it reads in ``consumes`` (keys of :class:`Data`), as the
+  endpoint picker's ``Consumes()`` does. The profile builder derives from it whether a prefix
+  index is needed, and a host derives what to feed (a KV-event subscription, perf models,
+  scrapes) from :attr:`Profile.consumes` instead of probing the profile's parts.
 * State lives in trackers (the prefix index, the session ring, round-robin's counter) and is
   changed only by lifecycle hooks (:meth:`Profile.on_routed` and friends), which the profile
   fans out to every plugin and tracker once. ``filter``/``score``/``pick`` only read.
@@ -27,10 +31,12 @@ import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ValidationError
 
+from modelfleet.policy.perf import predict_ttft
 from modelfleet.policy.types import (
     Decision,
     EndpointId,
@@ -49,10 +55,37 @@ Clock = Callable[[], float]
 PluginKind = Literal["filter", "scorer", "picker"]
 
 
+class Data(StrEnum):
+    """What a plugin (or tracker, or the migration planner) reads besides the request's ids.
+
+    A host uses the union of these over a profile to know what it must provide: a KV-event
+    subscription, a perf model per endpoint, a metrics poller, the prompt's tokens or text.
+    """
+
+    PREFIX_HITS = "prefix-hits"
+    """Predicted cached tokens per endpoint: the profile builds a prefix index."""
+    KV_EVENTS = "kv-events"
+    """Engine KV-cache events (the precise prefix index): subscribe and call ``on_kv_event``."""
+    PERF_MODEL = "perf-model"
+    """``EndpointView.perf``, the endpoint's latency model (without it SLO terms are neutral)."""
+    ENGINE_METRICS = "engine-metrics"
+    """Scraped engine gauges: ``running``, ``waiting``, ``kv_cache_usage``."""
+    INFLIGHT = "inflight"
+    """This scheduler's own counters: ``inflight_requests/_tokens/_prefill_tokens``."""
+    PROMPT = "prompt"
+    """The raw prompt (``RequestView.text`` or ``token_ids``), not only its block chain."""
+
+
 class Plugin:
-    """Base class of every plugin and tracker: a name and no-op lifecycle hooks."""
+    """Base class of every plugin and tracker: a name, declared inputs and no-op hooks.
+
+    ``consumes`` lists the :class:`Data` the plugin reads; a class sets its default and an
+    instance may narrow it from its parameters (a queue scorer on in-flight tokens reads no
+    scrape).
+    """
 
     name: str = ""
+    consumes: frozenset[Data] = frozenset()
 
     def on_routed(self, request: RequestView, decision: Decision) -> None:
         """The request was sent to ``decision.endpoint``."""
@@ -123,26 +156,26 @@ class CycleState:
 
     def predicted_ttft(self, endpoint: EndpointView) -> float | None:
         """Predicted TTFT of this request on ``endpoint`` (None without a perf model)."""
-        if endpoint.perf is None:
+        perf = endpoint.perf
+        if perf is None:
             return None
         found = self._ttft.get(endpoint.id)
         if found is None:
-            found = endpoint.perf.predict_ttft(
-                self.request.prompt_tokens,
-                self.prefix_hits().get(endpoint.id, 0),
-                running=endpoint.running,
-                waiting=endpoint.waiting,
-                pending_prefill_tokens=endpoint.inflight_prefill_tokens,
+            found = predict_ttft(
+                perf, endpoint, self.request.prompt_tokens, self.prefix_hits().get(endpoint.id, 0)
             )
             self._ttft[endpoint.id] = found
         return found
 
 
 class Profile:
-    """A named pipeline plus the trackers it feeds; the object hosts call.
+    """A named pipeline plus the trackers it feeds.
 
     ``pick`` is the decision; the ``on_*`` methods are the lifecycle hooks. Hooks are fanned
     out once to every distinct plugin/tracker (a shared prefix index is notified once).
+    ``consumes`` is the union of what its plugins and trackers declare. Hosts normally drive
+    a profile through :class:`modelfleet.policy.host.Router`, which pairs these hooks with the
+    in-flight counters.
     """
 
     def __init__(
@@ -176,6 +209,10 @@ class Profile:
             if isinstance(obj, Plugin) and all(obj is not h for h in hooked):
                 hooked.append(obj)
         self._hooked: tuple[Plugin, ...] = tuple(hooked)
+        parts: list[Any] = [prefix_index, *trackers, *filters, *(s for s, _ in scorers), picker]
+        self.consumes: frozenset[Data] = frozenset().union(
+            *(getattr(p, "consumes", frozenset()) for p in parts if p is not None)
+        )
 
     # -- decision -----------------------------------------------------------------------
     def pick(self, request: RequestView, endpoints: Sequence[EndpointView]) -> Decision:
@@ -293,11 +330,15 @@ class Profile:
 
 @dataclass(frozen=True)
 class BuildContext:
-    """What a plugin factory may use: the injected clock and RNG and the shared trackers."""
+    """What a plugin factory may use: the injected clock and RNG.
+
+    Shared trackers (the prefix index) are not passed in: a plugin reads them through the
+    :class:`CycleState` of each decision, and the builder creates them from what the plugins
+    declare in ``consumes``.
+    """
 
     clock: Clock
     rng: random.Random
-    prefix_index: PrefixIndex | None = None
 
 
 PluginFactory = Callable[[str, Any, BuildContext], Any]
@@ -311,6 +352,14 @@ class PluginType:
     kind: PluginKind
     factory: PluginFactory
     params_model: type[BaseModel]
+
+
+def unknown_type_error(kind: str, type_name: str, valid: Sequence[str]) -> ValueError:
+    """The one error for a type name no registry knows (plugins and selection strategies)."""
+    return ValueError(
+        f"unknown {kind} type {type_name!r}; valid {kind} types: "
+        f"{', '.join(valid) or '(none registered)'}"
+    )
 
 
 class PluginRegistry:
@@ -343,10 +392,7 @@ class PluginRegistry:
     def get(self, type_name: str, kind: PluginKind) -> PluginType:
         found = self._types.get(type_name)
         if found is None or found.kind != kind:
-            raise ValueError(
-                f"unknown {kind} type {type_name!r}; valid {kind} types: "
-                f"{', '.join(self.types(kind)) or '(none registered)'}"
-            )
+            raise unknown_type_error(kind, type_name, self.types(kind))
         return found
 
     def create(

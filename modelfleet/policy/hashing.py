@@ -9,8 +9,8 @@ Two families:
   (a multilinear hash), every block value is mixed with its block index (splitmix64), and the
   chain is the mixed running sum. Element ``i`` therefore depends on blocks ``0..i`` and on
   their order, as a chained hash does, but the whole chain is a dozen numpy passes with no
-  Python loop per block: ~25 µs for 8k tokens from a numpy array on this project's machines,
-  against ~1.2 ms for vLLM's pure-Python sha256 recipe (``reference/decision-cost.md``).
+  Python loop per block, where vLLM's recipe runs sha256 once per block in Python (its cost
+  in a decision is measured in ``bench/results/decision-cost.md``).
   Collision probability for two distinct blocks is at most ~2^-32 (a multilinear hash over
   64-bit words with random odd coefficients; token ids differ by < 2^32), and chains then mix
   with position; a collision only costs one mis-predicted hit, which is fine for a routing hint.

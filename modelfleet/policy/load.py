@@ -1,7 +1,13 @@
-"""Scheduler-side load counters for :class:`~.types.EndpointView` (fresh, unlike scrapes).
+"""Load signals of an endpoint, and the scheduler-side counters behind the fresh ones.
 
-Both hosts (simulator and live scheduler) feed one :class:`InflightTracker` from the same hooks
-so the ``inflight_*`` fields they put in the views mean the same thing:
+:func:`load_of` names every load signal a plugin may compare (``params.LoadMetric``) and
+:func:`load_consumes` says which data each one reads: scraped engine gauges (``waiting``,
+``running-waiting``; tens of milliseconds stale) or this scheduler's own counters (the
+``inflight-*`` ones and ``speed-weighted``; always fresh).
+
+:class:`InflightTracker` keeps those counters. The routing host
+(:class:`~modelfleet.policy.host.Router`) feeds it from the same hooks in every host, so the
+``inflight_*`` fields of the views mean the same thing in the simulator and the scheduler:
 
 * ``inflight_requests`` — routed and not yet completed, aborted or migrated away;
 * ``inflight_tokens`` — their prompt tokens plus tokens generated so far;
@@ -10,9 +16,40 @@ so the ``inflight_*`` fields they put in the views mean the same thing:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
-from modelfleet.policy.types import EndpointId, RequestId, RequestView
+from modelfleet.policy.framework import Data
+from modelfleet.policy.params import LoadMetric
+from modelfleet.policy.types import EndpointId, EndpointView, RequestId, RequestView
+
+_LOADS: Mapping[str, Callable[[EndpointView], float]] = MappingProxyType(
+    {
+        "waiting": lambda e: e.waiting,
+        "running-waiting": lambda e: e.running + e.waiting,
+        "inflight-requests": lambda e: e.inflight_requests,
+        "inflight-tokens": lambda e: e.inflight_tokens,
+        "speed-weighted": lambda e: e.inflight_tokens / max(e.relative_speed, 1e-9),
+    }
+)
+
+
+def load_signal(metric: LoadMetric) -> Callable[[EndpointView], float]:
+    """The function computing load signal ``metric`` of a view (higher = busier)."""
+    return _LOADS[metric]
+
+
+def load_of(metric: LoadMetric, e: EndpointView) -> float:
+    """The load signal ``metric`` of endpoint ``e`` (higher = busier)."""
+    return _LOADS[metric](e)
+
+
+def load_consumes(metric: LoadMetric) -> frozenset[Data]:
+    """What load signal ``metric`` reads: engine gauges or this scheduler's counters."""
+    if metric in ("waiting", "running-waiting"):
+        return frozenset({Data.ENGINE_METRICS})
+    return frozenset({Data.INFLIGHT})
 
 
 @dataclass

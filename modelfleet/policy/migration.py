@@ -26,15 +26,20 @@ Triggers, in priority order (each request moves at most once per plan):
 Limits: at most ``max_concurrent`` migrations in flight (``in_progress`` counts against it) and
 at most ``max_per_endpoint`` new ones into or out of any endpoint per plan, and planned moves
 update the virtual loads so one plan does not pile onto one destination.
+
+Structure: :meth:`MigrationPlanner.plan` builds one :class:`_Round` (the virtual loads, the
+moves so far, the per-endpoint budget) and runs one method per trigger on it in the order
+above; a trigger stops as soon as the round's budget is spent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
-from modelfleet.policy.perf import PerfModel
+from modelfleet.policy.framework import Data
+from modelfleet.policy.perf import PerfModel, predict_ttft
 from modelfleet.policy.prefix import PrefixIndex
 from modelfleet.policy.types import EndpointId, EndpointView, RequestId, RequestView
 
@@ -96,34 +101,91 @@ class MigrationParams:
 
 @dataclass
 class _Load:
+    """Virtual load of one endpoint during a plan (a :class:`~.perf.QueueState`).
+
+    Starts from the view and is updated by every committed move, so later moves in the same
+    round see the queue the earlier ones created.
+    """
+
     running: int
     waiting: int
-    pending_prefill: int
+    inflight_prefill_tokens: int
     requests: float
 
 
+@dataclass
+class _Round:
+    """The state of one :meth:`MigrationPlanner.plan` call, shared by its triggers."""
+
+    params: MigrationParams
+    budget: int
+    by_id: dict[EndpointId, EndpointView]
+    loads: dict[EndpointId, _Load]
+    targets: list[EndpointView]
+    moved: set[RequestId]
+    touched: dict[EndpointId, int] = field(default_factory=dict)
+    out: list[Migration] = field(default_factory=list)
+
+    @property
+    def full(self) -> bool:
+        return len(self.out) >= self.budget
+
+    def can_touch(self, ep: EndpointId) -> bool:
+        return self.touched.get(ep, 0) < self.params.max_per_endpoint
+
+    def commit(
+        self, r: InflightView, dst: EndpointView, reason: MigrationReason, cost: float, gain: float
+    ) -> None:
+        """Record the move and update the virtual loads of its source and destination."""
+        self.out.append(Migration(r.request.id, r.src, dst.id, reason, cost, gain))
+        self.moved.add(r.request.id)
+        touched = self.touched
+        touched[r.src] = touched.get(r.src, 0) + 1
+        touched[dst.id] = touched.get(dst.id, 0) + 1
+        by_id = self.by_id
+        speed_src = max(by_id[r.src].relative_speed, 1e-9) if r.src in by_id else 1.0
+        speed_dst = max(dst.relative_speed, 1e-9)
+        ls, ld = self.loads.get(r.src), self.loads[dst.id]
+        if ls is not None:
+            ls.requests -= 1 / speed_src
+            if r.phase == "decode":
+                ls.running = max(0, ls.running - 1)
+            else:
+                ls.waiting = max(0, ls.waiting - 1)
+                ls.inflight_prefill_tokens = max(
+                    0, ls.inflight_prefill_tokens - r.request.prompt_tokens
+                )
+        ld.requests += 1 / speed_dst
+        ld.inflight_prefill_tokens += r.context_tokens
+        ld.waiting += 1
+
+
 class MigrationPlanner:
+    """Plans migrations (see the module docstring); pure, holds no state between plans.
+
+    ``consumes``: the endpoints' perf models (without one an endpoint is neither a source of
+    an SLO rescue nor a destination), the scraped queues and this scheduler's in-flight
+    counters, and prefix hits when given the profile's prefix index (cheaper re-prefills).
+    """
+
     def __init__(
         self, params: MigrationParams | None = None, *, prefix_index: PrefixIndex | None = None
     ) -> None:
         self.params = params or MigrationParams()
         self.prefix_index = prefix_index
+        consumes = {Data.PERF_MODEL, Data.ENGINE_METRICS, Data.INFLIGHT}
+        if prefix_index is not None:
+            consumes.add(Data.PREFIX_HITS)
+        self.consumes: frozenset[Data] = frozenset(consumes)
 
     # -- cost model ------------------------------------------------------------------------
     def _hits(self, req: RequestView) -> Mapping[EndpointId, int]:
         return self.prefix_index.match(req) if self.prefix_index is not None else {}
 
     @staticmethod
-    def _reprefill(
-        perf: PerfModel, r: InflightView, cached: int, load: _Load, extra_pending: int = 0
-    ) -> float:
-        return perf.predict_ttft(
-            r.context_tokens,
-            cached,
-            running=load.running,
-            waiting=load.waiting,
-            pending_prefill_tokens=load.pending_prefill + extra_pending,
-        )
+    def _wait_in_place(perf: PerfModel, r: InflightView, load: _Load) -> float:
+        """Predicted seconds until a queued request's first token if it stays where it is."""
+        return predict_ttft(perf, load, r.request.prompt_tokens, 0, queued_itself=True)
 
     def remaining_on_src(self, r: InflightView, src: EndpointView, load: _Load) -> float | None:
         """Predicted seconds until the request finishes if it stays on ``src``."""
@@ -132,14 +194,7 @@ class MigrationPlanner:
         if r.phase == "decode":
             tpot = r.observed_tpot_s or src.perf.predict_tpot(running=load.running)
             return tpot * r.remaining_tokens
-        ahead = max(0, load.pending_prefill - r.request.prompt_tokens)
-        ttft = src.perf.predict_ttft(
-            r.request.prompt_tokens,
-            0,
-            running=load.running,
-            waiting=max(0, load.waiting - 1),
-            pending_prefill_tokens=ahead,
-        )
+        ttft = self._wait_in_place(src.perf, r, load)
         return ttft + src.perf.predict_tpot(running=load.running) * r.remaining_tokens
 
     def remaining_on_dst(
@@ -148,8 +203,53 @@ class MigrationPlanner:
         """(re-prefill seconds, total remaining seconds) if the request moves to ``dst``."""
         if dst.perf is None:
             return None
-        cost = self._reprefill(dst.perf, r, cached, load)
+        cost = predict_ttft(dst.perf, load, r.context_tokens, cached)
         return cost, cost + dst.perf.predict_tpot(running=load.running + 1) * r.remaining_tokens
+
+    def _violating(self, r: InflightView, src: EndpointView, load: _Load) -> bool:
+        """The request is predicted to miss its TTFT target, or observed missing its TPOT."""
+        req = r.request
+        if src.perf is None:
+            return False
+        if r.phase == "queued" and req.ttft_slo_s is not None:
+            return self._wait_in_place(src.perf, r, load) > req.ttft_slo_s - r.age_s
+        if r.phase == "decode" and req.tpot_slo_s is not None:
+            tpot = r.observed_tpot_s or src.perf.predict_tpot(running=load.running)
+            return tpot > req.tpot_slo_s
+        return False
+
+    def _best_dst(
+        self, rnd: _Round, r: InflightView, require_gain: bool
+    ) -> tuple[EndpointView, float, float] | None:
+        """(destination, re-prefill cost, gain) with the lowest predicted remaining time.
+
+        With ``require_gain`` only destinations that beat staying by more than ``min_gain_s``
+        qualify; without it (drain) the best destination is taken and the gain may be 0.
+        """
+        src = rnd.by_id.get(r.src)
+        stay = None
+        if src is not None and not src.draining and src.healthy:
+            stay = self.remaining_on_src(r, src, rnd.loads[r.src])
+            if stay is None:
+                return None
+        hits = self._hits(r.request)
+        best: tuple[EndpointView, float, float] | None = None
+        for d in rnd.targets:
+            if d.id == r.src or not rnd.can_touch(d.id):
+                continue
+            est = self.remaining_on_dst(r, d, rnd.loads[d.id], hits.get(d.id, 0))
+            if est is None:
+                continue
+            cost, total = est
+            gain = (stay - total) if stay is not None else 0.0
+            if require_gain and (stay is None or gain <= self.params.min_gain_s):
+                continue
+            if best is None or total < best[2]:
+                best = (d, cost, total)
+        if best is None:
+            return None
+        d, cost, total = best
+        return d, cost, ((stay - total) if stay is not None else 0.0)
 
     # -- planning --------------------------------------------------------------------------
     def plan(
@@ -158,159 +258,104 @@ class MigrationPlanner:
         inflight: Sequence[InflightView],
         in_progress: Collection[RequestId] = (),
     ) -> list[Migration]:
+        """The migrations to start now, drain first, then SLO rescue, then load balance."""
         p = self.params
         budget = p.max_concurrent - len(in_progress)
         if budget <= 0 or not endpoints:
             return []
-        by_id = {e.id: e for e in endpoints}
-        loads = {
-            e.id: _Load(
-                e.running,
-                e.waiting,
-                e.inflight_prefill_tokens,
-                max(e.inflight_requests, e.running + e.waiting) / max(e.relative_speed, 1e-9),
-            )
-            for e in endpoints
-        }
-        targets = [e for e in endpoints if e.healthy and not e.draining]
-        moved: set[RequestId] = set(in_progress)
-        touched: dict[EndpointId, int] = {}
-        out: list[Migration] = []
+        rnd = _Round(
+            params=p,
+            budget=budget,
+            by_id={e.id: e for e in endpoints},
+            loads={
+                e.id: _Load(
+                    e.running,
+                    e.waiting,
+                    e.inflight_prefill_tokens,
+                    max(e.inflight_requests, e.running + e.waiting) / max(e.relative_speed, 1e-9),
+                )
+                for e in endpoints
+            },
+            targets=[e for e in endpoints if e.healthy and not e.draining],
+            moved=set(in_progress),
+        )
+        candidates = [r for r in inflight if r.migratable and r.request.id not in rnd.moved]
+        if p.enable_drain:
+            self._plan_drain(rnd, candidates)
+        if p.enable_slo_rescue and not rnd.full:
+            self._plan_slo_rescue(rnd, candidates)
+        if p.enable_load_balance and not rnd.full:
+            self._plan_load_balance(rnd, candidates)
+        return rnd.out
 
-        def can_touch(ep: EndpointId) -> bool:
-            return touched.get(ep, 0) < p.max_per_endpoint
+    def _plan_drain(self, rnd: _Round, candidates: Sequence[InflightView]) -> None:
+        """Every request on a draining endpoint, most urgent first, to its best destination."""
+        by_id = rnd.by_id
+        draining = [r for r in candidates if r.src in by_id and by_id[r.src].draining]
+        # most urgent first: higher priority, then the most work left
+        draining.sort(key=lambda r: (-r.request.priority, -r.remaining_tokens, r.request.id))
+        self._move_each(rnd, draining, "drain", require_gain=False)
 
-        def commit(
-            r: InflightView, dst: EndpointView, reason: MigrationReason, cost: float, gain: float
-        ) -> None:
-            out.append(Migration(r.request.id, r.src, dst.id, reason, cost, gain))
-            moved.add(r.request.id)
-            touched[r.src] = touched.get(r.src, 0) + 1
-            touched[dst.id] = touched.get(dst.id, 0) + 1
-            speed_src = max(by_id[r.src].relative_speed, 1e-9) if r.src in by_id else 1.0
-            speed_dst = max(dst.relative_speed, 1e-9)
-            ls, ld = loads.get(r.src), loads[dst.id]
-            if ls is not None:
-                ls.requests -= 1 / speed_src
-                if r.phase == "decode":
-                    ls.running = max(0, ls.running - 1)
-                else:
-                    ls.waiting = max(0, ls.waiting - 1)
-                    ls.pending_prefill = max(0, ls.pending_prefill - r.request.prompt_tokens)
-            ld.requests += 1 / speed_dst
-            ld.pending_prefill += r.context_tokens
-            ld.waiting += 1
+    def _plan_slo_rescue(self, rnd: _Round, candidates: Sequence[InflightView]) -> None:
+        """Requests predicted to miss their SLO where they are, oldest first, if one gains."""
+        by_id = rnd.by_id
+        rescue: list[InflightView] = []
+        for r in candidates:
+            if r.request.id in rnd.moved or r.src not in by_id or by_id[r.src].draining:
+                continue
+            if self._violating(r, by_id[r.src], rnd.loads[r.src]):
+                rescue.append(r)
+        rescue.sort(key=lambda r: (-r.request.priority, -r.age_s, r.request.id))
+        self._move_each(rnd, rescue, "slo-rescue", require_gain=True)
 
-        def best_dst(
-            r: InflightView, require_gain: bool
-        ) -> tuple[EndpointView, float, float] | None:
-            src = by_id.get(r.src)
-            stay = None
-            if src is not None and not src.draining and src.healthy:
-                stay = self.remaining_on_src(r, src, loads[r.src])
-                if stay is None:
-                    return None
-            hits = self._hits(r.request)
-            best: tuple[EndpointView, float, float] | None = None
-            for d in targets:
-                if d.id == r.src or not can_touch(d.id):
-                    continue
-                est = self.remaining_on_dst(r, d, loads[d.id], hits.get(d.id, 0))
-                if est is None:
+    def _move_each(
+        self,
+        rnd: _Round,
+        requests: Sequence[InflightView],
+        reason: MigrationReason,
+        *,
+        require_gain: bool,
+    ) -> None:
+        """Move each request in order to its best destination until the budget is spent."""
+        for r in requests:
+            if rnd.full:
+                return
+            if not rnd.can_touch(r.src):
+                continue
+            found = self._best_dst(rnd, r, require_gain)
+            if found is not None:
+                rnd.commit(r, found[0], reason, found[1], found[2])
+
+    def _plan_load_balance(self, rnd: _Round, candidates: Sequence[InflightView]) -> None:
+        """Pair the most with the least loaded endpoint while they differ by the threshold."""
+        p = self.params
+        loads = rnd.loads
+        if len(rnd.targets) < 2:
+            return
+        while not rnd.full:
+            movable = [e for e in rnd.targets if rnd.can_touch(e.id)]
+            if len(movable) < 2:
+                return
+            hi = max(movable, key=lambda e: (loads[e.id].requests, e.id))
+            lo = min(movable, key=lambda e: (loads[e.id].requests, e.id))
+            if loads[hi.id].requests - loads[lo.id].requests <= p.imbalance_threshold:
+                return
+            pool = [
+                r
+                for r in candidates
+                if r.src == hi.id and r.request.id not in rnd.moved and r.phase == "decode"
+            ] or [r for r in candidates if r.src == hi.id and r.request.id not in rnd.moved]
+            pool.sort(key=lambda r: (r.context_tokens, r.request.id), reverse=p.selection == "LR")
+            for r in pool:
+                stay = self.remaining_on_src(r, hi, loads[hi.id])
+                est = self.remaining_on_dst(
+                    r, lo, loads[lo.id], self._hits(r.request).get(lo.id, 0)
+                )
+                if stay is None or est is None:
                     continue
                 cost, total = est
-                gain = (stay - total) if stay is not None else 0.0
-                if require_gain and (stay is None or gain <= p.min_gain_s):
-                    continue
-                if best is None or total < best[2]:
-                    best = (d, cost, total)
-            if best is None:
-                return None
-            d, cost, total = best
-            return d, cost, ((stay - total) if stay is not None else 0.0)
-
-        candidates = [r for r in inflight if r.migratable and r.request.id not in moved]
-
-        if p.enable_drain:
-            draining = [r for r in candidates if r.src in by_id and by_id[r.src].draining]
-            # most urgent first: higher priority, then the most work left
-            draining.sort(key=lambda r: (-r.request.priority, -r.remaining_tokens, r.request.id))
-            for r in draining:
-                if len(out) >= budget:
-                    return out
-                if not can_touch(r.src):
-                    continue
-                found = best_dst(r, require_gain=False)
-                if found is not None:
-                    commit(r, found[0], "drain", found[1], found[2])
-
-        if p.enable_slo_rescue:
-            rescue: list[InflightView] = []
-            for r in candidates:
-                if r.request.id in moved or r.src not in by_id or by_id[r.src].draining:
-                    continue
-                if self._violating(r, by_id[r.src], loads[r.src]):
-                    rescue.append(r)
-            rescue.sort(key=lambda r: (-r.request.priority, -r.age_s, r.request.id))
-            for r in rescue:
-                if len(out) >= budget:
-                    return out
-                if not can_touch(r.src):
-                    continue
-                found = best_dst(r, require_gain=True)
-                if found is not None:
-                    commit(r, found[0], "slo-rescue", found[1], found[2])
-
-        if p.enable_load_balance and len(targets) >= 2:
-            while len(out) < budget:
-                movable = [e for e in targets if can_touch(e.id)]
-                if len(movable) < 2:
+                if stay - total > p.min_gain_s:
+                    rnd.commit(r, lo, "load-balance", cost, stay - total)
                     break
-                hi = max(movable, key=lambda e: (loads[e.id].requests, e.id))
-                lo = min(movable, key=lambda e: (loads[e.id].requests, e.id))
-                if loads[hi.id].requests - loads[lo.id].requests <= p.imbalance_threshold:
-                    break
-                pool = [
-                    r
-                    for r in candidates
-                    if r.src == hi.id and r.request.id not in moved and r.phase == "decode"
-                ] or [r for r in candidates if r.src == hi.id and r.request.id not in moved]
-                pool.sort(
-                    key=lambda r: (r.context_tokens, r.request.id),
-                    reverse=p.selection == "LR",
-                )
-                done = False
-                for r in pool:
-                    stay = self.remaining_on_src(r, hi, loads[hi.id])
-                    est = self.remaining_on_dst(
-                        r, lo, loads[lo.id], self._hits(r.request).get(lo.id, 0)
-                    )
-                    if stay is None or est is None:
-                        continue
-                    cost, total = est
-                    if stay - total > p.min_gain_s:
-                        commit(r, lo, "load-balance", cost, stay - total)
-                        done = True
-                        break
-                if not done:
-                    break
-        return out
-
-    def _violating(self, r: InflightView, src: EndpointView, load: _Load) -> bool:
-        req = r.request
-        if src.perf is None:
-            return False
-        if r.phase == "queued" and req.ttft_slo_s is not None:
-            ahead = max(0, load.pending_prefill - req.prompt_tokens)
-            pred = src.perf.predict_ttft(
-                req.prompt_tokens,
-                0,
-                running=load.running,
-                waiting=max(0, load.waiting - 1),
-                pending_prefill_tokens=ahead,
-            )
-            return pred > req.ttft_slo_s - r.age_s
-        if r.phase == "decode" and req.tpot_slo_s is not None:
-            tpot = r.observed_tpot_s or src.perf.predict_tpot(running=load.running)
-            return tpot > req.tpot_slo_s
-        return False
+            else:
+                return

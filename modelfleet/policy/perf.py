@@ -102,3 +102,52 @@ class ParametricPerfModel:
         if batch > self.max_num_seqs:
             batch = self.max_num_seqs
         return self.decode_base_s + self.decode_s_per_seq * batch
+
+
+class QueueState(Protocol):
+    """The queue a new request joins on one endpoint, as a policy sees it.
+
+    :class:`~modelfleet.policy.types.EndpointView` is one (scraped ``running``/``waiting``,
+    this scheduler's ``inflight_prefill_tokens``); the migration planner passes its running
+    estimate of the same three numbers while it plans moves.
+    """
+
+    @property
+    def running(self) -> int: ...
+
+    @property
+    def waiting(self) -> int: ...
+
+    @property
+    def inflight_prefill_tokens(self) -> int: ...
+
+
+def predict_ttft(
+    perf: PerfModel,
+    queue: QueueState,
+    prompt_tokens: int,
+    cached_tokens: int = 0,
+    *,
+    queued_itself: bool = False,
+) -> float:
+    """Predicted TTFT of a request of ``prompt_tokens`` (``cached_tokens`` hit) behind ``queue``.
+
+    The one place the policy layer maps a queue onto :meth:`PerfModel.predict_ttft`: the batch
+    is ``queue.running``, the prefills ahead are ``queue.waiting`` requests holding
+    ``queue.inflight_prefill_tokens`` tokens. ``queued_itself`` is for a request that is already
+    counted in that queue (the planner asking how long a queued request still has to wait where
+    it is): it is then not ahead of itself, so one waiting request and its own prompt tokens are
+    taken out (never below zero).
+    """
+    waiting = queue.waiting
+    pending = queue.inflight_prefill_tokens
+    if queued_itself:
+        waiting = max(0, waiting - 1)
+        pending = max(0, pending - prompt_tokens)
+    return perf.predict_ttft(
+        prompt_tokens,
+        cached_tokens,
+        running=queue.running,
+        waiting=waiting,
+        pending_prefill_tokens=pending,
+    )

@@ -4,8 +4,8 @@ Both indexes keep ONE map ``block hash → endpoints holding it`` (a :class:`Hol
 sets as int bitmasks) and answer a request by walking its chain once (``match``): the set of
 endpoints still matching shrinks as the walk goes deeper, and an endpoint's hit is the depth at
 which it drops out. The cost is one dict lookup and one int ``&`` per block, independent of the
-number of endpoints, instead of one longest-prefix search per endpoint
-(``reference/decision-cost.md``: ~1 ms for the naive match at 8k tokens and 64 endpoints). The
+number of endpoints, instead of one longest-prefix search per endpoint (the decision cost is
+measured in ``bench/results/decision-cost.md``). The
 approximate index goes further: its blocks of a chain are prefix-closed per endpoint, so the
 depths where endpoints drop out are found by binary search (``walk_prefix_closed``). The
 precise index keeps the exact linear walk, because engine events can leave gaps.
@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from itertools import islice
 from typing import Any, Protocol
 
-from modelfleet.policy.framework import Clock, Plugin
+from modelfleet.policy.framework import Clock, Data, Plugin
 from modelfleet.policy.hashing import BlockHasher
 from modelfleet.policy.types import BlockChain, Decision, EndpointId, RequestId, RequestView
 
@@ -36,7 +36,7 @@ BlockKey = int | bytes
 
 
 class PrefixIndex(Protocol):
-    """What scorers and the migration planner need from a prefix index."""
+    """What scorers, the migration planner and the routing host need from a prefix index."""
 
     hasher: BlockHasher
 
@@ -44,13 +44,17 @@ class PrefixIndex(Protocol):
         """Cached prompt tokens per endpoint holding at least one leading block."""
         ...
 
+    def forget(self, endpoint: EndpointId) -> None:
+        """Drop everything known about ``endpoint`` (it left the pool or restarted)."""
+        ...
+
 
 class HolderMap:
     """``block hash → endpoints holding it``, with endpoint sets as int bitmasks.
 
     Each endpoint gets a bit the first time it is seen; a block's holders are one Python int,
-    so the walk's "still matching" intersection is a single ``&`` on a small int (~40 ns)
-    instead of a set intersection that grows with the number of endpoints (~1.5 µs at 64).
+    so the walk's "still matching" intersection is a single ``&`` on a small int instead of a
+    set intersection whose cost grows with the number of endpoints.
     """
 
     def __init__(self) -> None:
@@ -253,7 +257,10 @@ class PrecisePrefixIndex(Plugin):
     recognised by class name or ``"type"``: ``BlockStored(block_hashes, parent_block_hash)``,
     ``BlockRemoved(block_hashes)``, ``AllBlocksCleared()``. Unknown kinds are ignored (newer
     engines add event types). Stores are idempotent (vLLM may re-emit a stored hash).
+    It declares ``Data.KV_EVENTS``, so a host that runs it subscribes to the engines' events.
     """
+
+    consumes = frozenset({Data.KV_EVENTS})
 
     def __init__(
         self, hasher: BlockHasher, *, clock: Clock, speculative_ttl_s: float = 2.0

@@ -1,31 +1,28 @@
-"""The cluster simulator: a discrete-event loop over engine models and live policy objects.
+"""The cluster simulator: a discrete-event loop over engine models and the live routing host.
 
 Algorithm. One heap of timed events in virtual seconds; ties break by insertion order, so a run
-is a pure function of (trace, fleet, policy, config, seed). Events:
+is a pure function of (trace, fleet, policy, config, seed). The policy is driven through one
+:class:`~modelfleet.policy.host.Router`, the same object the live scheduler calls, fed only
+what a live proxy observes: scrapes, its own stream of tokens, completions, switch-overs and
+KV events. Events:
 
-- ``ARRIVAL``: build the :class:`RequestView` and one :class:`EndpointView` per engine exactly
-  as the live scheduler would (engine gauges from the last *scrape*, at most
-  ``metrics_refresh_s`` old; the scheduler-side in-flight counters from
-  :class:`~modelfleet.policy.load.InflightTracker`, always fresh), call ``profile.pick``, then
-  ``profile.on_routed``, then hand the request to the chosen engine.
-- ``STEP_END(engine)``: the engine step started at ``t`` ends at ``t + duration``; its tokens are
-  delivered then (first token -> ``on_first_token``; finish -> ``on_completed``), its buffered
-  KV events are fed to the profile (precise prefix index), and the next step starts at once if
-  the engine has work. A step decides its batch at its start, so requests that arrive during a
-  step join the next one (as in vLLM). When the batch is pure decode with nothing waiting,
-  ``EngineCore.decode_burst`` fuses steps up to the next arrival or plan tick (never
-  while a request on the engine is being migrated away, since the switch-over aborts it at
-  another engine's step end); before any decision every engine's steps that ended by then are
-  delivered (``_flush``), so fused and single steps give identical runs (tested).
-- ``PLAN``: every ``planner.params.period_s`` the migration planner sees the same snapshots
-  plus one :class:`InflightView` per in-flight request and returns migrations, which are
-  executed make-before-break: the destination gets prompt + tokens generated so far as a new
-  prompt (so it re-prefills all of it minus its own prefix hits — the real cost), the source
-  keeps decoding and streaming, and when the destination emits its first token the client
-  switches over: the source is aborted, tokens the client already has are dropped, every later
-  token comes from the destination. Generation is a pure function of the context, so the
-  destination's tokens equal the source's (checked; mismatches are counted).
-  If the source finishes first, the destination copy is aborted (a cancelled migration).
+- ``ARRIVAL``: build the :class:`RequestView` a scheduler would build, refresh stale scrapes
+  (engine gauges at most ``metrics_refresh_s`` old; the router's in-flight counters are always
+  fresh), ``router.route`` it, then hand the request to the chosen engine.
+- ``STEP_END(engine)``: the engine's step (or fused decode burst) started at ``t`` ends; its
+  tokens are streamed then (first token and tokens -> ``router.on_first_token/on_tokens``;
+  finish -> ``on_completed``), its buffered KV events go to ``router.on_kv_event``, and the
+  next step starts at once if the engine has work. Steps come from the virtual-time driver
+  (``modelfleet.engine.virtual``): a step decides its batch at its start, so requests that
+  arrive during a step join the next one (as in vLLM), and a pure-decode batch with nothing
+  waiting runs as one fused burst up to the next arrival or plan tick (never while a request
+  on the engine is being migrated away, since the switch-over aborts it at another engine's
+  step end). Before any decision every engine's steps that ended by then are delivered
+  (``_flush``), so fused and single steps give identical runs (tested).
+- ``PLAN``: every ``router.plan_period_s`` the router builds the planner's inputs from what it
+  observed and the planner returns migrations; :class:`~modelfleet.sim.handover.MigrationExecutor`
+  carries them out make-before-break (the destination re-prefills prompt + tokens so far, the
+  source keeps streaming, the stream switches over on the destination's first token).
 - ``SAMPLE``: every ``sample_period_s`` the running + waiting load per engine is recorded for
   the imbalance metric and the load-over-time plot. Samples do not split fused bursts: a
   request the burst finishes after the step in progress is counted back as running, which is
@@ -37,8 +34,11 @@ Scrape staleness: an engine's gauges are re-read when the cached scrape is older
 ``[0, metrics_refresh_s)`` like with a free-running poller.
 
 Block hashes: by default the engines run ``prefix_caching_hash_algo="builtin"`` (Python's tuple
-hash chained like vLLM's recipe; same equality structure, ~10x cheaper than sha256; tested to
-give the same run). Policies that read KV events get the engines' own chain per request.
+hash chained like vLLM's recipe: the same equality structure at a fraction of sha256's cost,
+``bench/results/sim-speed.md``; tested to give the same run). Policies that consume KV events
+(``Data.KV_EVENTS`` in ``router.consumes``) get the engines' own chain per request.
+
+One pool: the fleet's engines must all be in one pool (the router serves one pool).
 
 Invariants checked at the end (:meth:`SimResult.check_conservation`): every request finished
 exactly once (or was shed), every finished request delivered exactly ``output_tokens`` tokens
@@ -53,22 +53,17 @@ import heapq
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from modelfleet.engine.core import EngineCore, EngineRequest
 from modelfleet.engine.kvcache import event_hash
-from modelfleet.policy.load import InflightTracker
-from modelfleet.policy.migration import InflightView, Migration
-from modelfleet.policy.prefix import PrecisePrefixIndex
-from modelfleet.policy.types import (
-    EndpointId,
-    EndpointView,
-    NoEndpointError,
-    RequestId,
-    RequestView,
-)
+from modelfleet.engine.virtual import start_work
+from modelfleet.policy.framework import Data
+from modelfleet.policy.host import EndpointInfo, EndpointMetrics, Router
+from modelfleet.policy.perf import PerfModel
+from modelfleet.policy.types import EndpointId, NoEndpointError, RequestId, RequestView
 from modelfleet.sim.fleet import EngineSpec, fit_perf_model, relative_speeds
+from modelfleet.sim.handover import MigrationExecutor
 from modelfleet.sim.metrics import (
     LoadSample,
     RequestRecord,
@@ -76,6 +71,8 @@ from modelfleet.sim.metrics import (
     compute_metrics,
     prefix_bounds,
 )
+from modelfleet.sim.run import DecisionLogEntry, SimConfig, SimResult
+from modelfleet.sim.state import Handover, LiveRequest, SimEngine
 from modelfleet.sim.traces import Trace, TraceRequest, prompt_token_ids
 
 __all__ = [
@@ -84,7 +81,6 @@ __all__ = [
     "SimConfig",
     "SimResult",
     "build_request_view",
-    "inflight_view",
     "sim_next_token",
 ]
 
@@ -99,31 +95,6 @@ def sim_next_token(context: Sequence[int]) -> int:
     any cut point reproduces the same tokens) and never produces the ids below 1000.
     """
     return 1_000 + (context[-1] * 2_654_435_761 + len(context) * 40_503) % _VOCAB_SPAN
-
-
-def inflight_view(
-    request: RequestView,
-    endpoint: EndpointId,
-    generated: int,
-    first_token_s: float | None,
-    now: float,
-) -> InflightView:
-    """The planner's view of one in-flight request, from what a scheduler can observe.
-
-    The scheduler cannot tell a queued request from one in prefill, so a request without a
-    first token is ``queued``; the observed TPOT is the mean since the first token.
-    """
-    tpot = None
-    if generated >= 2 and first_token_s is not None:
-        tpot = (now - first_token_s) / (generated - 1)
-    return InflightView(
-        request=request,
-        src=endpoint,
-        generated_tokens=generated,
-        phase="queued" if first_token_s is None else "decode",
-        age_s=now - request.arrival_s,
-        observed_tpot_s=tpot,
-    )
 
 
 def build_request_view(
@@ -161,222 +132,12 @@ def build_request_view(
     )
 
 
-@dataclass(frozen=True)
-class SimConfig:
-    """Knobs of one simulated run (units: seconds, tokens)."""
-
-    ttft_slo_s: float = 2.0
-    tpot_slo_s: float = 0.1
-    slo_class: str = "standard"
-    metrics_refresh_s: float = 0.05
-    sample_period_s: float = 1.0
-    enable_migration: bool = True
-    feed_kv_events: bool | None = None  # None: only if the policy's profile consumes them
-    # Chain given to the policy: "trace" = trace block ids, "engine" = the engines' vLLM chain
-    # (what KV events carry), "auto" = "engine" when the profile reads KV events.
-    prefix_chain: str = "auto"
-    max_fused_steps: int = 256
-    record_decisions: bool = False
-    # Run the engines with prefix_caching_hash_algo="builtin" (Python's tuple hash chained like
-    # vLLM's recipe: same equality structure, ~10x cheaper); False keeps vLLM's sha256.
-    fast_block_hash: bool = True
-    seed: int = 0
-    compute_bounds: bool = True
-
-    def validate(self) -> None:
-        bad = []
-        if not self.ttft_slo_s > 0:
-            bad.append("ttft_slo_s")
-        if not self.tpot_slo_s > 0:
-            bad.append("tpot_slo_s")
-        if not self.metrics_refresh_s >= 0:
-            bad.append("metrics_refresh_s")
-        if not self.sample_period_s > 0:
-            bad.append("sample_period_s")
-        if self.prefix_chain not in ("auto", "trace", "engine"):
-            bad.append("prefix_chain (auto | trace | engine)")
-        if self.max_fused_steps < 1:
-            bad.append("max_fused_steps")
-        if bad:
-            raise ValueError(f"SimConfig: invalid {', '.join(bad)}")
-
-
-@dataclass(frozen=True)
-class DecisionLogEntry:
-    """One hook call as the scheduler would make it (for the parity harness).
-
-    ``kind``: ``pick`` (request, scrapes, decision), ``first_token``, ``tokens`` (n),
-    ``completed``, ``migrated`` (src, dst, generated), ``kv`` (endpoint, event), ``plan``
-    (views, in-flight views, migrations in progress, the planner's answer).
-    ``scrapes`` are the engine gauges (running, waiting, kv usage) the views were built from.
-    """
-
-    time_s: float
-    kind: str
-    request_id: str = ""
-    endpoint: str = ""
-    request: RequestView | None = None
-    scrapes: tuple[tuple[int, int, float], ...] = ()
-    views: tuple[EndpointView, ...] = ()
-    chosen: str = ""
-    n: int = 0
-    src: str = ""
-    event: object = None
-    inflight: tuple[InflightView, ...] = ()
-    in_progress: frozenset[RequestId] = frozenset()
-    migrations: tuple[Migration, ...] = ()
-
-
-@dataclass
-class SimResult:
-    """Raw outcome of one run plus its metrics."""
-
-    records: list[RequestRecord]
-    samples: list[LoadSample]
-    endpoint_ids: tuple[str, ...]
-    migrations_started: int
-    migrations_done: int
-    migrations_cancelled: int
-    token_mismatches: int
-    token_gaps: int
-    engine_leftovers: int
-    decisions: list[DecisionLogEntry]
-    metrics: RunMetrics
-    steps: int
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def check_conservation(self) -> None:
-        """Raise AssertionError if a request or a token was lost or doubled (also under -O)."""
-        problems: list[str] = []
-        for r in self.records:
-            if r.shed:
-                continue
-            if r.finish_s is None:
-                problems.append(f"{r.request_id} never finished")
-            elif r.output_tokens != r.max_tokens:
-                problems.append(
-                    f"{r.request_id} delivered {r.output_tokens} of {r.max_tokens} tokens"
-                )
-        if self.token_gaps:
-            problems.append(f"{self.token_gaps} tokens arrived after a gap (lost token)")
-        if self.token_mismatches:
-            problems.append(f"{self.token_mismatches} migrated tokens differ")
-        if self.engine_leftovers:
-            problems.append(f"{self.engine_leftovers} engines still hold requests")
-        if problems:
-            raise AssertionError("; ".join(problems[:5]))
-
-
-class _Mig:
-    __slots__ = ("base", "dst", "dst_erid", "migration", "prefix_tokens", "seen", "started_s")
-
-    def __init__(
-        self,
-        dst: int,
-        dst_erid: str,
-        prefix_tokens: list[int],
-        started_s: float,
-        m: Migration,
-    ) -> None:
-        self.prefix_tokens = prefix_tokens  # generated tokens sent as part of the new prompt
-        self.dst = dst
-        self.dst_erid = dst_erid
-        self.base = len(prefix_tokens)  # stream index of the destination's first token
-        self.seen = 0  # tokens the destination has produced so far
-        self.started_s = started_s
-        self.migration = m
-
-
-class _Live:
-    """Scheduler-side state of one in-flight request."""
-
-    __slots__ = (
-        "attempts",
-        "delivered",
-        "engine",
-        "erid",
-        "mig",
-        "prefix_tokens",
-        "produced",
-        "rec",
-        "req",
-        "stream_base",
-        "view",
-    )
-
-    def __init__(self, req: TraceRequest, view: RequestView, rec: RequestRecord) -> None:
-        self.req = req
-        self.view = view
-        self.rec = rec
-        self.delivered = 0  # tokens streamed to the client so far
-        self.produced = 0  # tokens produced by the serving engine request
-        self.stream_base = 0  # stream index of the serving engine request's first token
-        self.prefix_tokens: list[int] = []  # generated tokens in the serving copy's prompt
-        self.engine = -1
-        self.erid = ""
-        self.mig: _Mig | None = None
-        self.attempts = 0
-
-
-class _Work:
-    """What an engine is doing: one step or a fused decode burst, and what it delivered yet.
-
-    ``ends[j]`` is the virtual time step j ends. A single step carries its ``outputs``; a burst
-    carries per-participant token counts (``steps_run``) and finish reasons. ``done`` counts the
-    steps already delivered by :meth:`ClusterSimulator._flush`.
-    """
-
-    __slots__ = ("done", "ends", "events", "finished", "outputs", "participants", "steps_run")
-
-    def __init__(self, ends: list[float]) -> None:
-        self.ends = ends
-        self.done = 0
-        self.outputs: list[Any] = []
-        self.participants: list[str] = []
-        self.steps_run: list[int] = []
-        self.finished: dict[str, str] = {}
-        self.events: list[object] = []
-
-
-class _Engine:
-    __slots__ = (
-        "core",
-        "events",
-        "id",
-        "index",
-        "migrating_out",
-        "perf",
-        "scrape",
-        "scrape_s",
-        "spec",
-        "speed",
-        "work",
-    )
-
-    def __init__(
-        self, index: int, spec: EngineSpec, core: EngineCore, events: list[object]
-    ) -> None:
-        self.index = index
-        self.id = EndpointId(spec.id)
-        self.spec = spec
-        self.core = core
-        self.events = events  # KV events emitted by the core and not yet attached to a step
-        self.work: _Work | None = None
-        # Requests on this engine with a destination copy starting elsewhere: the switch-over
-        # aborts them at another engine's step end, so this engine must not fuse steps past it.
-        self.migrating_out = 0
-        self.scrape: tuple[int, int, float] = (0, 0, 0.0)
-        self.scrape_s = -math.inf
-        self.perf: Any = None
-        self.speed = 1.0
-
-
 class ClusterSimulator:
     """Runs one trace through one policy on one fleet. Use once: ``ClusterSimulator(...).run()``.
 
     ``policy_factory(clock, rng)`` returns what :func:`modelfleet.policy.baselines.build_policy`
     returns (``.profile``, ``.planner``), so the simulator can inject its virtual clock and the
-    seeded RNG.
+    seeded RNG; the simulator wraps them in its :class:`Router` (``self.router``).
     """
 
     def __init__(
@@ -393,33 +154,24 @@ class ClusterSimulator:
         ids = [s.id for s in fleet]
         if len(set(ids)) != len(ids):
             raise ValueError(f"engine ids must be unique, got {ids}")
+        pools = sorted({s.pool for s in fleet})
+        if len(pools) > 1:
+            raise ValueError(f"the simulator runs one pool; the fleet has pools {pools}")
         self.trace = trace
         self.fleet = tuple(fleet)
         self.now = 0.0
         self.policy = policy_factory(lambda: self.now, random.Random(self.config.seed))
-        self.profile = self.policy.profile
-        self.planner = (
-            getattr(self.policy, "planner", None) if self.config.enable_migration else None
-        )
-        feed = self.config.feed_kv_events
-        if feed is None:
-            feed = isinstance(getattr(self.profile, "prefix_index", None), PrecisePrefixIndex)
-        self.feed_kv = feed
-        chain = self.config.prefix_chain
-        self.chain_kind = ("engine" if feed else "trace") if chain == "auto" else chain
+        planner = self.policy.planner if self.config.enable_migration else None
+        self.router = Router(self.policy.profile, planner=planner, pool=self.fleet[0].pool)
+
         speeds = relative_speeds(self.fleet)
         mean_out = trace.total_output_tokens() / max(1, len(trace))
-        self.engines: list[_Engine] = []
-        perf_cache: dict[tuple[object, ...], Any] = {}
-        for i, spec in enumerate(self.fleet):
+        perf_cache: dict[tuple[object, ...], PerfModel] = {}
+        configs = []
+        for spec in self.fleet:
             cfg = spec.engine_config()
             if self.config.fast_block_hash:
                 cfg = dataclasses.replace(cfg, prefix_caching_hash_algo="builtin")
-            events: list[object] = []
-            core = EngineCore(
-                cfg, next_token=sim_next_token, kv_event_sink=events.append if feed else None
-            )
-            eng = _Engine(i, spec, core, events)
             key = (
                 cfg.accelerator,
                 cfg.model,
@@ -429,24 +181,43 @@ class ClusterSimulator:
             )
             if key not in perf_cache:
                 perf_cache[key] = fit_perf_model(cfg, mean_output_tokens=mean_out)
-            eng.perf = perf_cache[key]
-            eng.speed = speeds[spec.id]
-            self.engines.append(eng)
+            configs.append(cfg)
+            self.router.add_endpoint(
+                EndpointInfo(
+                    id=EndpointId(spec.id),
+                    pool=spec.pool,
+                    model=spec.model,
+                    accelerator=spec.accelerator,
+                    relative_speed=speeds[spec.id],
+                    perf=perf_cache[key],
+                )
+            )
+
+        feed = self.config.feed_kv_events
+        if feed is None:
+            feed = Data.KV_EVENTS in self.router.consumes
+        self.feed_kv = feed
+        chain = self.config.prefix_chain
+        self.chain_kind = ("engine" if feed else "trace") if chain == "auto" else chain
+        self.engines: list[SimEngine] = []
+        for i, (spec, cfg) in enumerate(zip(self.fleet, configs, strict=True)):
+            events: list[object] = []
+            core = EngineCore(
+                cfg, next_token=sim_next_token, kv_event_sink=events.append if feed else None
+            )
+            self.engines.append(SimEngine(i, spec, core, events))
         self.block_size = self.engines[0].core.stats().block_size
         self.by_id = {e.id: e for e in self.engines}
-        self.tracker = InflightTracker()
         self.heap: list[tuple[float, int, int, Any]] = []
         self.seq = 0
-        self.live: dict[str, _Live] = {}
+        self.live: dict[str, LiveRequest] = {}
         self.erid_owner: dict[str, str] = {}  # engine request id -> request id
+        self.migrations = MigrationExecutor(
+            self.engines, self._submit, self.erid_owner, self.trace.block_tokens
+        )
         self.records: list[RequestRecord] = []
         self.samples: list[LoadSample] = []
         self.decisions: list[DecisionLogEntry] = []
-        self.mig_started = 0
-        self.mig_done = 0
-        self.mig_cancelled = 0
-        self.mismatches = 0
-        self.gaps = 0
         self.rejected = 0
         self.steps = 0
         self.next_arrival_i = 0
@@ -466,43 +237,26 @@ class ClusterSimulator:
             t = min(t, self.trace.requests[self.next_arrival_i].arrival_s)
         return t
 
-    # ------------------------------------------------------------------ snapshots
-    def _scrape(self, eng: _Engine) -> tuple[int, int, float]:
-        refresh = self.config.metrics_refresh_s
-        if refresh == 0 or self.now - eng.scrape_s >= refresh:
-            st = eng.core.stats()
-            eng.scrape = (st.num_running, st.num_waiting, st.kv_cache_usage)
-            eng.scrape_s = self.now
-        return eng.scrape
+    def _record(self, entry: DecisionLogEntry) -> None:
+        self.decisions.append(entry)
 
-    def _views(self) -> tuple[tuple[EndpointView, ...], tuple[tuple[int, int, float], ...]]:
-        """Deliver everything that happened up to now, then snapshot every endpoint."""
+    # ------------------------------------------------------------------ snapshots
+    def _refresh(self) -> None:
+        """Deliver everything that happened up to now, then re-scrape every stale engine."""
+        now = self.now
         for eng in self.engines:
             if eng.work is not None:
-                self._flush(eng, self.now)
-        views: list[EndpointView] = []
-        scrapes: list[tuple[int, int, float]] = []
+                self._flush(eng, now)
+        refresh = self.config.metrics_refresh_s
         for eng in self.engines:
-            running, waiting, kv = self._scrape(eng)
-            scrapes.append((running, waiting, kv))
-            reqs, toks, prefill = self.tracker.counters(eng.id)
-            views.append(
-                EndpointView(
-                    id=eng.id,
-                    pool=eng.spec.pool,
-                    model=eng.spec.model,
-                    accelerator=eng.spec.accelerator,
-                    running=running,
-                    waiting=waiting,
-                    kv_cache_usage=kv,
-                    inflight_requests=reqs,
-                    inflight_tokens=toks,
-                    inflight_prefill_tokens=prefill,
-                    relative_speed=eng.speed,
-                    perf=eng.perf,
-                )
-            )
-        return tuple(views), tuple(scrapes)
+            if refresh == 0 or now - eng.scrape_s >= refresh:
+                st = eng.core.stats()
+                eng.scrape = EndpointMetrics(st.num_running, st.num_waiting, st.kv_cache_usage)
+                eng.scrape_s = now
+                self.router.update_metrics(eng.id, eng.scrape)
+
+    def _scrapes(self) -> tuple[EndpointMetrics, ...]:
+        return tuple(e.scrape for e in self.engines)
 
     def _request_view(self, req: TraceRequest) -> RequestView:
         if self.chain_kind == "trace":
@@ -528,12 +282,12 @@ class ClusterSimulator:
     def run(self) -> SimResult:
         reqs = self.trace.requests
         self.outstanding = len(reqs)
+        period = self.router.plan_period_s
         if reqs:
             self.now = reqs[0].arrival_s
             self._push(self.now, _ARRIVAL, 0)
             self._push(self.now, _SAMPLE, None)
-            if self.planner is not None:
-                period = float(self.planner.params.period_s)
+            if period is not None:
                 self._push(self.now + period, _PLAN, period)
         self._update_tick()
         heap = self.heap
@@ -560,15 +314,16 @@ class ClusterSimulator:
                     self._push(t + data, _PLAN, data)
                 self._update_tick()
         leftovers = sum(1 for e in self.engines if e.core.has_unfinished())
+        mig = self.migrations
         return SimResult(
             records=self.records,
             samples=self.samples,
             endpoint_ids=tuple(e.id for e in self.engines),
-            migrations_started=self.mig_started,
-            migrations_done=self.mig_done,
-            migrations_cancelled=self.mig_cancelled,
-            token_mismatches=self.mismatches,
-            token_gaps=self.gaps,
+            migrations_started=mig.started,
+            migrations_done=mig.done,
+            migrations_cancelled=mig.cancelled,
+            token_mismatches=mig.mismatches,
+            token_gaps=mig.gaps,
             engine_leftovers=leftovers,
             decisions=self.decisions,
             metrics=self._metrics(),
@@ -578,7 +333,8 @@ class ClusterSimulator:
     def _update_tick(self) -> None:
         # Only planner ticks bound fused steps: a load sample just reads the gauges, so it may
         # see an engine up to one fused burst ahead (tens of ms), which the imbalance metric
-        # does not notice, while splitting every burst at every sample costs ~10 % of a run.
+        # does not notice, while splitting every burst at every sample costs a visible share of
+        # a run.
         ticks = [t for (t, _s, k, _d) in self.heap if k == _PLAN]
         self.next_tick = min(ticks) if ticks else math.inf
 
@@ -595,28 +351,29 @@ class ClusterSimulator:
             slo_class=self.config.slo_class,
         )
         self.records.append(rec)
-        views, scrapes = self._views()
+        self._refresh()
+        views = self.router.views() if self.log else ()
         try:
-            decision = self.profile.pick(view, views)
+            decision = self.router.route(view)
         except NoEndpointError:
             rec.shed = True
             self.outstanding -= 1
             if self.log:
-                self.decisions.append(
-                    DecisionLogEntry(self.now, "pick", req.request_id, "", view, scrapes, views)
+                self._record(
+                    DecisionLogEntry(
+                        self.now, "pick", req.request_id, "", view, self._scrapes(), views
+                    )
                 )
             return
-        chosen = EndpointId(str(decision.endpoint))
+        chosen = decision.endpoint
         if self.log:
-            self.decisions.append(
+            self._record(
                 DecisionLogEntry(
-                    self.now, "pick", req.request_id, "", view, scrapes, views, str(chosen)
+                    self.now, "pick", req.request_id, "", view, self._scrapes(), views, chosen
                 )
             )
-        self.profile.on_routed(view, decision)
-        self.tracker.on_routed(view, chosen)
         eng = self.by_id[chosen]
-        live = _Live(req, view, rec)
+        live = LiveRequest(req, view, rec)
         self.live[req.request_id] = live
         live.engine = eng.index
         live.erid = req.request_id
@@ -624,18 +381,18 @@ class ClusterSimulator:
         prompt = prompt_token_ids(req, block_tokens=self.trace.block_tokens)
         try:
             self._submit(eng, live.erid, req.request_id, prompt, req.output_tokens)
-        except ValueError as exc:  # can never run there (too long): the engine rejects it
+        except ValueError:  # can never run there (too long): the engine rejects it
             rec.shed = True
-            del exc
             del self.live[req.request_id]
             self.erid_owner.pop(live.erid, None)
-            self.profile.on_completed(view.id, chosen)
-            self.tracker.on_completed(view.id)
+            self.router.on_completed(view.id)
+            if self.log:
+                self._record(DecisionLogEntry(self.now, "completed", req.request_id, chosen))
             self.rejected += 1
             self.outstanding -= 1
 
     def _submit(
-        self, eng: _Engine, erid: str, rid: str, prompt: list[int], max_tokens: int
+        self, eng: SimEngine, erid: str, rid: str, prompt: list[int], max_tokens: int
     ) -> None:
         eng.core.add_request(
             EngineRequest(
@@ -651,28 +408,13 @@ class ClusterSimulator:
             self._start_step(eng)
 
     # ------------------------------------------------------------------ engine steps
-    def _start_step(self, eng: _Engine) -> None:
+    def _start_step(self, eng: SimEngine) -> None:
         """Start the engine's next step (or fused burst) at ``now``; idle if nothing to do."""
         eng.work = None
-        core = eng.core
-        if not core.has_unfinished():
-            return
-        horizon = self._horizon()
-        work: _Work | None = None
-        fuse = self.config.max_fused_steps > 1 and eng.migrating_out == 0
-        if fuse and horizon > self.now and core.can_burst():
-            burst = core.decode_burst(self.now, horizon, self.config.max_fused_steps)
-            if burst.step_ends:
-                work = _Work(burst.step_ends)
-                work.participants = burst.participants
-                work.steps_run = burst.steps_run
-                work.finished = burst.finished
+        limit = self.config.max_fused_steps if eng.migrating_out == 0 else 1
+        work = start_work(eng.core, self.now, self._horizon(), limit)
         if work is None:
-            res = core.step()
-            if not res.scheduled and res.duration <= 0.0:
-                raise RuntimeError(f"engine {eng.id} has unfinished requests but scheduled none")
-            work = _Work([self.now + res.duration])
-            work.outputs = res.outputs
+            return
         if eng.events:
             work.events = list(eng.events)
             eng.events.clear()
@@ -680,39 +422,23 @@ class ClusterSimulator:
         eng.work = work
         self._push(work.ends[-1], _STEP_END, eng.index)
 
-    def _flush(self, eng: _Engine, t: float) -> None:
+    def _flush(self, eng: SimEngine, t: float) -> None:
         """Deliver the tokens of every step of the engine's current work that ended by ``t``."""
         work = eng.work
         if work is None:
             return
+        runs = work.take(t)
+        if runs is None:
+            return
         ends = work.ends
-        j = bisect.bisect_right(ends, t)
-        if j <= work.done:
-            return
-        lo = work.done
-        work.done = j
-        if j == len(ends) and work.events:
+        if work.complete and work.events:
             for ev in work.events:
-                self.profile.on_kv_event(eng.id, ev)
+                self.router.on_kv_event(eng.id, ev)
                 if self.log:
-                    self.decisions.append(
-                        DecisionLogEntry(ends[-1], "kv", endpoint=str(eng.id), event=ev)
-                    )
+                    self._record(DecisionLogEntry(ends[-1], "kv", endpoint=eng.id, event=ev))
             work.events = []
-        if work.outputs:  # a single step: j == 1
-            for out in work.outputs:
-                self._deliver(
-                    out.request_id, 1, out.finished, ends[0], out.num_cached_prompt_tokens
-                )
-            work.outputs = []
-            return
-        finished = work.finished
-        for erid, k in zip(work.participants, work.steps_run, strict=True):
-            n = min(k, j) - min(k, lo)
-            if n <= 0:
-                continue
-            fin = erid in finished and k <= j
-            self._deliver(erid, n, fin, ends[min(k, j) - 1], 0)
+        for erid, a, b, reason, cached in runs:
+            self._deliver(erid, b - a, reason is not None, ends[b - 1], cached)
 
     def _deliver(self, erid: str, n: int, finished: bool, t: float, cached: int) -> None:
         """``n`` new tokens of engine request ``erid`` (its last at time ``t``)."""
@@ -730,7 +456,7 @@ class ClusterSimulator:
         elif mig is not None and erid == mig.dst_erid:
             self._deliver_dst(lv, mig, n, finished, t)
 
-    def _stream(self, lv: _Live, t: float) -> None:
+    def _stream(self, lv: LiveRequest, t: float) -> None:
         """Stream the serving copy's tokens whose stream index the client does not have yet.
 
         The serving engine request's token j has stream index ``stream_base + j``; after a
@@ -740,167 +466,84 @@ class ClusterSimulator:
         if new <= 0:
             return
         rec = lv.rec
+        rid = lv.view.id
         if lv.delivered == 0 and rec.first_token_s is None:
             rec.first_token_s = t
-            self.profile.on_first_token(lv.view.id, EndpointId(rec.endpoint))
-            self.tracker.on_first_token(lv.view.id)
+            self.router.on_first_token(rid, at=t)
             if self.log:
-                self.decisions.append(
-                    DecisionLogEntry(t, "first_token", rec.request_id, rec.endpoint)
-                )
+                self._record(DecisionLogEntry(t, "first_token", rid, rec.endpoint))
         lv.delivered += new
         rec.output_tokens = lv.delivered
-        self.tracker.on_token(lv.view.id, new)
+        self.router.on_tokens(rid, new, at=t)
         if self.log:
-            self.decisions.append(
-                DecisionLogEntry(t, "tokens", rec.request_id, rec.endpoint, n=new)
-            )
+            self._record(DecisionLogEntry(t, "tokens", rid, rec.endpoint, n=new))
 
-    def _deliver_current(self, lv: _Live, n: int, finished: bool, t: float, cached: int) -> None:
+    def _deliver_current(
+        self, lv: LiveRequest, n: int, finished: bool, t: float, cached: int
+    ) -> None:
         if lv.produced == 0 and lv.stream_base == 0:
             lv.rec.cached_tokens = cached
         lv.produced += n
         self._stream(lv, t)
         if finished:
-            if lv.mig is not None:  # the serving copy won the race: cancel the destination
-                self.engines[lv.engine].migrating_out -= 1
-                self.engines[lv.mig.dst].core.abort_request(lv.mig.dst_erid)
-                self.erid_owner.pop(lv.mig.dst_erid, None)
-                lv.mig = None
-                self.mig_cancelled += 1
+            # the serving copy won the race against a migration: cancel the destination
+            self.migrations.cancel(lv)
             self._complete(lv, t)
 
-    def _deliver_dst(self, lv: _Live, mig: _Mig, n: int, finished: bool, t: float) -> None:
+    def _deliver_dst(
+        self, lv: LiveRequest, mig: Handover, n: int, finished: bool, t: float
+    ) -> None:
         """The destination's first token switches the stream over (make-before-break)."""
         mig.seen += n
-        src = self.engines[lv.engine]
-        self._flush(src, t)  # the source may have finished first
+        self._flush(self.engines[lv.engine], t)  # the source may have finished first
         if lv.mig is not mig or lv.rec.finish_s is not None:
             return
-        self._check_continuation(lv, mig, src)
-        src.migrating_out -= 1
-        src.core.abort_request(lv.erid)
-        self.erid_owner.pop(lv.erid, None)
-        rec = lv.rec
-        src_id = rec.endpoint
-        lv.erid = mig.dst_erid
-        lv.engine = mig.dst
-        lv.stream_base = mig.base
-        lv.produced = mig.seen
-        lv.prefix_tokens = mig.prefix_tokens
-        lv.mig = None
-        rec.endpoint = str(self.engines[mig.dst].id)
-        rec.migrations += 1
-        self.mig_done += 1
-        dst_id = EndpointId(rec.endpoint)
-        self.tracker.on_migrated(lv.view.id, EndpointId(src_id), dst_id)
-        self.tracker.on_first_token(lv.view.id)
-        self.profile.on_migrated(lv.view, EndpointId(src_id), dst_id, lv.delivered)
+        src, dst = self.migrations.switch_over(lv, mig)
+        self.router.on_migrated(lv.view.id, dst)
         if self.log:
-            self.decisions.append(
-                DecisionLogEntry(
-                    t, "migrated", rec.request_id, rec.endpoint, src=src_id, n=lv.delivered
-                )
-            )
+            self._record(DecisionLogEntry(t, "migrated", lv.view.id, dst, src=src, n=lv.delivered))
         self._stream(lv, t)
         if finished:
             self._complete(lv, t)
 
-    def _generated(self, lv: _Live) -> list[int]:
-        """Every token generated for the request so far by its serving copy (stream order)."""
-        core = self.engines[lv.engine].core
-        try:
-            own = core.output_token_ids(lv.erid)
-        except KeyError:
-            own = []
-        return lv.prefix_tokens + list(own)
-
-    def _check_continuation(self, lv: _Live, mig: _Mig, src: _Engine) -> None:
-        """The destination's tokens must equal the source's at the same stream indices."""
-        src_all = self._generated(lv)
-        try:
-            dst_out = self.engines[mig.dst].core.output_token_ids(mig.dst_erid)
-        except KeyError:
-            return
-        overlap = src_all[mig.base : mig.base + len(dst_out)]
-        self.mismatches += sum(1 for a, b in zip(overlap, dst_out, strict=False) if a != b)
-        if mig.base > lv.delivered:
-            self.gaps += mig.base - lv.delivered
-
-    def _complete(self, lv: _Live, t: float) -> None:
+    def _complete(self, lv: LiveRequest, t: float) -> None:
         rec = lv.rec
         rec.finish_s = t
         rec.output_tokens = lv.delivered
-        self.profile.on_completed(lv.view.id, EndpointId(rec.endpoint))
-        self.tracker.on_completed(lv.view.id)
+        self.router.on_completed(lv.view.id)
         if self.log:
-            self.decisions.append(DecisionLogEntry(t, "completed", rec.request_id, rec.endpoint))
+            self._record(DecisionLogEntry(t, "completed", rec.request_id, rec.endpoint))
         del self.live[rec.request_id]
         self.outstanding -= 1
 
     # ------------------------------------------------------------------ migration
     def _plan(self) -> None:
-        if self.planner is None or not self.live:
+        if self.router.planner is None or not self.live:
             return
-        views, scrapes = self._views()
-        inflight: list[InflightView] = []
-        in_progress: set[RequestId] = set()
-        for lv in self.live.values():
-            if lv.mig is not None:
-                in_progress.add(lv.view.id)
-            inflight.append(
-                inflight_view(
-                    lv.view,
-                    EndpointId(lv.rec.endpoint),
-                    lv.delivered,
-                    lv.rec.first_token_s,
-                    self.now,
-                )
-            )
-        plan = list(self.planner.plan(views, tuple(inflight), in_progress=in_progress))
+        self._refresh()
+        rnd = self.router.plan()
         if self.log:
-            self.decisions.append(
+            self._record(
                 DecisionLogEntry(
                     self.now,
                     "plan",
-                    views=views,
-                    scrapes=scrapes,
-                    inflight=tuple(inflight),
-                    in_progress=frozenset(in_progress),
-                    migrations=tuple(plan),
+                    views=rnd.views,
+                    scrapes=self._scrapes(),
+                    inflight=rnd.inflight,
+                    in_progress=rnd.in_progress,
+                    migrations=rnd.migrations,
                 )
             )
-        for m in plan:
-            self._start_migration(m)
-
-    def _start_migration(self, m: Migration) -> None:
-        lv = self.live.get(str(m.request_id))
-        if lv is None or lv.mig is not None or str(m.src) != lv.rec.endpoint:
-            return
-        dst = self.by_id.get(EndpointId(str(m.dst)))
-        if dst is None or dst.index == lv.engine:
-            return
-        g = lv.delivered
-        remaining = lv.req.output_tokens - g
-        if remaining <= 1:
-            return
-        generated = self._generated(lv)[:g]
-        if len(generated) < g:
-            # The engine already finished it (its last tokens are still in flight to the
-            # client): there is nothing left to move.
-            return
-        lv.attempts += 1
-        erid = f"{lv.req.request_id}~m{lv.attempts}"
-        prompt = prompt_token_ids(lv.req, block_tokens=self.trace.block_tokens) + generated
-        try:
-            self._submit(dst, erid, lv.req.request_id, prompt, remaining)
-        except ValueError:
-            self.erid_owner.pop(erid, None)
-            return
-        lv.mig = _Mig(dst.index, erid, generated, self.now, m)
-        src = self.engines[lv.engine]
-        src.migrating_out += 1
-        self.mig_started += 1
+        for m in rnd.migrations:
+            lv = self.live.get(str(m.request_id))
+            if lv is not None and self.migrations.start(lv, m, self.now):
+                self.router.on_migration_started(m.request_id, m.dst)
+                if self.log:
+                    self._record(
+                        DecisionLogEntry(
+                            self.now, "migration_started", m.request_id, m.dst, src=m.src
+                        )
+                    )
 
     # ------------------------------------------------------------------ sampling and metrics
     def _sample(self) -> None:
@@ -930,11 +573,11 @@ class ClusterSimulator:
             self.records,
             self.samples,
             [str(e.id) for e in self.engines],
-            migrations=self.mig_done,
+            migrations=self.migrations.done,
             bounds=bounds,
             extra={
-                "migrations_started": float(self.mig_started),
-                "migrations_cancelled": float(self.mig_cancelled),
+                "migrations_started": float(self.migrations.started),
+                "migrations_cancelled": float(self.migrations.cancelled),
                 "engine_steps": float(self.steps),
                 "rejected_by_engine": float(self.rejected),
             },

@@ -46,8 +46,8 @@ __all__ = [
 ]
 
 # Prompt token ids are drawn from [1, DEFAULT_VOCAB_SIZE): CPython caches the ints up to 256, so
-# a 12k-token prompt materialises ~3x faster than with a 128k vocabulary (it was ~10 % of a
-# simulation). Only equality matters inside the simulator: two different 16-token blocks still
+# a prompt materialises much faster than with a 128k vocabulary (bench/results/sim-speed.md).
+# Only equality matters inside the simulator: two different 16-token blocks still
 # differ with probability 1 - 256^-16. Pass vocab_size=128_256 for Llama-3-like ids.
 DEFAULT_VOCAB_SIZE = 257
 _FIRST_TOKEN_ID = 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -11,10 +12,13 @@ from policy_fakes import PERF, FakeClock, ep, req, tokens
 
 from modelfleet.policy.baselines import build_policy
 from modelfleet.policy.config import ProfileSpec, build_profile, default_profile_spec
+from modelfleet.policy.framework import BuildContext, CycleState, Data, Plugin
 from modelfleet.policy.hashing import FunctionBlockHasher
 from modelfleet.policy.load import InflightTracker
+from modelfleet.policy.params import NoParams
 from modelfleet.policy.plugins import default_registry
 from modelfleet.policy.prefix import ApproxPrefixIndex, PrecisePrefixIndex
+from modelfleet.policy.types import EndpointView
 
 pytestmark = pytest.mark.unit
 
@@ -86,6 +90,67 @@ def test_kv_events_source_needs_a_hasher() -> None:
 
 def test_index_only_built_when_a_plugin_reads_it() -> None:
     assert build(ProfileSpec.model_validate({"scorers": [{"type": "queue"}]})).prefix_index is None
+
+
+class _NeedsHits(Plugin):
+    """A third-party scorer: it declares prefix hits, nothing else tells the builder."""
+
+    consumes = frozenset({Data.PREFIX_HITS})
+
+    def score(self, state: CycleState, endpoints: Sequence[EndpointView]) -> list[float]:
+        return [float(state.prefix_hits().get(e.id, 0)) for e in endpoints]
+
+
+def test_index_built_for_any_plugin_that_declares_prefix_hits() -> None:
+    registry = default_registry()
+    registry.register("needs-hits", lambda n, p, c: _NeedsHits(), NoParams, kind="scorer")
+    spec = ProfileSpec.model_validate({"scorers": [{"type": "needs-hits"}]})
+    p = build_profile(spec, registry, FakeClock(), random.Random(0))
+    assert isinstance(p.prefix_index, ApproxPrefixIndex)
+    assert p.consumes == {Data.PREFIX_HITS}
+    # the same spec without the declaration gets no index (and so no hits to score)
+    registry2 = default_registry()
+    registry2.register("needs-hits", lambda n, p, c: Plugin(), NoParams, kind="scorer")
+    assert build_profile(spec, registry2, FakeClock(), random.Random(0)).prefix_index is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "type_name", "parameters", "consumes"),
+    [
+        ("filter", "healthy", {}, set()),
+        ("filter", "bounded-load", {}, {Data.INFLIGHT}),
+        ("filter", "shortlist", {}, {Data.PREFIX_HITS, Data.INFLIGHT}),
+        (
+            "filter",
+            "slo-feasible",
+            {},
+            {Data.PERF_MODEL, Data.PREFIX_HITS, Data.ENGINE_METRICS, Data.INFLIGHT},
+        ),
+        ("scorer", "prefix-cache", {}, {Data.PREFIX_HITS}),
+        ("scorer", "queue", {"metric": "waiting"}, {Data.ENGINE_METRICS}),
+        ("scorer", "queue", {"metric": "running-waiting"}, {Data.ENGINE_METRICS}),
+        ("scorer", "queue", {"metric": "inflight-tokens"}, {Data.INFLIGHT}),
+        ("scorer", "kv-usage", {}, {Data.ENGINE_METRICS}),
+        (
+            "scorer",
+            "slo-headroom",
+            {},
+            {Data.PERF_MODEL, Data.PREFIX_HITS, Data.ENGINE_METRICS, Data.INFLIGHT},
+        ),
+        ("scorer", "session-affinity", {}, {Data.INFLIGHT}),
+        ("scorer", "cold-spread", {}, {Data.PREFIX_HITS}),
+        ("picker", "max-score", {}, set()),
+        ("picker", "power-of-two", {}, {Data.INFLIGHT}),
+        ("picker", "power-of-two", {"metric": "waiting"}, {Data.ENGINE_METRICS}),
+        ("picker", "cache-aware", {}, {Data.INFLIGHT, Data.PROMPT}),
+    ],
+)
+def test_every_builtin_plugin_declares_what_it_reads(
+    kind: str, type_name: str, parameters: dict[str, str], consumes: set[Data]
+) -> None:
+    ctx = BuildContext(clock=FakeClock(), rng=random.Random(0))
+    plugin = default_registry().create(type_name, kind, parameters, ctx)  # type: ignore[arg-type]
+    assert plugin.consumes == consumes
 
 
 def test_unknown_plugin_in_spec_lists_valid_types() -> None:

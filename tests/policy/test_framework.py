@@ -10,6 +10,7 @@ import pytest
 from policy_fakes import FakeClock, ep, req
 
 from modelfleet.policy.config import PluginSpec, ProfileSpec, build_profile
+from modelfleet.policy.filters import HealthyFilter
 from modelfleet.policy.framework import (
     BuildContext,
     CycleState,
@@ -18,7 +19,8 @@ from modelfleet.policy.framework import (
     Profile,
 )
 from modelfleet.policy.params import NoParams, QueueParams
-from modelfleet.policy.plugins import HealthyFilter, MaxScorePicker, default_registry
+from modelfleet.policy.pickers import MaxScorePicker
+from modelfleet.policy.plugins import default_registry
 from modelfleet.policy.types import Decision, EndpointView, NoEndpointError, RequestView
 
 pytestmark = pytest.mark.unit

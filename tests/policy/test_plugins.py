@@ -10,27 +10,31 @@ import pytest
 from policy_fakes import PERF, FakeClock, ep, req, state, tokens
 
 from modelfleet.policy import params as P
-from modelfleet.policy.framework import CycleState
-from modelfleet.policy.hashing import ApproxAutoHasher
-from modelfleet.policy.plugins import (
+from modelfleet.policy.filters import (
     BoundedLoadFilter,
-    CacheAwarePicker,
-    ColdSpreadScorer,
     HealthyFilter,
-    KvUsageScorer,
-    MaxScorePicker,
-    PowerOfTwoPicker,
-    PrefixCacheScorer,
-    QueueScorer,
-    RandomTopKPicker,
-    RoundRobinPicker,
-    SessionAffinityScorer,
     ShortlistFilter,
     SloFeasibleFilter,
-    SloHeadroomScorer,
+)
+from modelfleet.policy.framework import CycleState
+from modelfleet.policy.hashing import ApproxAutoHasher
+from modelfleet.policy.pickers import (
+    CacheAwarePicker,
+    MaxScorePicker,
+    PowerOfTwoPicker,
+    RandomTopKPicker,
+    RoundRobinPicker,
     WeightedRandomPicker,
 )
 from modelfleet.policy.prefix import ApproxPrefixIndex
+from modelfleet.policy.scorers import (
+    ColdSpreadScorer,
+    KvUsageScorer,
+    PrefixCacheScorer,
+    QueueScorer,
+    SessionAffinityScorer,
+    SloHeadroomScorer,
+)
 from modelfleet.policy.types import Decision, EndpointId, RequestId
 
 pytestmark = pytest.mark.unit

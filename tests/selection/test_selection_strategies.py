@@ -5,18 +5,21 @@ from __future__ import annotations
 import itertools
 import random
 from collections import Counter
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, get_args
 
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from modelfleet.api.routingpolicy import RoutingPolicySpec
+from modelfleet.api.routingpolicy import RoutingPolicySpec, SelectionSpec
+from modelfleet.policy.framework import BuildContext, PluginRegistry
 from modelfleet.policy.selection import (
     Feedback,
     HashedTfidf,
     Outcome,
     PoolView,
+    Rng,
     SelectionDecision,
     SelectionRequest,
     build_selector,
@@ -25,8 +28,13 @@ from modelfleet.policy.selection import (
 from modelfleet.policy.selection.strategies import (
     BanditStrategy,
     Candidate,
+    CascadeStrategy,
     Context,
     CostQualityStrategy,
+    Ranking,
+    StrategyContext,
+    StrategyRegistry,
+    default_strategy_registry,
     weighted_pick,
 )
 
@@ -393,3 +401,52 @@ def test_weight_zero_target_is_never_chosen_by_any_strategy(strategy: str) -> No
     for seed in range(20):
         d = sel.select(REQ, pools, random.Random(seed))
         assert (d.pool, d.fallbacks) == ("busy", ())
+
+
+# --- registry (config -> objects, the idiom of placement's plugin registry) --------------------
+
+
+def test_default_registry_has_every_api_strategy() -> None:
+    api_names = get_args(SelectionSpec.model_fields["strategy"].annotation)
+    assert default_strategy_registry().types() == sorted(api_names)
+
+
+def test_unknown_strategy_type_gives_the_plugin_registrys_error() -> None:
+    sel = spec().selection.model_copy(update={"strategy": "round-robin"})
+    with pytest.raises(ValueError) as strategy_err:
+        default_strategy_registry().create(sel, StrategyContext())
+    with pytest.raises(ValueError) as plugin_err:
+        PluginRegistry().create("round-robin", "picker", {}, BuildContext(float, random.Random()))
+    assert str(strategy_err.value) == (
+        "unknown strategy type 'round-robin'; valid strategy types: "
+        "bandit, cascade, cost-quality, semantic, weighted"
+    )
+    assert str(plugin_err.value) == (
+        "unknown picker type 'round-robin'; valid picker types: (none registered)"
+    )
+
+
+def test_registry_refuses_duplicates_and_empty_names() -> None:
+    r = StrategyRegistry()
+    r.register("cascade", lambda s, c: CascadeStrategy())
+    with pytest.raises(ValueError, match="'cascade' is already registered"):
+        r.register("cascade", lambda s, c: CascadeStrategy())
+    with pytest.raises(ValueError, match="must not be empty"):
+        r.register("", lambda s, c: CascadeStrategy())
+
+
+def test_build_selector_uses_the_given_registry() -> None:
+    class Reverse:
+        name = "weighted"
+
+        def rank(self, candidates: Sequence[Candidate], ctx: Context, rng: Rng) -> Ranking:
+            return Ranking(order=tuple(c.pool.name for c in reversed(candidates)))
+
+    r = StrategyRegistry()
+    r.register("weighted", lambda s, c: Reverse())
+    sp = spec(defaultTargets=targets(("a", 1.0), ("b", 1.0)))
+    pools = [PoolView(name="a"), PoolView(name="b")]
+    d = build_selector(sp, registry=r).select(REQ, pools, random.Random(0))
+    assert (d.pool, d.fallbacks) == ("b", ("a",))
+    with pytest.raises(ValueError, match="unknown strategy type 'cascade'"):
+        build_selector(spec(selection={"strategy": "cascade"}), registry=r)

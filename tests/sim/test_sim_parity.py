@@ -1,144 +1,138 @@
-"""Parity: the simulator and a fake scheduler make identical decisions from identical snapshots.
+"""Parity: the simulator and a fake live scheduler make identical decisions from one event log.
 
-The simulator runs a trace with ``record_decisions=True``; the fake scheduler (``fake_scheduler``)
-gets a *fresh* policy built the same way with the same seed and replays the recorded sequence —
-scrapes, streamed tokens, completions, switch-overs, KV events — building its own snapshots.
-Each snapshot must equal the simulator's and each decision (placement and migration plan) must
-be the same. A different seed must be able to change decisions (the test would otherwise pass
-with a policy that ignores its RNG... for policies that use one).
+Both drive the policy through the same object, :class:`~modelfleet.policy.host.Router`. The
+simulator runs a trace with ``record_decisions=True``; the fake scheduler (``fake_scheduler``)
+gets a *fresh* policy built the same way with the same seed, its endpoints from configuration,
+and replays the recorded events — scrapes, requests (rebuilt from the trace), streamed tokens,
+completions, migrations started and switched over, KV events — building its own snapshots.
+Each snapshot, each placement and each migration plan (with the planner's in-flight views)
+must equal the simulator's. A different seed must be able to change decisions (the test would
+otherwise pass with a policy that ignores its RNG... for policies that use one).
 """
 
 from __future__ import annotations
 
 import pytest
 
+from modelfleet.policy.baselines import policy_spec
+from modelfleet.policy.framework import Data
 from modelfleet.policy.types import NoEndpointError
 from modelfleet.sim.cluster import ClusterSimulator, SimConfig, SimResult, build_request_view
-from modelfleet.sim.policies import POLICY_NAMES, policy_factory
+from modelfleet.sim.policies import POLICY_NAMES, PolicyFactory, policy_factory
 from modelfleet.sim.traces import Trace
 
-from .fake_scheduler import FakeScheduler, StaticEndpoint
+from .fake_scheduler import FakeScheduler
 from .tiny import tiny_fleet, tiny_trace
 
 pytestmark = pytest.mark.unit
 
 
-def _run(name: str, trace: Trace, seed: int, feed_kv: bool | None = None) -> ClusterSimulator:
+def _run(factory: PolicyFactory, trace: Trace, seed: int) -> tuple[ClusterSimulator, SimResult]:
     sim = ClusterSimulator(
         trace,
         tiny_fleet(),
-        policy_factory(name),
-        SimConfig(record_decisions=True, seed=seed, ttft_slo_s=1.0, feed_kv_events=feed_kv),
+        factory,
+        SimConfig(record_decisions=True, seed=seed, ttft_slo_s=1.0),
     )
-    sim.result = sim.run()  # type: ignore[attr-defined]
-    return sim
+    return sim, sim.run()
 
 
-def _replay(sim: ClusterSimulator, name: str, seed: int) -> tuple[int, int]:
-    """Replay the recorded sequence; return (placements, plans) compared."""
-    result: SimResult = sim.result  # type: ignore[attr-defined]
-    statics = [
-        StaticEndpoint(str(e.id), e.spec.pool, e.spec.model, e.spec.accelerator, e.speed, e.perf)
-        for e in sim.engines
-    ]
-    fake = FakeScheduler(policy_factory(name), seed, statics)
+def _replay(
+    sim: ClusterSimulator, result: SimResult, factory: PolicyFactory, seed: int
+) -> tuple[int, int]:
+    """Replay the recorded log into a fresh router; return (placements, plans) compared."""
+    fake = FakeScheduler(factory, seed, sim.router.endpoints(), sim.router.pool)
     by_id = {r.request_id: r for r in sim.trace.requests}
     placements = plans = 0
     for entry in result.decisions:
         fake.now = entry.time_s
         if entry.kind == "pick":
-            treq = by_id[entry.request_id]
-            chain = treq.block_ids[: treq.input_tokens // sim.trace.block_tokens]
-            view = build_request_view(
-                treq,
-                chain,
-                sim.trace.block_tokens,
-                sim.config,
-                pool="default",
-                model="llama-3-8b",
-            )
-            assert view == entry.request
+            assert entry.request is not None
+            if sim.chain_kind == "trace":
+                # the proxy builds its own request view from the request it received
+                treq = by_id[entry.request_id]
+                chain = treq.block_ids[: treq.input_tokens // sim.trace.block_tokens]
+                view = build_request_view(
+                    treq,
+                    chain,
+                    sim.trace.block_tokens,
+                    sim.config,
+                    pool=sim.router.pool,
+                    model="llama-3-8b",
+                )
+                assert view == entry.request
+            else:  # the engine's vLLM chain (what its KV events carry), as recorded
+                view = entry.request
+            fake.scraped(entry.scrapes)
             try:
-                chosen, views = fake.route(view, entry.scrapes)
+                chosen, views = fake.route(view)
             except NoEndpointError:
-                chosen, views = "", fake.views(entry.scrapes)
+                chosen, views = "", fake.router.views()
             assert views == entry.views, f"snapshot differs at {entry.request_id}"
             assert chosen == entry.chosen, f"decision differs at {entry.request_id}"
             placements += 1
-        elif entry.kind == "first_token":
-            fake.on_first_token(entry.request_id)
-        elif entry.kind == "tokens":
-            fake.on_tokens(entry.request_id, entry.n)
-        elif entry.kind == "completed":
-            fake.on_completed(entry.request_id)
-        elif entry.kind == "migrated":
-            fake.on_migrated(entry.request_id, entry.src, entry.endpoint, entry.n)
-        elif entry.kind == "kv":
-            fake.on_kv_event(entry.endpoint, entry.event)
         elif entry.kind == "plan":
-            migrations, views = fake.plan(entry.scrapes, entry.in_progress)
-            assert views == entry.views
-            assert tuple(migrations) == entry.migrations, f"plan differs at t={entry.time_s}"
+            fake.scraped(entry.scrapes)
+            rnd = fake.plan()
+            assert rnd.views == entry.views, f"plan snapshot differs at t={entry.time_s}"
+            assert rnd.inflight == entry.inflight, f"in-flight views differ at t={entry.time_s}"
+            assert rnd.in_progress == entry.in_progress, f"in progress differs at t={entry.time_s}"
+            assert rnd.migrations == entry.migrations, f"plan differs at t={entry.time_s}"
             plans += 1
-        else:  # pragma: no cover - a new log kind must be replayed here
-            raise AssertionError(f"unknown log entry {entry.kind}")
+        else:
+            fake.replay_event(entry)
+    assert fake.router.in_flight == 0
     return placements, plans
 
 
 @pytest.mark.parametrize("name", POLICY_NAMES)
 def test_simulator_and_fake_scheduler_decide_identically(name: str) -> None:
     trace = tiny_trace().compressed(2.0)
-    sim = _run(name, trace, seed=7)
-    placements, plans = _replay(sim, name, seed=7)
+    sim, result = _run(policy_factory(name), trace, seed=7)
+    placements, plans = _replay(sim, result, policy_factory(name), seed=7)
     assert placements == len(trace)
     if name in ("llumnix", "modelfleet"):
         assert plans > 0
-        assert sim.result.migrations_started > 0  # type: ignore[attr-defined]
+        assert result.migrations_started > 0
+        assert any(e.kind == "migration_started" for e in result.decisions)
 
 
 def test_parity_with_kv_events_feeding_a_precise_index() -> None:
     """llm-d's profile with the precise (KV-event) prefix index: events replayed in order."""
-    from modelfleet.policy.baselines import policy_spec
-    from modelfleet.sim.policies import policy_factory as pf
-
     spec = policy_spec("llm-d").model_copy(update={"prefix_source": "kv-events"})
+    factory = policy_factory("llm-d", spec=spec)
     trace = tiny_trace().compressed(2.0)
-    factory = pf("llm-d", spec=spec)
-    sim = ClusterSimulator(
-        trace, tiny_fleet(), factory, SimConfig(record_decisions=True, seed=3, ttft_slo_s=1.0)
-    )
-    result = sim.run()
+    sim, result = _run(factory, trace, seed=3)
+    assert Data.KV_EVENTS in sim.router.consumes
+    assert sim.chain_kind == "engine"
     kv = [e for e in result.decisions if e.kind == "kv"]
     assert kv, "the precise profile must receive KV events"
-    statics = [
-        StaticEndpoint(str(e.id), e.spec.pool, e.spec.model, e.spec.accelerator, e.speed, e.perf)
-        for e in sim.engines
-    ]
-    fake = FakeScheduler(factory, 3, statics)
+    placements, _ = _replay(sim, result, factory, seed=3)
+    assert placements == len(trace)
     by_id = {r.request_id: r for r in trace.requests}
     for entry in result.decisions:
-        fake.now = entry.time_s
         if entry.kind == "pick":
             assert entry.request is not None
-            chosen, views = fake.route(entry.request, entry.scrapes)
-            assert views == entry.views
-            assert chosen == entry.chosen
-            assert (
-                len(entry.request.block_hashes or ()) == by_id[entry.request_id].input_tokens // 16
-            )
-        elif entry.kind == "first_token":
-            fake.on_first_token(entry.request_id)
-        elif entry.kind == "tokens":
-            fake.on_tokens(entry.request_id, entry.n)
-        elif entry.kind == "completed":
-            fake.on_completed(entry.request_id)
-        elif entry.kind == "kv":
-            fake.on_kv_event(entry.endpoint, entry.event)
+            blocks = len(entry.request.block_hashes or ())
+            assert blocks == by_id[entry.request_id].input_tokens // 16
 
 
 def test_replay_detects_a_different_seed() -> None:
     """power-of-two samples with its RNG: replaying with another seed must diverge."""
     trace = tiny_trace().compressed(2.0)
-    sim = _run("power-of-two", trace, seed=7)
+    sim, result = _run(policy_factory("power-of-two"), trace, seed=7)
     with pytest.raises(AssertionError, match="differs"):
-        _replay(sim, "power-of-two", seed=8)
+        _replay(sim, result, policy_factory("power-of-two"), seed=8)
+
+
+@pytest.mark.parametrize("kind", ["tokens", "completed", "migrated"])
+def test_replay_detects_a_lost_event(kind: str) -> None:
+    """Each kind of event the proxy reports changes the router's state: losing one shows.
+
+    (A lost ``first_token`` does not: the first ``on_tokens`` marks the first token itself.)
+    """
+    sim, result = _run(policy_factory("modelfleet"), tiny_trace().compressed(2.0), seed=7)
+    lost = next(i for i, e in enumerate(result.decisions) if e.kind == kind)
+    del result.decisions[lost]
+    with pytest.raises(AssertionError, match="differs"):
+        _replay(sim, result, policy_factory("modelfleet"), seed=7)

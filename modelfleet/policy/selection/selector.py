@@ -36,11 +36,11 @@ from modelfleet.policy.selection.semantic import SemanticClassifier
 from modelfleet.policy.selection.strategies import (
     BanditStrategy,
     Candidate,
-    CascadeStrategy,
     Context,
-    CostQualityStrategy,
     Strategy,
-    WeightedStrategy,
+    StrategyContext,
+    StrategyRegistry,
+    default_strategy_registry,
 )
 from modelfleet.policy.selection.types import (
     Feedback,
@@ -176,33 +176,20 @@ def build_selector(
     *,
     predictor: QualityPredictor | None = None,
     featuriser: HashedTfidf | None = None,
+    registry: StrategyRegistry | None = None,
 ) -> Selector:
     """Build the selector for a RoutingPolicy spec (the composition root calls this once).
 
     ``predictor`` is required for ``strategy: cost-quality`` (load it with
     :func:`modelfleet.policy.selection.predictor.load_predictor`). The semantic classifier
     featurises with ``featuriser``, else the predictor's featuriser, else plain hashed TF.
+    ``registry`` maps ``selection.strategy`` to a factory (default: every built-in strategy).
     Every inconsistency raises ``ValueError`` naming the field.
     """
     sel = spec.selection
-    strategy: Strategy
-    if sel.strategy == "cost-quality":
-        if predictor is None:
-            raise ValueError(
-                "selection.costQuality: strategy cost-quality needs a quality predictor "
-                f"(qualityModel {sel.cost_quality.quality_model!r} was not loaded)"
-            )
-        strategy = CostQualityStrategy(
-            predictor=predictor,
-            cost_weight=sel.cost_quality.cost_weight,
-            pool_models=dict(sel.cost_quality.pool_models),
-        )
-    elif sel.strategy == "cascade":
-        strategy = CascadeStrategy()
-    elif sel.strategy == "bandit":
-        strategy = BanditStrategy(algorithm=sel.bandit.algorithm, epsilon=sel.bandit.epsilon)
-    else:  # weighted, semantic: weighted choice among the targets the rules picked
-        strategy = WeightedStrategy(name=sel.strategy)
+    strategy = (registry or default_strategy_registry()).create(
+        sel, StrategyContext(predictor=predictor)
+    )
     rules = tuple(compile_rule(r) for r in spec.rules)
     classifier: SemanticClassifier | None = None
     classes = sel.semantic.classes

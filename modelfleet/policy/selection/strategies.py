@@ -23,17 +23,24 @@ strategy hand the cascade logic a next pool on overload.
 
 The semantic strategy is the weighted strategy with a classifier in front (the class feeds the
 rules' ``semanticClass``); see :mod:`modelfleet.policy.selection.semantic`.
+
+Config → objects goes through a :class:`StrategyRegistry`, the same idiom as placement's
+:class:`~modelfleet.policy.framework.PluginRegistry`: :func:`default_strategy_registry`
+registers every built-in strategy by its ``selection.strategy`` name explicitly, a duplicate
+name is an error, and an unknown name raises the same ``ValueError`` as an unknown plugin type.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import numpy as np
 
+from modelfleet.api.routingpolicy import SelectionSpec
+from modelfleet.policy.framework import unknown_type_error
 from modelfleet.policy.selection.predictor import QualityPredictor
 from modelfleet.policy.selection.types import Feedback, PoolView, Rng, SelectionRequest
 
@@ -263,3 +270,76 @@ class BanditStrategy:
 
     def on_feedback(self, feedback: Feedback) -> None:
         self.state.update(feedback)
+
+
+# -- registry ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StrategyContext:
+    """What a strategy factory may use besides the spec: objects the composition root loaded."""
+
+    predictor: QualityPredictor | None = None
+
+
+StrategyFactory = Callable[[SelectionSpec, StrategyContext], Strategy]
+
+
+class StrategyRegistry:
+    """Explicit map from ``selection.strategy`` name to factory; no import-time registration.
+
+    ``register`` refuses a duplicate name; ``create`` refuses an unknown name with the error
+    placement's plugin registry gives (naming it and listing the valid ones), and passes on
+    the factory's ``ValueError`` naming the field when the spec is inconsistent.
+    """
+
+    def __init__(self) -> None:
+        self._factories: dict[str, StrategyFactory] = {}
+
+    def register(self, name: str, factory: StrategyFactory) -> None:
+        if not name:
+            raise ValueError("strategy type name must not be empty")
+        if name in self._factories:
+            raise ValueError(f"strategy type {name!r} is already registered")
+        self._factories[name] = factory
+
+    def types(self) -> list[str]:
+        return sorted(self._factories)
+
+    def create(self, spec: SelectionSpec, ctx: StrategyContext) -> Strategy:
+        factory = self._factories.get(spec.strategy)
+        if factory is None:
+            raise unknown_type_error("strategy", spec.strategy, self.types())
+        return factory(spec, ctx)
+
+
+def _cost_quality(spec: SelectionSpec, ctx: StrategyContext) -> Strategy:
+    if ctx.predictor is None:
+        raise ValueError(
+            "selection.costQuality: strategy cost-quality needs a quality predictor "
+            f"(qualityModel {spec.cost_quality.quality_model!r} was not loaded)"
+        )
+    return CostQualityStrategy(
+        predictor=ctx.predictor,
+        cost_weight=spec.cost_quality.cost_weight,
+        pool_models=dict(spec.cost_quality.pool_models),
+    )
+
+
+def default_strategy_registry() -> StrategyRegistry:
+    """A registry with every built-in strategy, registered explicitly (no import side effect).
+
+    ``semantic`` is the weighted strategy; its classifier sits in front of the rules.
+    """
+    r = StrategyRegistry()
+    r.register("weighted", lambda spec, ctx: WeightedStrategy(name="weighted"))
+    r.register("semantic", lambda spec, ctx: WeightedStrategy(name="semantic"))
+    r.register("cascade", lambda spec, ctx: CascadeStrategy())
+    r.register("cost-quality", _cost_quality)
+    r.register(
+        "bandit",
+        lambda spec, ctx: BanditStrategy(
+            algorithm=spec.bandit.algorithm, epsilon=spec.bandit.epsilon
+        ),
+    )
+    return r

@@ -1,0 +1,414 @@
+"""The routing host: the one object the simulator, the live scheduler and the parity harness call.
+
+A host (the discrete-event simulator, the Ray Serve proxy, a test) owns I/O and time; a
+:class:`Router` owns everything between the host and the policy objects, so that every host
+drives the policy the same way (after the endpoint picker's request *director*, the one thing
+its server calls, and Ray Serve's ``RequestRouter``, which owns the replica set and its
+queue-length cache):
+
+* **The endpoint set** of one pool: static :class:`EndpointInfo` (id, pool, model,
+  accelerator, relative speed, perf model, healthy/draining), added, updated, drained and
+  removed at run time, plus the latest scrape of each (:class:`EndpointMetrics`: running,
+  waiting, KV usage). :meth:`Router.views` turns both, with the fresh in-flight counters, into
+  the :class:`~.types.EndpointView` snapshots policies read, in the order endpoints were added.
+* **The request lifecycle**: :meth:`~Router.route` places a request (pick, then ``on_routed``);
+  ``on_first_token``, ``on_tokens``, ``on_completed``, ``on_migration_started``,
+  ``on_migration_aborted``, ``on_migrated`` and ``on_kv_event`` each fan out exactly once to
+  the profile's hooks and to the :class:`~.load.InflightTracker`.
+* **The planner's inputs**: what the host observed per request (tokens streamed, time of the
+  first token, migration in progress) becomes one :class:`~.migration.InflightView` each, and
+  :meth:`~Router.plan` calls the planner with them.
+* **What the policy consumes** (:attr:`Router.consumes`, keys of :class:`~.framework.Data`), so
+  a host knows whether to subscribe to KV events or fit perf models without probing the
+  profile's parts.
+
+Pools: one router serves one pool (a request may only go to an endpoint of its own pool, and a
+migration may only move it within the pool), like one endpoint picker per InferencePool; a
+host with several pools keeps one router per pool, each with its own profile and planner.
+
+Pure: no clock of its own (it uses the profile's injected clock), no I/O, no threads. Every
+method is synchronous and cheap: ``on_tokens`` is two dict lookups, so an asyncio proxy can call
+it per streamed chunk; ``route`` costs one view per endpoint plus the profile's decision.
+Hooks for a request the router does not know (already completed) are ignored, so a late chunk
+after an abort cannot corrupt the counters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from modelfleet.policy.framework import Clock, Data, Profile
+from modelfleet.policy.load import InflightTracker
+from modelfleet.policy.migration import InflightView, Migration, MigrationPlanner
+from modelfleet.policy.perf import PerfModel
+from modelfleet.policy.types import Decision, EndpointId, EndpointView, RequestId, RequestView
+
+__all__ = ["EndpointInfo", "EndpointMetrics", "PlanRound", "Router"]
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointInfo:
+    """What a host knows about one endpoint from configuration and discovery, not from scrapes.
+
+    ``relative_speed`` is the accelerator's capacity weight (finite, > 0); ``perf`` its latency
+    model (``None``: SLO terms are neutral for it); ``draining`` is set by the operator's drain
+    (no new requests; the planner moves the running ones out).
+    """
+
+    id: EndpointId
+    pool: str = ""
+    model: str = ""
+    accelerator: str = ""
+    relative_speed: float = 1.0
+    perf: PerfModel | None = None
+    healthy: bool = True
+    draining: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            raise ValueError("EndpointInfo.id must not be empty")
+        if not (math.isfinite(self.relative_speed) and self.relative_speed > 0):
+            raise ValueError(
+                f"EndpointInfo {self.id!r}: relative_speed must be finite and > 0, "
+                f"got {self.relative_speed}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointMetrics:
+    """One scrape of an engine's gauges (vLLM names in brackets).
+
+    ``running`` (``vllm:num_requests_running``) and ``waiting`` (``vllm:num_requests_waiting``)
+    are request counts >= 0; ``kv_cache_usage`` (``vllm:kv_cache_usage_perc``) is a fraction
+    in [0, 1].
+    """
+
+    running: int = 0
+    waiting: int = 0
+    kv_cache_usage: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.running < 0 or self.waiting < 0:
+            raise ValueError(
+                f"EndpointMetrics: running and waiting must be >= 0, got {self.running}, "
+                f"{self.waiting}"
+            )
+        if not 0.0 <= self.kv_cache_usage <= 1.0:
+            raise ValueError(
+                f"EndpointMetrics: kv_cache_usage must be in [0, 1], got {self.kv_cache_usage}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRound:
+    """One call of :meth:`Router.plan`: the planner's inputs and its answer."""
+
+    views: tuple[EndpointView, ...]
+    inflight: tuple[InflightView, ...]
+    in_progress: frozenset[RequestId]
+    migrations: tuple[Migration, ...]
+
+
+_NO_METRICS = EndpointMetrics()
+
+
+class _Slot:
+    """One endpoint of the set: its static info and its latest scrape."""
+
+    __slots__ = ("info", "metrics")
+
+    def __init__(self, info: EndpointInfo) -> None:
+        self.info = info
+        self.metrics = _NO_METRICS
+
+
+class _Flight:
+    """What the router observed of one in-flight request."""
+
+    __slots__ = ("endpoint", "first_token_s", "generated", "migrating_to", "request")
+
+    def __init__(self, request: RequestView, endpoint: EndpointId) -> None:
+        self.request = request
+        self.endpoint = endpoint
+        self.generated = 0  # tokens streamed to the client so far (all endpoints)
+        self.first_token_s: float | None = None
+        self.migrating_to: EndpointId | None = None  # a destination copy is being prepared
+
+    def view(self, now: float) -> InflightView:
+        """The planner's view, from what a proxy can observe.
+
+        A proxy cannot tell a queued request from one in prefill, so a request without a first
+        token is ``queued``; the observed TPOT is the mean since the first token.
+        """
+        generated = self.generated
+        first = self.first_token_s
+        tpot = None
+        if generated >= 2 and first is not None:
+            tpot = (now - first) / (generated - 1)
+        return InflightView(
+            request=self.request,
+            src=self.endpoint,
+            generated_tokens=generated,
+            phase="queued" if first is None else "decode",
+            age_s=now - self.request.arrival_s,
+            observed_tpot_s=tpot,
+        )
+
+
+class Router:
+    """Routes the requests of one pool through one profile (and planner); see the module doc.
+
+    Invariants: every request placed by :meth:`route` is in flight until ``on_completed``;
+    the in-flight counters in :meth:`views` are exactly what :class:`InflightTracker` computes
+    from the hooks called so far; each hook reaches each profile plugin and the tracker once.
+    """
+
+    def __init__(
+        self,
+        profile: Profile,
+        *,
+        planner: MigrationPlanner | None = None,
+        pool: str = "",
+        endpoints: Iterable[EndpointInfo] = (),
+    ) -> None:
+        self.profile = profile
+        self.planner = planner
+        self.pool = pool
+        self.tracker = InflightTracker()
+        self._slots: dict[EndpointId, _Slot] = {}
+        self._flights: dict[RequestId, _Flight] = {}
+        consumes = set(profile.consumes)
+        if planner is not None:
+            consumes |= planner.consumes
+        self.consumes: frozenset[Data] = frozenset(consumes)
+        for info in endpoints:
+            self.add_endpoint(info)
+
+    @property
+    def clock(self) -> Clock:
+        """The injected clock (the profile's): virtual seconds in the simulator."""
+        return self.profile.clock
+
+    @property
+    def plan_period_s(self) -> float | None:
+        """How often the host should call :meth:`plan` (``None``: no planner)."""
+        return None if self.planner is None else float(self.planner.params.period_s)
+
+    # -- the endpoint set --------------------------------------------------------------------
+    def add_endpoint(self, info: EndpointInfo) -> None:
+        """Add an endpoint of this router's pool (ValueError for a known id or another pool)."""
+        if info.pool != self.pool:
+            raise ValueError(
+                f"endpoint {info.id!r} is in pool {info.pool!r}, this router serves pool "
+                f"{self.pool!r} (use one router per pool)"
+            )
+        if info.id in self._slots:
+            raise ValueError(f"endpoint {info.id!r} is already in pool {self.pool!r}")
+        self._slots[info.id] = _Slot(info)
+
+    def update_endpoint(self, info: EndpointInfo) -> None:
+        """Replace the static info of a known endpoint (its position and scrape are kept)."""
+        slot = self._slot(info.id)
+        if info.pool != self.pool:
+            raise ValueError(
+                f"endpoint {info.id!r} cannot move from pool {self.pool!r} to {info.pool!r}"
+            )
+        slot.info = info
+
+    def set_draining(self, endpoint: EndpointId, draining: bool = True) -> None:
+        """Mark an endpoint draining: no new requests; the next :meth:`plan` moves its own out."""
+        slot = self._slot(endpoint)
+        slot.info = replace(slot.info, draining=draining)
+
+    def set_healthy(self, endpoint: EndpointId, healthy: bool) -> None:
+        slot = self._slot(endpoint)
+        slot.info = replace(slot.info, healthy=healthy)
+
+    def remove_endpoint(self, endpoint: EndpointId) -> None:
+        """Forget an endpoint and what the prefix index knew of its cache.
+
+        Requests still in flight on it stay counted until the host reports them completed
+        (aborted) or migrated; nothing is dropped silently.
+        """
+        self._slot(endpoint)
+        del self._slots[endpoint]
+        index = self.profile.prefix_index
+        if index is not None:
+            index.forget(endpoint)
+
+    def endpoint(self, endpoint: EndpointId) -> EndpointInfo:
+        return self._slot(endpoint).info
+
+    def endpoints(self) -> tuple[EndpointInfo, ...]:
+        return tuple(s.info for s in self._slots.values())
+
+    def update_metrics(self, endpoint: EndpointId, metrics: EndpointMetrics) -> None:
+        """Store the latest scrape of ``endpoint``; a scrape of an unknown endpoint is dropped
+        (a poller may report once more after the endpoint was removed)."""
+        slot = self._slots.get(endpoint)
+        if slot is not None:
+            slot.metrics = metrics
+
+    def _slot(self, endpoint: EndpointId) -> _Slot:
+        slot = self._slots.get(endpoint)
+        if slot is None:
+            raise KeyError(f"unknown endpoint {endpoint!r} in pool {self.pool!r}")
+        return slot
+
+    # -- snapshots ---------------------------------------------------------------------------
+    def views(self) -> tuple[EndpointView, ...]:
+        """One view per endpoint: static info, latest scrape (zeros before the first one) and
+        the in-flight counters as of now, in the order the endpoints were added."""
+        counters = self.tracker.counters
+        out = []
+        for ep, slot in self._slots.items():
+            info, m = slot.info, slot.metrics
+            reqs, toks, prefill = counters(ep)
+            out.append(
+                EndpointView(
+                    id=ep,
+                    pool=info.pool,
+                    model=info.model,
+                    accelerator=info.accelerator,
+                    running=m.running,
+                    waiting=m.waiting,
+                    kv_cache_usage=m.kv_cache_usage,
+                    inflight_requests=reqs,
+                    inflight_tokens=toks,
+                    inflight_prefill_tokens=prefill,
+                    healthy=info.healthy,
+                    draining=info.draining,
+                    relative_speed=info.relative_speed,
+                    perf=info.perf,
+                )
+            )
+        return tuple(out)
+
+    def inflight(self) -> tuple[InflightView, ...]:
+        """The planner's view of every request in flight, at the clock's now."""
+        now = self.clock()
+        return tuple(f.view(now) for f in self._flights.values())
+
+    def endpoint_of(self, request_id: RequestId) -> EndpointId | None:
+        """Where the request runs now (``None`` when not in flight)."""
+        flight = self._flights.get(request_id)
+        return None if flight is None else flight.endpoint
+
+    @property
+    def in_flight(self) -> int:
+        """Requests routed and not completed yet."""
+        return len(self._flights)
+
+    # -- the request lifecycle ---------------------------------------------------------------
+    def route(self, request: RequestView) -> Decision:
+        """Place ``request`` on an endpoint of this pool and record it as in flight.
+
+        Raises :class:`~.types.NoEndpointError` (nothing recorded) when no endpoint is left,
+        and ``ValueError`` for a request of another pool or one already in flight (a host that
+        retries reports the failed attempt with ``on_completed`` first).
+        """
+        if request.pool and request.pool != self.pool:
+            raise ValueError(
+                f"request {request.id!r} is for pool {request.pool!r}, this router serves "
+                f"pool {self.pool!r}"
+            )
+        if request.id in self._flights:
+            raise ValueError(f"request {request.id!r} is already in flight")
+        decision = self.profile.pick(request, self.views())
+        self.profile.on_routed(request, decision)
+        endpoint = decision.endpoint
+        self.tracker.on_routed(request, endpoint)
+        self._flights[request.id] = _Flight(request, endpoint)
+        return decision
+
+    def on_first_token(self, request_id: RequestId, *, at: float | None = None) -> None:
+        """The first token reached the client (``at``: when, default the clock's now).
+
+        Idempotent: only the first call per request counts (a switch-over is not a new first
+        token for the client; :meth:`on_migrated` handles the destination's).
+        """
+        flight = self._flights.get(request_id)
+        if flight is None or flight.first_token_s is not None:
+            return
+        flight.first_token_s = self.clock() if at is None else at
+        self.profile.on_first_token(request_id, flight.endpoint)
+        self.tracker.on_first_token(request_id)
+
+    def on_tokens(self, request_id: RequestId, n: int = 1, *, at: float | None = None) -> None:
+        """``n`` more tokens reached the client; the first ones also count as the first token.
+
+        Cheap enough for every streamed chunk: two dict lookups when the first token is known.
+        """
+        flight = self._flights.get(request_id)
+        if flight is None:
+            return
+        if flight.first_token_s is None:
+            self.on_first_token(request_id, at=at)
+        flight.generated += n
+        self.tracker.on_token(request_id, n)
+
+    def on_completed(self, request_id: RequestId) -> None:
+        """The request finished, failed or was aborted (also cancels a migration in progress)."""
+        flight = self._flights.pop(request_id, None)
+        if flight is None:
+            return
+        self.profile.on_completed(request_id, flight.endpoint)
+        self.tracker.on_completed(request_id)
+
+    def on_migration_started(self, request_id: RequestId, dst: EndpointId) -> None:
+        """The executor started a destination copy of the request on ``dst``.
+
+        It counts against the planner's ``max_concurrent`` (and the request is not planned
+        again) until it switches over (:meth:`on_migrated`), is given up
+        (:meth:`on_migration_aborted`) or the request ends (:meth:`on_completed`).
+        """
+        flight = self._flights.get(request_id)
+        if flight is not None:
+            flight.migrating_to = dst
+
+    def on_migration_aborted(self, request_id: RequestId) -> None:
+        """The destination copy was given up; the request keeps running where it was."""
+        flight = self._flights.get(request_id)
+        if flight is not None:
+            flight.migrating_to = None
+
+    def on_migrated(self, request_id: RequestId, dst: EndpointId) -> None:
+        """The stream switched over to ``dst`` (make-before-break: on ``dst``'s first token).
+
+        The tracker moves the request with its context (prompt + tokens so far) to ``dst`` and
+        marks it past prefill there; the profile learns the move with the tokens generated.
+        """
+        flight = self._flights.get(request_id)
+        if flight is None:
+            return
+        src = flight.endpoint
+        flight.endpoint = dst
+        flight.migrating_to = None
+        self.tracker.on_migrated(request_id, src, dst)
+        self.tracker.on_first_token(request_id)
+        self.profile.on_migrated(flight.request, src, dst, flight.generated)
+
+    def on_kv_event(self, endpoint: EndpointId, event: object) -> None:
+        """An engine published a KV-cache event (only useful if ``Data.KV_EVENTS`` is consumed)."""
+        self.profile.on_kv_event(endpoint, event)
+
+    # -- migration planning ------------------------------------------------------------------
+    def plan(self) -> PlanRound:
+        """Ask the planner which in-flight requests to move now (empty without a planner).
+
+        The host executes the migrations and reports them with ``on_migration_started`` and
+        then ``on_migrated`` or ``on_migration_aborted``; call it every :attr:`plan_period_s`
+        and right after :meth:`set_draining`.
+        """
+        planner = self.planner
+        if planner is None:
+            return PlanRound((), (), frozenset(), ())
+        views = self.views()
+        inflight = self.inflight()
+        in_progress = frozenset(
+            f.request.id for f in self._flights.values() if f.migrating_to is not None
+        )
+        migrations = planner.plan(views, inflight, in_progress=in_progress)
+        return PlanRound(views, inflight, in_progress, tuple(migrations))
