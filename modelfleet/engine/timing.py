@@ -29,7 +29,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from modelfleet.engine.profiles import AcceleratorSpec, ModelSpec, get_accelerator, get_model
+from modelfleet.engine.profiles import (
+    AcceleratorSpec,
+    ModelSpec,
+    resolve_accelerator,
+    resolve_model,
+)
 
 __all__ = ["CALIBRATED", "StepTimer", "TimingParams", "params_for"]
 
@@ -53,6 +58,12 @@ class TimingParams:
     allreduce_bandwidth: tuple[float, float, float]  # elements*2 bytes / s, TP 2, 4, 8
     elementwise_bytes_per_hidden: float
     step_overhead: float
+    # Host-side costs (timing model v2; fitted to public end-to-end vLLM measurements by
+    # bench/engine_fidelity.py, the same for every GPU): per sequence per step (scheduling,
+    # input preparation, sampling, output processing) and per request (HTTP, tokenisation,
+    # detokenisation and streaming in the API server; latency, not GPU time).
+    per_seq_overhead: float = 0.0
+    request_overhead: float = 0.0
 
 
 # Fitted by bench/engine_calibration.py (see bench/results/engine-calibration.md).
@@ -124,8 +135,8 @@ class StepTimer:
         tensor_parallel_size: int = 1,
         params: TimingParams | None = None,
     ) -> None:
-        self.accel = get_accelerator(accelerator) if isinstance(accelerator, str) else accelerator
-        self.model = get_model(model) if isinstance(model, str) else model
+        self.accel = resolve_accelerator(accelerator)
+        self.model = resolve_model(model)
         tp = tensor_parallel_size
         if tp not in (1, 2, 4, 8):
             raise ValueError(f"tensor_parallel_size must be 1, 2, 4 or 8, got {tp}")
@@ -135,6 +146,7 @@ class StepTimer:
             )
         self.tp = tp
         self.p = params if params is not None else params_for(self.accel)
+        self.request_overhead = self.p.request_overhead
         m = self.model
         hd = m.head_dim
         self._gemm_shapes = (
@@ -205,6 +217,7 @@ class StepTimer:
         if t is None:
             t = self.model.num_layers * self.dense_layer(tokens)
             t += self.gemm(max(seqs, 1), *self._lm_head) + self.p.step_overhead
+            t += self.p.per_seq_overhead * max(seqs, 1)
             if len(self._dense_cache) < 65536:
                 self._dense_cache[key] = t
         return t

@@ -75,7 +75,10 @@ def test_l4_and_a10g_are_derived_from_l40s_and_uncalibrated():
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda: get_accelerator("b200"), "b200.*valid: a100-80gb, a10g, h100-80gb, l4, l40s"),
+        (
+            lambda: get_accelerator("b200"),
+            "b200.*valid: a100-40gb, a100-80gb, a10g, h100-80gb, h200, l4, l40s, mi300x, rtx-4090",
+        ),
         (lambda: get_model("gpt-5"), "gpt-5.*valid: .*llama-3-8b"),
         (lambda: StepTimer("h100-80gb", "llama-3-8b", 3), "tensor_parallel_size"),
     ],
