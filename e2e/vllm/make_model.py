@@ -89,7 +89,7 @@ def main(out: str) -> None:
     )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
-    print(f"saved {out}: vocab {len(hf_tok)}, {sum(p.numel() for p in LlamaForCausalLM(config).parameters())} params")
+    print(f"saved {out}: vocab {len(hf_tok)}")
 
 
 if __name__ == "__main__":

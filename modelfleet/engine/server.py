@@ -394,7 +394,7 @@ class EngineServer:
             stop_token_ids=stop_ids,
             ignore_eos=req.ignore_eos,
             # reaches the engine core after the front end's per-request work (timing model)
-            arrival_time=arrival + self.core.timer.request_overhead,
+            arrival_time=arrival + self.core.timer.front_end_latency(len(self._streams)),
             cache_salt=req.cache_salt,
         )
         return st, ereq
@@ -403,7 +403,7 @@ class EngineServer:
         self, st: RequestStream, external: str, ereq: EngineRequest, param: str
     ) -> None:
         """Model the front end's per-request latency, then queue the request in the core."""
-        delay = self.core.timer.request_overhead * self.config.time_scale
+        delay = (ereq.arrival_time - st.arrival) * self.config.time_scale
         if delay > 0:
             await asyncio.sleep(delay)
         try:

@@ -27,7 +27,7 @@ the tables lack, and it costs a few microseconds per step, which virtual time ne
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from modelfleet.engine.profiles import (
     AcceleratorSpec,
@@ -36,7 +36,7 @@ from modelfleet.engine.profiles import (
     resolve_model,
 )
 
-__all__ = ["CALIBRATED", "StepTimer", "TimingParams", "params_for"]
+__all__ = ["CALIBRATED", "HOST_OVERHEADS", "StepTimer", "TimingParams", "params_for"]
 
 _TP_INDEX = {1: 0, 2: 0, 4: 1, 8: 2}
 
@@ -64,6 +64,7 @@ class TimingParams:
     # detokenisation and streaming in the API server; latency, not GPU time).
     per_seq_overhead: float = 0.0
     request_overhead: float = 0.0
+    request_overhead_per_stream: float = 0.0  # grows with the streams the front end serves
 
 
 # Fitted by bench/engine_calibration.py (see bench/results/engine-calibration.md).
@@ -116,13 +117,28 @@ CALIBRATED: dict[str, TimingParams] = {
 }
 
 
+# Host-side overheads (per_seq_overhead, request_overhead, request_overhead_per_stream; s),
+# fitted by
+# bench/engine_fidelity.py to public vLLM concurrency sweeps (bench/results/engine-fidelity.md).
+HOST_OVERHEADS: tuple[float, float, float] = (1.763e-05, 0.009076, 0.004535)
+
+
 def params_for(accel: AcceleratorSpec) -> TimingParams:
-    """Calibrated constants, or those of the GPU it is derived from (uncalibrated)."""
+    """Kernel constants fitted for this GPU, or those of the GPU it is derived from, plus the
+    host overheads (the same for every GPU)."""
     if accel.name in CALIBRATED:
-        return CALIBRATED[accel.name]
-    if accel.derived_from is not None and accel.derived_from in CALIBRATED:
-        return CALIBRATED[accel.derived_from]
-    raise ValueError(f"no timing constants for accelerator {accel.name!r}")
+        base = CALIBRATED[accel.name]
+    elif accel.derived_from is not None and accel.derived_from in CALIBRATED:
+        base = CALIBRATED[accel.derived_from]
+    else:
+        raise ValueError(f"no timing constants for accelerator {accel.name!r}")
+    per_seq, per_request, per_stream = HOST_OVERHEADS
+    return replace(
+        base,
+        per_seq_overhead=per_seq,
+        request_overhead=per_request,
+        request_overhead_per_stream=per_stream,
+    )
 
 
 class StepTimer:
@@ -147,6 +163,7 @@ class StepTimer:
         self.tp = tp
         self.p = params if params is not None else params_for(self.accel)
         self.request_overhead = self.p.request_overhead
+
         m = self.model
         hd = m.head_dim
         self._gemm_shapes = (
@@ -168,6 +185,12 @@ class StepTimer:
             * self._kv_bytes_per_token_layer
             / (self._bw * self.p.attn_decode_eff)
         )
+
+    def front_end_latency(self, streams_in_flight: int) -> float:
+        """Seconds between a request's arrival and its reaching the engine core: the API
+        server's per-request work, which waits behind the streams it is already serving."""
+        p = self.p
+        return p.request_overhead + p.request_overhead_per_stream * streams_in_flight
 
     # -- pieces (seconds)
     def gemm(self, m: int, n: int, k: int) -> float:
