@@ -21,7 +21,8 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from modelfleet.engine import calibration as C
+import calibration_fit as C
+
 from modelfleet.engine.profiles import get_model
 from modelfleet.engine.timing import CALIBRATED, StepTimer, TimingParams
 

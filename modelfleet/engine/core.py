@@ -52,7 +52,13 @@ from modelfleet.engine.kvcache import (
     Digest,
     KVEvent,
 )
-from modelfleet.engine.profiles import derive_num_gpu_blocks, get_accelerator, get_model
+from modelfleet.engine.profiles import (
+    AcceleratorSpec,
+    ModelSpec,
+    derive_num_gpu_blocks,
+    resolve_accelerator,
+    resolve_model,
+)
 from modelfleet.engine.timing import StepTimer
 
 __all__ = [
@@ -79,8 +85,8 @@ class EngineConfig:
     the KV bytes of one block, per tensor-parallel shard.
     """
 
-    accelerator: str
-    model: str
+    accelerator: str | AcceleratorSpec  # a preset name or a spec (profiles.py)
+    model: str | ModelSpec  # a preset name, a model folder with config.json, or a spec
     tensor_parallel_size: int = 1
     block_size: int = 16
     num_gpu_blocks: int | None = None
@@ -94,9 +100,23 @@ class EngineConfig:
     hash_seed: str | None = None  # the vLLM process's PYTHONHASHSEED; None = unset
     kv_events_int_hashes: bool = True  # VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES (default 1)
 
+    @property
+    def model_name(self) -> str:
+        """The model's name (a preset name, a folder path, or the spec's name)."""
+        return self.model if isinstance(self.model, str) else self.model.name
+
+    @property
+    def accelerator_name(self) -> str:
+        a = self.accelerator
+        return a if isinstance(a, str) else a.name
+
     @classmethod
     def for_model(
-        cls, accelerator: str, model: str, tensor_parallel_size: int = 1, **overrides: object
+        cls,
+        accelerator: str | AcceleratorSpec,
+        model: str | ModelSpec,
+        tensor_parallel_size: int = 1,
+        **overrides: object,
     ) -> EngineConfig:
         """Build a config with defaults and validate it (ValueError naming the bad value)."""
         cfg = cls(accelerator, model, tensor_parallel_size, **overrides)  # type: ignore[arg-type]
@@ -105,8 +125,8 @@ class EngineConfig:
 
     def validate(self) -> None:
         """Check names and ranges; ValueError naming the offending field."""
-        get_accelerator(self.accelerator)
-        get_model(self.model)
+        resolve_accelerator(self.accelerator)
+        resolve_model(self.model)
         if self.tensor_parallel_size not in (1, 2, 4, 8):
             raise ValueError(
                 f"tensor_parallel_size must be 1, 2, 4 or 8, got {self.tensor_parallel_size}"
@@ -132,8 +152,8 @@ class EngineConfig:
         if self.num_gpu_blocks is not None:
             return self.num_gpu_blocks
         return derive_num_gpu_blocks(
-            get_accelerator(self.accelerator),
-            get_model(self.model),
+            resolve_accelerator(self.accelerator),
+            resolve_model(self.model),
             self.tensor_parallel_size,
             self.block_size,
             self.gpu_memory_utilization,
@@ -291,8 +311,8 @@ class EngineCore:
                 f"block_size={config.block_size}"
             )
         self.config = config
-        self.model_spec = get_model(config.model)
-        self.accelerator_spec = get_accelerator(config.accelerator)
+        self.model_spec = resolve_model(config.model)
+        self.accelerator_spec = resolve_accelerator(config.accelerator)
         self.timer = StepTimer(self.accelerator_spec, self.model_spec, config.tensor_parallel_size)
         self.num_gpu_blocks = config.resolved_num_gpu_blocks()
         self.block_size = config.block_size

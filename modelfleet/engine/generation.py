@@ -11,8 +11,10 @@ once per generated token:
 
 where ``mix64`` is a splitmix64-style integer mixer (no Python ``hash()``, whose value for
 strings varies per process) and ``table`` is a fixed list of single-token English words
-(with a leading space), a few capitalised sentence starters, ``","`` and ``"."``. After a
-``"."`` the next token is a capitalised starter, so the text reads as sentences of words.
+(with a leading space) that the served tokenizer encodes as one token each (or, for a
+small vocabulary, its own ``" word"`` tokens), a few capitalised sentence starters,
+``","`` and ``"."``. After a ``"."`` the next token is a capitalised starter, so the text
+reads as sentences of words.
 
 Design choices:
 - **No EOS, ever.** Generation ends only by ``max_tokens``, ``stop`` strings or
@@ -32,7 +34,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from modelfleet.engine.tokenizer import WORDS, Tokenizer
+from modelfleet.engine.fallback_tokenizer import WORDS
+from modelfleet.engine.tokenizer import Tokenizer
 
 __all__ = ["GreedyGenerator"]
 
@@ -53,25 +56,22 @@ class GreedyGenerator:
     __slots__ = ("_comma", "_period", "_starters", "_table", "_words")
 
     def __init__(self, tokenizer: Tokenizer) -> None:
-        words: list[int] = []
-        for w in WORDS:
-            ids = tokenizer.encode(" " + w)
-            if len(ids) == 1:
-                words.append(ids[0])
-        starters: list[int] = []
-        for w in _STARTERS:
-            ids = tokenizer.encode(" " + w)
-            assert len(ids) == 1, f"starter {w!r} is not a single token"
-            starters.append(ids[0])
-        (comma,) = tokenizer.encode(",")
-        (period,) = tokenizer.encode(".")
+        words = _single_tokens(tokenizer, [" " + w for w in WORDS])
+        if len(words) < 32:  # a small or non-English vocabulary: take its own word tokens
+            words = _vocabulary_words(tokenizer, limit=512)
+        if not words:
+            raise ValueError(f"tokenizer {tokenizer.name!r} has no single-token words to generate")
+        starters = _single_tokens(tokenizer, [" " + w for w in _STARTERS]) or words[:8]
+        comma = _single_tokens(tokenizer, [","])
+        period = _single_tokens(tokenizer, ["."])
         # Words dominate; roughly one comma per 16 tokens and one period per 12.
-        table = words + [comma] * (len(words) // 16) + [period] * (len(words) // 12)
+        table = list(words)
+        table += comma * (len(words) // 16) + period * (len(words) // 12)
         self._table: tuple[int, ...] = tuple(table)
         self._words: tuple[int, ...] = tuple(words)
-        self._comma = comma
+        self._comma = comma[0] if comma else -1
         self._starters: tuple[int, ...] = tuple(starters)
-        self._period = period
+        self._period = period[0] if period else -1
 
     def next_token(self, context: Sequence[int]) -> int:
         """The greedy next token after ``context`` (prompt ids + generated ids so far)."""
@@ -88,3 +88,29 @@ class GreedyGenerator:
         return self._table[h % len(self._table)]
 
     __call__ = next_token
+
+
+def _single_tokens(tokenizer: Tokenizer, texts: list[str]) -> list[int]:
+    """Ids of the texts that are exactly one token and decode back to themselves."""
+    out: list[int] = []
+    for text in texts:
+        ids = tokenizer.encode(text)
+        if len(ids) == 1 and tokenizer.token_bytes(ids[0]) == text.encode("utf-8"):
+            out.append(ids[0])
+    return out
+
+
+def _vocabulary_words(tokenizer: Tokenizer, limit: int) -> list[int]:
+    """Up to ``limit`` ids of the form " letters" (2-12 lowercase ASCII letters) that
+    re-encode to themselves, in id order (deterministic)."""
+    out: list[int] = []
+    for i in range(tokenizer.vocab_size):
+        if tokenizer.is_special(i):
+            continue
+        b = tokenizer.token_bytes(i)
+        if 3 <= len(b) <= 13 and b[:1] == b" " and b[1:].isalpha() and b[1:].islower():
+            if tokenizer.encode(b.decode("ascii")) == [i]:
+                out.append(i)
+                if len(out) >= limit:
+                    break
+    return out

@@ -77,6 +77,8 @@ class RequestTimings:
     prompt_tokens: int
     generation_tokens: int
     max_tokens: int
+    num_cached_tokens: int = 0
+    num_preemptions: int = 0
 
 
 class _StatsCollector(Collector):
@@ -146,6 +148,40 @@ class _StatsCollector(Collector):
             "vllm:num_preemptions", "Cumulative number of preemption from the engine.",
             s.num_preemptions,
         )  # fmt: skip
+        # Families vLLM exports that stay zero here (no KV connector, no multimodal encoder,
+        # no admission control); exported so that clients reading them find them.
+        for name, doc in (
+            ("vllm:external_prefix_cache_queries",
+             "External prefix cache queries from KV connector cross-instance cache sharing."),
+            ("vllm:external_prefix_cache_hits",
+             "External prefix cache hits from KV connector cross-instance cache sharing."),
+            ("vllm:mm_cache_queries", "Multi-modal cache queries, in terms of number of items."),
+            ("vllm:mm_cache_hits", "Multi-modal cache hits, in terms of number of items."),
+            ("vllm:admission_rejections", "Number of admission attempts rejected."),
+        ):  # fmt: skip
+            yield self._counter(name, doc, 0)
+        by_source = CounterMetricFamily(
+            "vllm:prompt_tokens_by_source", "Number of prompt tokens by source.",
+            labels=[*self._names, "source"],
+        )  # fmt: skip
+        computed = max(0, s.prompt_tokens_total - s.prefix_cache_hits)
+        for source, value in (
+            ("local_compute", computed),
+            ("local_cache_hit", s.prefix_cache_hits),
+            ("external_kv_transfer", 0),
+        ):
+            by_source.add_metric([*self._values, source], value)
+        yield by_source
+        cached_by_source = CounterMetricFamily(
+            "vllm:prompt_tokens_cached_by_source", "Number of cached prompt tokens by source.",
+            labels=[*self._names, "source"],
+        )  # fmt: skip
+        for source, value in (
+            ("local_cache_hit", s.prefix_cache_hits),
+            ("external_kv_transfer", 0),
+        ):
+            cached_by_source.add_metric([*self._values, source], value)
+        yield cached_by_source
         yield self._counter(
             "vllm:prompt_tokens", "Number of prefill tokens processed.", s.prompt_tokens_total
         )
@@ -244,6 +280,21 @@ class EngineMetrics:
             "vllm:request_params_max_tokens", "Histogram of the max_tokens request parameter.",
             tok,
         ).labels(*self._label_values)  # fmt: skip
+        self.max_generation_tokens = hist(
+            "vllm:request_max_num_generation_tokens",
+            "Histogram of maximum number of requested generation tokens.", tok,
+        ).labels(*self._label_values)  # fmt: skip
+        self.params_n = hist(
+            "vllm:request_params_n", "Histogram of the n request parameter.", (1, 2, 5, 10, 20)
+        ).labels(*self._label_values)
+        self.request_preemptions = hist(
+            "vllm:request_num_preemptions", "Number of preemptions per request.",
+            (0, 1, 2, 5, 10, 20, 50, 100),
+        ).labels(*self._label_values)  # fmt: skip
+        self.prefill_kv_computed = hist(
+            "vllm:request_prefill_kv_computed_tokens",
+            "Histogram of new KV tokens computed during prefill (excluding cached tokens).", tok,
+        ).labels(*self._label_values)  # fmt: skip
         self.iteration_tokens = hist(
             "vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.",
             ITERATION_TOKEN_BUCKETS,
@@ -273,6 +324,10 @@ class EngineMetrics:
         self.prompt_tokens.observe(t.prompt_tokens)
         self.generation_tokens.observe(t.generation_tokens)
         self.params_max_tokens.observe(t.max_tokens)
+        self.max_generation_tokens.observe(t.max_tokens)
+        self.params_n.observe(1)
+        self.request_preemptions.observe(t.num_preemptions)
+        self.prefill_kv_computed.observe(max(0, t.prompt_tokens - t.num_cached_tokens))
 
     def render(self) -> bytes:
         """The Prometheus text exposition (format 0.0.4) of this registry."""

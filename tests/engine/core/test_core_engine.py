@@ -256,8 +256,8 @@ def test_injected_block_hasher_is_used_and_must_match_block_size():
 
 
 def test_config_validation_names_the_bad_value():
-    with pytest.raises(ValueError, match="h200"):
-        EngineConfig.for_model("h200", "llama-3-8b")
+    with pytest.raises(ValueError, match="b200"):
+        EngineConfig.for_model("b200", "llama-3-8b")
     with pytest.raises(ValueError, match="llama-9"):
         EngineConfig.for_model("h100-80gb", "llama-9")
     with pytest.raises(ValueError, match="tensor_parallel_size"):

@@ -86,6 +86,7 @@ async def running_engine(
     kv_events: KVEventsConfig | None = None,
     served_model_names: tuple[str, ...] = (),
     prompt_tokens_details: bool = True,
+    tokenizer: str = "llama-3",
 ) -> AsyncIterator[RunningEngine]:
     config = ServerConfig(
         engine=engine or engine_config(),
@@ -93,6 +94,7 @@ async def running_engine(
         time_scale=time_scale,
         kv_events=kv_events or KVEventsConfig(),
         enable_prompt_tokens_details=prompt_tokens_details,
+        tokenizer=tokenizer,
     )
     stop = asyncio.Event()
     ready: asyncio.Future[tuple[EngineServer, int]] = asyncio.get_running_loop().create_future()

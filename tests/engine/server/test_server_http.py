@@ -171,7 +171,8 @@ async def test_models_tokenize_detokenize_health() -> None:
         async with eng.session.get(eng.url + "/health") as r:
             assert r.status == 200
         status, tok = await eng.post("/tokenize", {"model": "alias", "prompt": "Hello world"})
-        assert status == 200 and tok["count"] == len(tok["tokens"]) == 4
+        # Llama-3's own ids (the default tokenizer is the real one): BOS, "Hello", " world"
+        assert status == 200 and tok["tokens"] == [128000, 9906, 1917] and tok["count"] == 3
         status, det = await eng.post("/detokenize", {"tokens": tok["tokens"][1:]})
         assert det == {"prompt": "Hello world"}
         status, chat_tok = await eng.post(
@@ -226,7 +227,10 @@ async def test_bad_bodies_get_vllm_shaped_errors(
         assert got_status == status, err
         assert set(err) == {"error"} and set(err["error"]) == {"message", "type", "param", "code"}
         assert err["error"]["code"] == status
-        assert err["error"]["type"] == ("NotFoundError" if status == 404 else "BadRequestError")
+        # vLLM answers "Bad Request" for bodies its parser refuses, "BadRequestError" for
+        # values it refuses after parsing
+        expected = {"NotFoundError"} if status == 404 else {"BadRequestError", "Bad Request"}
+        assert err["error"]["type"] in expected
         assert fragment in err["error"]["message"]
         # ... and the server keeps serving.
         ok, resp = await eng.post("/v1/completions", {"prompt": "still alive", "max_tokens": 2})
@@ -457,8 +461,10 @@ async def test_chat_continues_via_kv_transfer_prompt_token_ids(cut: int) -> None
 
 
 async def test_chat_continue_final_message_by_text() -> None:
+    # The builtin tokenizer's template keeps content as is; Llama-3's trims it, so a partial
+    # message that starts with a space does not round-trip there (as on vLLM).
     messages: list[dict[str, str]] = [{"role": "user", "content": "Tell me a story."}]
-    async with running_engine() as eng:
+    async with running_engine(tokenizer="builtin") as eng:
         prompt_ids, ref, _ = await _stream_tokens(
             eng, "/v1/chat/completions", {"messages": messages, "max_tokens": 24}
         )

@@ -10,6 +10,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from modelfleet.engine.core import EngineStats
+from modelfleet.engine.fallback_tokenizer import (
+    BOS_TOKEN_ID,
+    EOT_TOKEN_ID,
+    VOCAB_SIZE,
+    ChatTemplateError,
+)
+from modelfleet.engine.fallback_tokenizer import (
+    BuiltinTokenizer as Tokenizer,
+)
 from modelfleet.engine.generation import GreedyGenerator
 from modelfleet.engine.kv_events import (
     KVEventsConfig,
@@ -25,13 +34,6 @@ from modelfleet.engine.protocol import (
     ProtocolError,
     resolve_max_tokens,
     validation_error_message,
-)
-from modelfleet.engine.tokenizer import (
-    BOS_TOKEN_ID,
-    EOT_TOKEN_ID,
-    VOCAB_SIZE,
-    ChatTemplateError,
-    Tokenizer,
 )
 
 pytestmark = pytest.mark.unit
@@ -214,7 +216,7 @@ def test_completion_type_errors_name_the_field(body: dict[str, Any], param: str)
         ({"prompt": "x", "max_tokens": -5}, "max_tokens", "at least 1, got -5"),
         ({"prompt": "x", "max_tokens": 0}, "max_tokens", "at least 1"),
         ({"prompt": "x", "n": 2}, "n", "n must be 1"),
-        ({"prompt": "x", "max_tokens": 3, "min_tokens": 4}, "min_tokens", "min_tokens"),
+        ({"prompt": "x", "max_tokens": 3, "min_tokens": 4}, None, "min_tokens"),  # vLLM: param null
         ({"prompt": "x", "echo": True}, "echo", "not supported"),
         ({"prompt": "x", "logprobs": 1}, "logprobs", "not supported"),
         ({"prompt": []}, "prompt", "at least one prompt"),
@@ -303,9 +305,17 @@ def test_resolve_max_tokens(
 
 
 def test_resolve_max_tokens_prompt_too_long() -> None:
+    # measured on vLLM 0.32: longer than the context names input_tokens; exactly the context
+    # leaves max_tokens 0; more than the context as max_tokens names max_tokens
     with pytest.raises(ProtocolError, match="maximum context length is 1024") as ei:
+        resolve_max_tokens(1, 1025, 1024, default=16)
+    assert ei.value.status == 400 and ei.value.param == "input_tokens"
+    with pytest.raises(ProtocolError, match="max_tokens must be at least 1, got 0") as ei:
         resolve_max_tokens(1, 1024, 1024, default=16)
-    assert ei.value.status == 400
+    assert ei.value.param == "max_tokens"
+    with pytest.raises(ProtocolError, match="cannot be greater than max_model_len=1024") as ei:
+        resolve_max_tokens(100000, 10, 1024, default=16)
+    assert ei.value.param == "max_tokens"
 
 
 # ------------------------------------------------------------------------------- metrics

@@ -1,4 +1,6 @@
-"""Calibration of `timing.StepTimer` against measured vLLM kernel and end-to-end timings.
+"""Calibration fit of `modelfleet.engine.timing.StepTimer` (offline; bench only, needs scipy).
+
+The runtime reads only the fitted constants pasted into `timing.CALIBRATED`.
 
 Sources (copied subsets with attribution under ``bench/data/``):
 - aiconfigurator-core: vLLM kernel latencies per layer on A100-SXM, H100-SXM, L40S: bf16
@@ -18,7 +20,8 @@ the bandwidth-scaled kernel sum) leaves room for about a millisecond at most. So
 held-back end-to-end check of an older engine.
 
 Fit: each kernel family of the timing model (GEMM roofline, prefill attention, decode
-attention, all-reduce, elementwise) is fitted separately per accelerator by Nelder-Mead on
+attention, all-reduce, elementwise) is fitted separately per accelerator by Nelder-Mead
+(``scipy.optimize.minimize``) on
 the mean squared log error, using only kernel rows with Llama-3-8B shapes. Llama-3-70B
 shapes and the splitwise points not used for c0 are held back to measure generalisation.
 
@@ -36,6 +39,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from scipy.optimize import minimize
 
 from modelfleet.engine.profiles import AcceleratorSpec, ModelSpec, get_accelerator, get_model
 from modelfleet.engine.timing import StepTimer, TimingParams
@@ -136,18 +140,12 @@ def load_tables(data_dir: Path) -> Tables:
 
 
 def interp(curve: Curve, x: float) -> float:
-    """Piecewise-linear y(x); below the first point: first y; above the last: y scaled by x."""
-    xs = [p[0] for p in curve]
-    i = bisect.bisect_left(xs, x)
-    if i < len(xs) and xs[i] == x:
-        return curve[i][1]
-    if i == 0:
-        return curve[0][1]
-    if i == len(xs):
-        x1, y1 = curve[-1]
-        return y1 * x / x1
-    (x0, y0), (x1, y1) = curve[i - 1], curve[i]
-    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    """Piecewise-linear y(x) (``numpy.interp``); below the first point: the first y; above the
+    last: the last y scaled by x (kernel time grows in proportion to the work)."""
+    x_last, y_last = curve[-1]
+    if x > x_last:
+        return y_last * x / x_last
+    return float(np.interp(x, [p[0] for p in curve], [p[1] for p in curve]))
 
 
 def _bracket(grid: Sequence[int], x: float) -> tuple[int, int]:
@@ -284,38 +282,17 @@ def predicted_step_ms(params: TimingParams, s: Scenario, model: ModelSpec | None
 
 
 def nelder_mead(f: Callable[[Vec], float], x0: Vec, iters: int = 600, step: float = 0.3) -> Vec:
-    """Minimise f from x0 (a plain Nelder-Mead; deterministic)."""
-    n = len(x0)
-    simplex = [x0.astype(float)]
-    for i in range(n):
-        x = x0.astype(float).copy()
-        x[i] += step
-        simplex.append(x)
-    values = [f(x) for x in simplex]
-    for _ in range(iters):
-        order = np.argsort(values)
-        simplex = [simplex[i] for i in order]
-        values = [values[i] for i in order]
-        centroid = np.mean(simplex[:-1], axis=0)
-        worst = simplex[-1]
-        xr = centroid + (centroid - worst)
-        fr = f(xr)
-        if fr < values[0]:
-            xe = centroid + 2 * (centroid - worst)
-            fe = f(xe)
-            simplex[-1], values[-1] = (xe, fe) if fe < fr else (xr, fr)
-        elif fr < values[-2]:
-            simplex[-1], values[-1] = xr, fr
-        else:
-            xc = centroid + 0.5 * (worst - centroid)
-            fc = f(xc)
-            if fc < values[-1]:
-                simplex[-1], values[-1] = xc, fc
-            else:
-                best = simplex[0]
-                simplex = [best + 0.5 * (x - best) for x in simplex]
-                values = [f(x) for x in simplex]
-    return simplex[int(np.argmin(values))]
+    """Minimise f from x0 with scipy's Nelder-Mead, starting from the simplex x0 + step * e_i
+    (deterministic; at most ``iters`` iterations)."""
+    x0 = np.asarray(x0, dtype=float)
+    simplex = np.vstack([x0, x0 + step * np.eye(len(x0))])
+    res = minimize(
+        f,
+        x0,
+        method="Nelder-Mead",
+        options={"initial_simplex": simplex, "maxiter": iters, "xatol": 1e-10, "fatol": 1e-14},
+    )
+    return np.asarray(res.x, dtype=float)
 
 
 def _fit_allreduce(elements: Vec, seconds: Vec, used: Vec) -> Vec:
