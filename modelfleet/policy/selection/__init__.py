@@ -6,8 +6,8 @@ pool and its ordered fallbacks). Strategies: weighted/canary, cascade, cost-qual
 (CARROT-style, with an offline-trained quality predictor), semantic (nearest class centroid
 feeding the rules) and bandit (online from :class:`Feedback`). The interface for the scheduler
 is described in ``docs/selection.md``. Offline training lives in
-:mod:`modelfleet.policy.selection.train`; the RouterBench metrics in
-:mod:`modelfleet.policy.selection.metrics`.
+``bench/selection_train.py``; the RouterBench metrics in
+``bench/selection_metrics.py``.
 """
 
 from modelfleet.policy.selection.features import HashedTfidf

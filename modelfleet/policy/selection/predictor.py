@@ -2,7 +2,7 @@
 
 A predictor maps a request's feature vector to, for each model it knows, the predicted quality
 (probability that the model answers correctly, 0..1) and the predicted cost of the call (USD).
-It is trained offline (:mod:`modelfleet.policy.selection.train`) and shipped as one ``.npz``
+It is trained offline (``bench/selection_train.py``) and shipped as one ``.npz``
 file; :func:`load_predictor` is the only function here that touches the file system, so the
 predictor itself stays pure (arrays in, arrays out).
 
