@@ -22,7 +22,6 @@ from dataclasses import fields
 from pathlib import Path
 
 import calibration_fit as C
-
 from modelfleet.engine.profiles import get_model
 from modelfleet.engine.timing import CALIBRATED, StepTimer, TimingParams
 

@@ -14,7 +14,6 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
 
 import calibration_fit as C  # noqa: E402
-
 from modelfleet.engine.timing import CALIBRATED  # noqa: E402
 
 pytestmark = pytest.mark.unit
