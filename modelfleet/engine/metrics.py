@@ -19,6 +19,7 @@ Every family carries ``model_name`` and ``engine`` labels (``engine="0"``: no da
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -86,6 +87,7 @@ class _StatsCollector(Collector):
         self._stats = stats
         self._names = list(labels)
         self._values = list(labels.values())
+        self._created = time.time()  # the counters' ``_created`` sample, as vLLM's counters
 
     def _gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
         g = GaugeMetricFamily(name, doc, labels=self._names)
@@ -94,7 +96,7 @@ class _StatsCollector(Collector):
 
     def _counter(self, name: str, doc: str, value: float) -> CounterMetricFamily:
         c = CounterMetricFamily(name, doc, labels=self._names)
-        c.add_metric(self._values, value)
+        c.add_metric(self._values, value, created=self._created)
         return c
 
     def collect(self) -> Iterable[Metric]:
