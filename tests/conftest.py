@@ -4,8 +4,12 @@
 
 * ``dev``: random examples, failures saved in ``.hypothesis/`` and replayed first.
 * ``ci``: derandomized (the same examples every run, so CI never fails by chance).
-* ``mutation``: derandomized, no example database (``bench/mutation.py``: every mutant is
-  judged by the same examples, and one mutant's failures are not replayed against the next).
+* ``mutation``: derandomized, no example database, no shrinking, a fifth of the examples
+  (``bench/mutation.py``: every mutant is judged by the same examples, one mutant's failures
+  are not replayed against the next, and a run of ~800 mutants stays under an hour).
+
+Property tests scale their example counts from ``settings.default.max_examples`` (100, or 20
+under ``mutation``) rather than fixing them, so the profile decides.
 
 No deadline anywhere: two shared cores make per-example timing meaningless (speed is measured
 in ``bench/``, not asserted in tests).
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import os
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 settings.register_profile("dev", deadline=None)
 settings.register_profile(
@@ -23,6 +27,8 @@ settings.register_profile(
 )
 settings.register_profile(
     "mutation",
+    max_examples=20,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],  # a failure is enough: no shrinking
     deadline=None,
     derandomize=True,
     database=None,

@@ -420,5 +420,8 @@ class EngineMachine(RuleBasedStateMachine):
                 assert n >= r.cached_floor, f"{r.rid}: {n} cached, {r.cached_floor} were cached"
 
 
-EngineMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=50)
+# The profile sets the number of examples (see tests/conftest.py); 50 rules per example.
+EngineMachine.TestCase.settings = settings(
+    max_examples=settings.default.max_examples, stateful_step_count=50
+)
 test_engine_kv_conservation = EngineMachine.TestCase

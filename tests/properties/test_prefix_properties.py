@@ -92,7 +92,7 @@ approx_ops = st.lists(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=3 * settings.default.max_examples)
 @given(ops=approx_ops, capacity=st.integers(1, 12), probes=st.lists(sized(), max_size=8))
 def test_approx_index_matches_a_brute_force_lru(
     ops: list[tuple[str, EndpointId, tuple[list[int], int]]],
@@ -160,7 +160,7 @@ precise_ops = st.lists(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=3 * settings.default.max_examples)
 @given(ops=precise_ops, ttl=st.sampled_from([0.0, 1.0, 2.5]), as_dicts=st.booleans())
 def test_precise_index_matches_the_events_and_speculation(
     ops: list[tuple[str, EndpointId, list[int], int]], ttl: float, as_dicts: bool

@@ -100,7 +100,7 @@ def _same(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-9, abs=1e-12)
 
 
-@settings(max_examples=300)
+@settings(max_examples=3 * settings.default.max_examples)
 @given(
     recs=st.lists(records(), max_size=40),
     loads=st.lists(st.tuples(*(st.integers(0, 5) for _ in ENDPOINTS)), max_size=6),
@@ -208,7 +208,7 @@ def small_traces(draw: st.DrawFn) -> list[TraceRequest]:
     return reqs
 
 
-@settings(max_examples=25)
+@settings(max_examples=settings.default.max_examples // 4)  # a simulated run each
 @given(
     reqs=small_traces(),
     policy=st.sampled_from(["round-robin", "least-request", "modelfleet"]),

@@ -7,7 +7,9 @@ import math
 import pytest
 
 from modelfleet.sim.metrics import (
+    LatencySummary,
     LoadSample,
+    PrefixBounds,
     RequestRecord,
     compute_metrics,
     infinite_cache_bound,
@@ -267,3 +269,26 @@ def test_pooled_bound_holds_exactly_its_capacity() -> None:
     tr = _t64((148, (1, 2, 3)), (148, (1, 2, 3)))
     assert pooled_capacity_bound(tr, 9) == (144, 296)
     assert pooled_capacity_bound(tr, 1) == (0, 296)  # the smallest capacity is allowed
+
+
+def test_percentiles_with_few_unserved_requests_stay_finite_below_their_share() -> None:
+    """200 served (0..199 s) and 1 unserved: p99 is the 199th order statistic, still finite."""
+    s = LatencySummary.of([float(v) for v in range(200)], unserved=1)
+    assert (s.p50, s.p90, s.p99) == (100.0, 180.0, 198.0)
+    assert (s.count, s.unserved, s.mean) == (200, 1, 99.5)
+    with pytest.raises(ValueError, match=r"^unserved must be >= 0, got -1$"):
+        LatencySummary.of([1.0], unserved=-1)
+
+
+def test_a_latency_exactly_at_its_target_meets_it() -> None:
+    # TTFT 1.0 = target 1.0, TPOT (2.0 - 1.0) / 10 = 0.1 = target 0.1
+    rec = _rec("edge", 0.0, 1.0, 2.0, 11)
+    assert rec.ttft_s == 1.0 and rec.tpot_s == 0.1
+    assert rec.met_slo()
+    assert not _rec("late", 0.0, 1.25, 2.0, 11).met_slo()
+
+
+def test_prefix_bounds_use_the_engine_block_given() -> None:
+    tr = trace_from_requests("tiny", TINY, block_tokens=32)
+    assert prefix_bounds(tr, 1000, engine_block=32) == PrefixBounds(128 / 296, 128 / 296, 1000)
+    assert prefix_bounds(tr, 1000).infinite_cache == 144 / 296
