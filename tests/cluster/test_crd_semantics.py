@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from test_validate_agreement import Manifest, policy, pool, profile
+from support.manifests import Manifest, policy, pool, profile
 
 from modelfleet.api.validate import validate_object
 from modelfleet.testing.cluster import ClusterClient

@@ -12,60 +12,21 @@ examples per rule keeps the module under a minute.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, given, settings
+from support.manifests import Manifest, policy, pool, profile
 
 from modelfleet.api import KINDS
-from modelfleet.api.common import API_VERSION, ApiModel, Rule
+from modelfleet.api.common import ApiModel, Rule
 from modelfleet.api.validate import validate_object
 
 pytestmark = pytest.mark.cluster
 
-Manifest = dict[str, Any]
 Create = Callable[[Manifest, str], tuple[int, dict[str, Any], str]]
-
-
-def _name() -> str:
-    return f"prop-{uuid.uuid4().hex[:8]}"
-
-
-def pool(**spec: Any) -> Manifest:
-    base = {
-        "model": "meta-llama/Llama-3.1-8B-Instruct",
-        "servedModelName": "llama",
-        "variants": [{"name": "a", "acceleratorProfile": "h100"}],
-    }
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "ModelPool",
-        "metadata": {"name": _name()},
-        "spec": {**base, **spec},
-    }
-
-
-def policy(**spec: Any) -> Manifest:
-    base = {"modelNames": ["llama"], "defaultTargets": [{"pool": "p"}]}
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "RoutingPolicy",
-        "metadata": {"name": _name()},
-        "spec": {**base, **spec},
-    }
-
-
-def profile(**spec: Any) -> Manifest:
-    base = {"gpuProduct": "NVIDIA-H100-80GB-HBM3", "memoryGiB": 80, "costPerHour": 2.5}
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "AcceleratorProfile",
-        "metadata": {"name": _name()},
-        "spec": {**base, **spec},
-    }
 
 
 weights = st.sampled_from([0, 0.0, 0.25, 1, 1000])

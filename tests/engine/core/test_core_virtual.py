@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from engine_core_helpers import make_engine, toy_next_token
+from support.engine_core import make_engine, toy_next_token
 
 from modelfleet.engine.core import EngineConfig, EngineCore, EngineRequest, KVEvent
 from modelfleet.engine.virtual import RequestRecord, VirtualCluster, VirtualEngine
@@ -121,11 +121,12 @@ def test_idle_engine_jumps_and_mid_step_arrival_waits_for_step_end():
     rec = e.submit(EngineRequest("b", [1, 2, 3], max_tokens=1, arrival_time=5.0 + 2e-9))
     e.run_until_idle()
     assert rec.first_token_time is not None and rec.first_token_time > step_end
-    assert rec.ttft is not None and rec.ttft > 0
+    assert rec.ttft == pytest.approx(rec.first_token_time - (5.0 + 2e-9))
     a = e.records["a"]
     assert a.token_times[0] == a.first_token_time == step_end
     assert a.num_output_tokens == 3 and a.finish_reason == "length"
-    assert a.tpot is not None and a.tpot > 0
+    assert a.tpot == pytest.approx((a.token_times[-1] - a.token_times[0]) / 2)
+    assert a.token_times[0] < a.token_times[1] < a.token_times[2]
 
 
 def test_prefix_hit_shortens_virtual_ttft():

@@ -8,7 +8,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from engine_server_helpers import running_engine
+from support.engine_server import running_engine
 
 from modelfleet.engine.cli import main as engine_main
 

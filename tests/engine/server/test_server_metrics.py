@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from engine_server_helpers import running_engine
 from prometheus_client.parser import text_string_to_metric_families
+from support.engine_server import running_engine
 
 from modelfleet.engine.core import EngineStats
 from modelfleet.engine.metrics import (
