@@ -35,6 +35,7 @@ each (default 2).
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import platform
@@ -43,6 +44,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -204,16 +206,27 @@ def _parse_results(text: str) -> dict[str, str]:
 
 
 def run_target(
-    name: str, target: Target, workdir: Path, max_children: int, command: str, commit: str | None
+    name: str,
+    target: Target,
+    workdir: Path,
+    max_children: int,
+    command: str,
+    commit: str | None,
+    mutants: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Run mutmut on one target; returns its counts and every survivor's diff."""
+    """Run mutmut on one target (only the mutants matching ``mutants`` globs, if given);
+    returns its counts and every survivor's diff."""
     wd = workdir / name
     tests = _prepare(wd, target, commit)
     log = workdir / f"{name}.log"
     t0 = time.perf_counter()
-    _mutmut(wd, "run", "--max-children", str(max_children), log=log)
+    _mutmut(wd, "run", "--max-children", str(max_children), *mutants, log=log)
     wall = time.perf_counter() - t0
     statuses = _parse_results(_mutmut(wd, "results", "--all", "true"))
+    if mutants:
+        statuses = {
+            k: v for k, v in statuses.items() if any(fnmatch.fnmatch(k, g) for g in mutants)
+        }
     survivors: dict[str, str] = {}
     for mutant, status in sorted(statuses.items()):
         if status not in ("killed", "timeout", "caught by type check"):
@@ -380,7 +393,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--module", action="append", default=[], choices=sorted(TARGETS))
     ap.add_argument("--all", action="store_true", help="every target except policy")
-    ap.add_argument("--label", choices=("before", "after"), default="after")
+    ap.add_argument(
+        "--label",
+        choices=("before", "after", "smoke"),
+        default="after",
+        help="smoke: record nothing, exit 1 if a non-equivalent mutant survives",
+    )
+    ap.add_argument(
+        "--mutants",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="only these mutants, e.g. 'modelfleet.sim.metrics.x_percentile*' (repeatable)",
+    )
     ap.add_argument("--max-children", type=int, default=2)
     ap.add_argument(
         "--workdir",
@@ -397,11 +422,21 @@ def main(argv: list[str] | None = None) -> int:
     if not names and not args.report:
         ap.error("name a --module, or --all, or --report")
     data: dict[str, Any] = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
+    failed = False
     for name in names:
         print(f"== {name}: mutating {', '.join(TARGETS[name].mutate)}", flush=True)
         result = run_target(
-            name, TARGETS[name], args.workdir, args.max_children, command, args.commit
+            name, TARGETS[name], args.workdir, args.max_children, command, args.commit, args.mutants
         )
+        if args.label == "smoke":
+            cl = classify(result, load_equivalents())
+            print(f"   {result['counts']['total']} mutants, {len(cl['open'])} open survivors")
+            for mutant in cl["open"]:
+                print(
+                    f"   survived: {mutant}\n" + "\n".join(_short_diff(result["survivors"][mutant]))
+                )
+            failed = failed or bool(cl["open"]) or result["counts"]["total"] == 0
+            continue
         data.setdefault(name, {})[args.label] = result
         RESULTS_JSON.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         cl = classify(result, load_equivalents())
@@ -410,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(cl['open'])} open survivors, {result['wall_s']} s",
             flush=True,
         )
+    if args.label == "smoke":
+        return 1 if failed else 0
     write_report(data, command)
     return 0
 

@@ -319,7 +319,7 @@ def test_shared_prefix_generator_structure() -> None:
     assert tr.block_tokens == 64
     assert [r.index for r in tr] == list(range(len(tr)))
     arrivals = [r.arrival_s for r in tr]
-    assert arrivals == sorted(arrivals) and arrivals[0] > 0
+    assert arrivals == sorted(arrivals) and 0 < arrivals[0] < 0.5  # first gap ~ 1/50 s
     convs = _conversations(tr)
     assert sorted(convs, key=lambda c: int(c.split("-")[1])) == [f"conv-{i}" for i in range(400)]
     starts = [convs[f"conv-{i}"][0].arrival_s for i in range(400)]
@@ -354,7 +354,8 @@ def test_shared_prefix_generator_think_time_and_prompt_cap() -> None:
     tr = generate_shared_prefix(cfg, seed=2)
     assert max(r.input_tokens for r in tr) <= 400
     convs = _conversations(tr)
-    assert any(b.arrival_s > a.arrival_s for c in convs.values() for a, b in itertools.pairwise(c))
+    pairs = [(a, b) for c in convs.values() for a, b in itertools.pairwise(c)]
+    assert pairs and all(b.arrival_s > a.arrival_s for a, b in pairs)  # a think time each
     # a conversation ends at the first turn over the cap; later conversations still come
     nums = {int(c.split("-")[1]) for c in convs}
     dropped = set(range(50)) - nums  # their first turn was already over the cap
@@ -369,11 +370,11 @@ def test_trace_from_requests_sorts_and_checks_prefixes() -> None:
     tr = trace_from_requests("mine", reqs, block_tokens=16)
     assert (tr.name, tr.block_tokens) == ("mine", 16)
     assert [r.index for r in tr] == [1, 0]
-    bad = [TraceRequest(0, 0.0, 32, 1, (1, 2)), TraceRequest(1, 1.0, 32, 1, (2, 1))]
+    bad = [TraceRequest(0, 0.0, 48, 1, (4, 9, 2)), TraceRequest(1, 1.0, 16, 1, (2,))]
     with pytest.raises(
         TraceError,
         match=r"^trace mine: request 1 has block id 2 at position 0 after None, but it appeared "
-        r"earlier at position 1 after 1; block ids must identify their whole prefix$",
+        r"earlier at position 2 after 9; block ids must identify their whole prefix$",
     ):
         trace_from_requests("mine", bad, block_tokens=16)
 
@@ -412,6 +413,23 @@ def _azure(tmp_path: Path, body: str, name: str = "az.csv") -> Path:
     p = tmp_path / name
     p.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + body)
     return p
+
+
+def test_loaders_keep_file_order_for_equal_timestamps(tmp_path: Path) -> None:
+    az = load_azure(_azure(tmp_path, "2023-11-16 18:15:50,900,1\n2023-11-16 18:15:50,100,1\n"))
+    assert [r.input_tokens for r in az] == [900, 100]
+    rows = [{**MOONCAKE_ROWS[2], "timestamp": 5}, {**MOONCAKE_ROWS[0], "timestamp": 5}]
+    mc = load_mooncake(_write_jsonl(tmp_path / "tie.jsonl", rows))
+    assert [r.input_tokens for r in mc] == [600, 1100]
+
+
+def test_mooncake_names_the_trace_in_a_prefix_error(tmp_path: Path) -> None:
+    rows = [
+        {"timestamp": 0, "input_length": 1024, "output_length": 1, "hash_ids": [1, 2]},
+        {"timestamp": 1, "input_length": 1024, "output_length": 1, "hash_ids": [2, 1]},
+    ]
+    with pytest.raises(TraceError, match=r"^trace mytrace: request 1 has block id 2"):
+        load_mooncake(_write_jsonl(tmp_path / "mytrace.jsonl", rows))
 
 
 def test_azure_loader_details(tmp_path: Path) -> None:

@@ -479,3 +479,15 @@ def test_check_invariants_notices_a_stray_duplicate() -> None:
     pool.dups[b"stray"] = [0]
     with pytest.raises(AssertionError):
         pool.check_invariants()
+
+
+def test_a_hit_right_after_the_queue_head_is_not_free() -> None:
+    """Taking a free block out of the queue marks it taken wherever the queue head is."""
+    pool = BlockPool(2, 4)
+    ids = [1, 2, 3, 4]
+    [b] = pool.allocate(1)  # the queue head moves past block 0
+    pool.cache_full_blocks([b], BlockHasher(4).hashes(ids), 0, 1, ids)
+    pool.free_blocks([b])
+    pool.touch([b])
+    assert not pool.is_free(b) and pool.num_free == 1 and pool.free_queue() == [1]
+    pool.check_invariants()
