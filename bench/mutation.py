@@ -75,7 +75,12 @@ TARGETS: dict[str, Target] = {
             "tests/unit/test_validate_cli.py",
             "tests/unit/test_api_rules.py",
         ),
-        note="the CRD generator, the offline validator and the models' rules",
+        note=(
+            "the rules' predicates are class-level lambdas, which mutmut does not mutate; "
+            "tests/cluster/test_validate_agreement.py checks each against the API server (a "
+            "planted `<=` to `<` in Variant's rule fails it), and the unit tests pin every "
+            "rule's message and field"
+        ),
     ),
     "sim-metrics": Target(
         mutate=("modelfleet/sim/metrics.py",),
@@ -99,7 +104,7 @@ TARGETS: dict[str, Target] = {
             "tests/engine/core/test_core_virtual.py",
             "tests/properties/test_kv_properties.py",
         ),
-        note="the scheduler (continuous batching, preemption, stop rules)",
+        note="the scheduler: continuous batching, chunked prefill, preemption, stop rules",
     ),
     "engine-metrics": Target(
         mutate=("modelfleet/engine/metrics.py",),
@@ -335,6 +340,8 @@ def write_report(data: dict[str, Any], command: str) -> None:
         "*Before* is the first run, with the test suite as it was (the before score uses the "
         "same equivalence list); *after* is the run with the new tests. For the `before` runs "
         "the tests of a target that did not exist yet were simply absent.",
+        "",
+        *(f"- {name}: {t.note}" for name, t in TARGETS.items() if t.note),
         "",
     ]
     for name in TARGETS:

@@ -124,11 +124,8 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
             optional = prop.pop(_OPTIONAL, False)
             if name in required or "default" in prop or optional:
                 continue
-            if prop.get("type") == "array":
-                # Lists default to empty in the models; CEL rules may then read them safely.
-                prop["default"] = []
-            elif prop.get("x-kubernetes-preserve-unknown-fields") or "additionalProperties" in prop:
-                prop["default"] = {}
+            # (Lists and maps already carry their default: ApiModel's schema hook adds the
+            # value of every default_factory, so CEL rules may read them safely.)
             # A nested object with every field defaulted defaults to that object, so the API
             # server applies the inner defaults exactly as the Python model does.
             if (

@@ -192,6 +192,8 @@ def _policy(ns: str | None, *pools: str, downgrade: str = "") -> dict[str, Any]:
 def test_check_references_by_namespace() -> None:
     docs = [
         ("pool.yaml", _edit(POOL, "metadata.namespace", "default")),
+        ("bare.yaml", _edit(POOL, "metadata.name", "bare")),  # no namespace: default
+        ("rp0.yaml", _policy(None, "bare")),
         ("team.yaml", _edit(_edit(POOL, "metadata.name", "q"), "metadata.namespace", "team")),
         ("rp1.yaml", _policy(None, "p", downgrade="small")),  # no namespace = default
         ("rp2.yaml", _policy("team", "q", "p")),
@@ -204,6 +206,7 @@ def test_check_references_by_namespace() -> None:
     no_profile = ("spec.variants[0].acceleratorProfile", "no AcceleratorProfile named 'h100'")
     assert check_references(objects) == [
         Problem("pool.yaml", "ModelPool", "p", *no_profile),
+        Problem("bare.yaml", "ModelPool", "bare", *no_profile),
         Problem("team.yaml", "ModelPool", "q", *no_profile),
         Problem("rp1.yaml", "RoutingPolicy", "rp", "spec",
                 "no ModelPool named 'small' in namespace default"),

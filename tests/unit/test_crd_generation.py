@@ -145,6 +145,12 @@ class _Bounds(ApiModel):
     speed: float = Field(default=1.0, gt=0.5, lt=2.5)
     count: int = Field(default=1, ge=1, le=10)
     weight: float = Field(default=1.0, ge=0, le=1000)
+    share_max: float = Field(default=0.5, ge=0, le=0.99)
+    ruled: float = Field(
+        default=0.5,
+        ge=0.25,
+        json_schema_extra={"x-kubernetes-validations": [{"rule": "self != 0.3", "message": "m"}]},
+    )
 
 
 def test_fractional_bounds_are_repeated_as_cel_rules() -> None:
@@ -160,5 +166,14 @@ def test_fractional_bounds_are_repeated_as_cel_rules() -> None:
     ]
     assert (props["speed"]["minimum"], props["speed"]["exclusiveMinimum"]) == (0.5, True)
     assert (props["speed"]["maximum"], props["speed"]["exclusiveMaximum"]) == (2.5, True)
+    # an integer minimum needs no rule, the fractional maximum next to it still does
+    assert props["shareMax"]["x-kubernetes-validations"] == [
+        {"rule": "self <= 0.99", "message": "must be less than or equal to 0.99"}
+    ]
+    # a field's own rules are kept, the bound's rule comes after them
+    assert props["ruled"]["x-kubernetes-validations"] == [
+        {"rule": "self != 0.3", "message": "m"},
+        {"rule": "self >= 0.25", "message": "must be greater than or equal to 0.25"},
+    ]
     assert "x-kubernetes-validations" not in props["count"]
     assert "x-kubernetes-validations" not in props["weight"]
