@@ -292,3 +292,8 @@ def test_prefix_bounds_use_the_engine_block_given() -> None:
     tr = trace_from_requests("tiny", TINY, block_tokens=32)
     assert prefix_bounds(tr, 1000, engine_block=32) == PrefixBounds(128 / 296, 128 / 296, 1000)
     assert prefix_bounds(tr, 1000).infinite_cache == 144 / 296
+
+
+def test_goodput_of_a_run_shorter_than_a_second() -> None:
+    m = compute_metrics([_rec("ok", 0.0, 0.25, 0.5, 1)], [], ["e0"])
+    assert (m.duration_s, m.goodput_rps) == (0.5, 2.0)
