@@ -412,21 +412,30 @@ def test_can_burst_only_for_pure_decode() -> None:
         [],
         {},
     )
-    e.add_request(EngineRequest("a", list(range(1, 7)), max_tokens=20))
+    e.add_request(EngineRequest("a", list(range(1, 7)), max_tokens=200))
     assert not e.can_burst()  # waiting
     e.step()
     assert not e.can_burst()  # mid-prefill (4 of 6 prompt tokens)
     e.step()
     assert e.can_burst()  # decoding, nothing waits
     for rid in ("b", "c", "d"):
-        e.add_request(EngineRequest(rid, [7], max_tokens=20))
+        e.add_request(EngineRequest(rid, [7], max_tokens=200))
     while e.stats().num_waiting:
         e.step()
     while not all(len(e.output_token_ids(r)) for r in "abcd"):
         e.step()
     assert e.can_burst()  # 4 decoding requests = the 4-token budget
-    e.add_request(EngineRequest("e", [8], max_tokens=20))
+    e.add_request(EngineRequest("e", [8], max_tokens=200))
     assert not e.can_burst()
     none_run = e.decode_burst(0.0, 10.0)
     assert none_run.step_ends == [] and none_run.steps_run == [0, 0, 0, 0]
     assert none_run.participants == ["a", "b", "c", "d"] and none_run.finished == {}
+
+
+def test_the_last_budget_token_goes_to_a_decode() -> None:
+    e = make_engine(max_num_batched_tokens=2)
+    for rid, token in (("a", 5), ("b", 6)):
+        e.add_request(EngineRequest(rid, [token], max_tokens=5))
+    e.step()  # both one-token prompts: 2 prefill tokens
+    r = e.step()
+    assert r.scheduled == ("a", "b") and r.num_decode_seqs == 2
