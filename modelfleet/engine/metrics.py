@@ -19,6 +19,7 @@ Every family carries ``model_name`` and ``engine`` labels (``engine="0"``: no da
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -88,6 +89,7 @@ class _StatsCollector(Collector):
         self._stats = stats
         self._names = list(labels)
         self._values = list(labels.values())
+        self._created = time.time()  # the counters' ``_created`` sample, as vLLM's counters
 
     def _gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
         g = GaugeMetricFamily(name, doc, labels=self._names)
@@ -96,7 +98,7 @@ class _StatsCollector(Collector):
 
     def _counter(self, name: str, doc: str, value: float) -> CounterMetricFamily:
         c = CounterMetricFamily(name, doc, labels=self._names)
-        c.add_metric(self._values, value)
+        c.add_metric(self._values, value, created=self._created)
         return c
 
     def collect(self) -> Iterable[Metric]:
@@ -170,7 +172,7 @@ class _StatsCollector(Collector):
             ("local_cache_hit", s.prefix_cache_hits),
             ("external_kv_transfer", 0),
         ):
-            by_source.add_metric([*self._values, source], value)
+            by_source.add_metric([*self._values, source], value, created=self._created)
         yield by_source
         cached_by_source = CounterMetricFamily(
             "vllm:prompt_tokens_cached_by_source", "Number of cached prompt tokens by source.",
@@ -180,7 +182,7 @@ class _StatsCollector(Collector):
             ("local_cache_hit", s.prefix_cache_hits),
             ("external_kv_transfer", 0),
         ):
-            cached_by_source.add_metric([*self._values, source], value)
+            cached_by_source.add_metric([*self._values, source], value, created=self._created)
         yield cached_by_source
         yield self._counter(
             "vllm:prompt_tokens", "Number of prefill tokens processed.", s.prompt_tokens_total

@@ -179,9 +179,17 @@ class EngineServer:
             self.publisher = ZmqEventPublisher(self.config.kv_events)
             self.publisher.start()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="engine-loop")
+        self._task.add_done_callback(self._on_loop_exit)
+
+    def _on_loop_exit(self, task: asyncio.Task[None]) -> None:
+        """The engine loop ended by an error: fail every request it held (none may hang)."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("engine loop died: %r", task.exception())
+        self._fail_all("error")
 
     async def _on_cleanup(self, _app: web.Application) -> None:
-        if self._task is not None:
+        if self._task is not None and not self._task.done():  # a dead loop was handled already
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -363,6 +371,10 @@ class EngineServer:
         prompt_ids: list[int],
         internal_id: str,
     ) -> tuple[RequestStream, EngineRequest]:
+        if self._task is None or self._task.done():
+            raise ProtocolError(
+                "engine loop is not running", status=503, err_type="ServiceUnavailable"
+            )
         max_tokens = resolve_max_tokens(
             req.max_tokens,
             len(prompt_ids),
