@@ -377,10 +377,15 @@ def test_metric_names_types_and_labels_match_vllm() -> None:
     ):  # fmt: skip
         assert wire in sample_names, wire
     assert "vllm:prefix_cache_hits_total_total" not in text
+    # every family carries model_name and engine, except two (as on vLLM 0.32)
+    no_engine = {"vllm:cache_config_info", "vllm:admission_rejections"}
     for f in fams.values():
-        if f.name.startswith("vllm:") and f.name != "vllm:cache_config_info":
+        if f.name.startswith("vllm:") and f.name not in no_engine:
             for s in f.samples:
                 assert s.labels["model_name"] == "m1" and s.labels["engine"] == "0", s
+    rejections = {s.labels["reason"] for s in fams["vllm:admission_rejections"].samples
+                  if s.name.endswith("_total")}  # fmt: skip
+    assert rejections == {"max_num_queued_reqs", "max_num_queued_tokens"}
     values = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams.values()
               for s in f.samples}  # fmt: skip
     lab = (("engine", "0"), ("model_name", "m1"))
