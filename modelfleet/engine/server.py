@@ -48,6 +48,7 @@ from modelfleet.engine.kv_events import KVEventsConfig, ZmqEventPublisher
 from modelfleet.engine.kvcache import KVEvent
 from modelfleet.engine.metrics import EngineMetrics
 from modelfleet.engine.protocol import (
+    REUSED_IDS_PARAM,
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
@@ -355,11 +356,14 @@ class EngineServer:
             )
         return requested
 
-    def _check_ids(self, ids: list[int]) -> None:
+    def _check_ids(self, ids: list[int], param: str | None = None) -> None:
+        """Every id in the vocabulary, else a 400 worded like vLLM's (which names the
+        parameter only for ``kv_transfer_params.prompt_token_ids``)."""
         try:
             self.tokenizer.validate_ids(ids)
         except ValueError as e:
-            raise ProtocolError(str(e), param="prompt") from None
+            where = "" if param is None else f" (parameter={param})"
+            raise ProtocolError(f"{e}{where}", param=param) from None
 
     @staticmethod
     def _request_id(request: web.Request, body_id: str | None) -> str:
@@ -457,6 +461,7 @@ class EngineServer:
         reused = req.reused_prompt_token_ids()
         if reused is not None:  # vLLM skips templating; the messages are only validated
             prompt_ids = reused
+            self._check_ids(prompt_ids, REUSED_IDS_PARAM)
         else:
             prompt_ids = await self._chat_ids(
                 req.message_dicts(), req.add_generation_prompt, req.continue_final_message

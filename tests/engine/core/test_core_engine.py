@@ -147,6 +147,22 @@ def test_preemption_past_capacity_recomputes_and_keeps_tokens():
     assert e.stats().kv_cache_usage == 0.0
 
 
+def test_admission_needs_room_for_the_whole_prompt_not_just_the_first_chunk():
+    """vLLM 0.32's scheduler_reserve_full_isl: with 10 blocks of 4 and "a" holding 5, a
+    24-token prompt (6 blocks) waits even though its first 8-token chunk (2 blocks) fits;
+    admitting it would make the two preempt each other."""
+    e = make_engine(block_size=4, num_gpu_blocks=10, max_num_batched_tokens=8)
+    e.add_request(EngineRequest("a", [1] * 16, max_tokens=4))
+    e.step()
+    e.step()  # "a" has computed its 16-token prompt: 4 blocks, 5 with its next token
+    e.add_request(EngineRequest("b", [2] * 24, max_tokens=2))
+    s = e.step()
+    assert s.scheduled == ("a",) and e.stats().num_waiting == 1
+    steps = run_all(e)
+    assert not [rid for st in steps for rid in st.preempted]
+    assert tokens_by_request(steps)["b"] == reference_tokens([2] * 24, 2)
+
+
 def test_abort_frees_blocks_and_is_idempotent():
     e = make_engine(block_size=4, num_gpu_blocks=20)
     e.add_request(EngineRequest("a", list(range(1, 30)), max_tokens=50))

@@ -126,7 +126,11 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
     ),
     # Families added with the vLLM 0.32 conformance pass (tests/vllm/test_conformance.py checks
     # these names and types against a real vLLM server).
-    "vllm:admission_rejections": ("counter", M, "Number of admission attempts rejected."),
+    "vllm:admission_rejections": (
+        "counter",
+        ("model_name", "reason"),
+        "Number of admission attempts rejected.",
+    ),
     "vllm:external_prefix_cache_hits": (
         "counter",
         M,
