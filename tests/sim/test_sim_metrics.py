@@ -77,10 +77,15 @@ def test_latencies_goodput_and_attainment() -> None:
     assert m.duration_s == pytest.approx(5.0)
     assert m.goodput_rps == pytest.approx(2 / 5.0)
     assert m.attainment == pytest.approx(2 / 5)
-    assert m.ttft.count == 4
-    assert m.ttft.p50 == pytest.approx(0.35)
-    assert m.tpot.count == 3
-    assert m.e2e.p99 == pytest.approx(percentile([1.4, 2.4, 3.0, 0.2], 99))
+    assert (m.ttft.count, m.ttft.unserved) == (4, 1)
+    # TTFTs 0.5, 1.5, 0.2, 0.2 and the unfinished request's infinite one: the median is 0.5
+    assert m.ttft.p50 == pytest.approx(0.5)
+    assert m.ttft.mean == pytest.approx((0.5 + 1.5 + 0.2 + 0.2) / 4)
+    assert m.tpot.count == 3 and m.tpot.unserved == 0
+    assert m.e2e.p50 == pytest.approx(2.4)  # 0.2, 1.4, 2.4, 3.0, inf
+    assert m.e2e.p99 == math.inf
+    served = compute_metrics(recs[:4], [], ["e0"])
+    assert served.e2e.p99 == pytest.approx(percentile([1.4, 2.4, 3.0, 0.2], 99))
 
 
 def test_hit_rate_and_per_instance_counts() -> None:
