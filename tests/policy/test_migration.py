@@ -143,6 +143,7 @@ def test_load_balance_moves_shortest_from_hot_to_cold() -> None:
         "load-balance",
         plan[0].est_cost_s,
         plan[0].est_gain_s,
+        1000 + 10,  # the whole context is recomputed on the cold endpoint (no index)
     )
     assert plan[0].request_id == "r0"  # SR: shortest first
     # virtual loads are updated: it stops once balanced (12 vs 0, threshold 4 -> moves 2..)
