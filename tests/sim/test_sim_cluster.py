@@ -117,7 +117,23 @@ def test_too_long_requests_are_rejected_not_lost() -> None:
     r = _run("round-robin", trace, fleet)
     too_long = {q.request_id for q in trace if q.input_tokens + q.output_tokens > 1200}
     assert too_long
-    assert {x.request_id for x in r.records if x.shed} == too_long
+    assert {x.request_id for x in r.records if x.failed} == too_long
+    assert not any(x.shed for x in r.records)
+    r.check_conservation()
+    counts = r.outcome_counts()
+    assert counts == {
+        "in": len(trace),
+        "served": len(trace) - len(too_long),
+        "failed": len(too_long),
+        "shed": 0,
+    }
+    m = r.metrics
+    assert m.failed == len(too_long) and m.extra["rejected_by_engine"] == len(too_long)
+    # failed requests are misses and unserved latencies, never quietly left out
+    assert m.attainment <= 1 - len(too_long) / len(trace)
+    assert m.ttft.unserved == len(too_long)
+    if len(too_long) / len(trace) > 0.01:
+        assert m.ttft.p99 == float("inf")
     r.check_conservation()
     assert r.metrics.extra["rejected_by_engine"] == len(too_long)
 
