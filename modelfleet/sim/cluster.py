@@ -78,9 +78,15 @@ from modelfleet.engine.virtual import start_work
 from modelfleet.policy.framework import Data
 from modelfleet.policy.host import EndpointInfo, EndpointMetrics, Router
 from modelfleet.policy.learn import LatencyLearner
-from modelfleet.policy.perf import PerfModel
+from modelfleet.policy.perf import PerfModel, central_model, predict_ttft
 from modelfleet.policy.prior import kv_capacity_tokens, prior_perf_model
-from modelfleet.policy.types import EndpointId, NoEndpointError, RequestId, RequestView
+from modelfleet.policy.types import (
+    EndpointId,
+    EndpointView,
+    NoEndpointError,
+    RequestId,
+    RequestView,
+)
 from modelfleet.sim.fleet import (
     EngineSpec,
     declared_hardware,
@@ -307,6 +313,7 @@ class ClusterSimulator:
         self.samples: list[LoadSample] = []
         self.decisions: list[DecisionLogEntry] = []
         self.predicted_hits: dict[str, int] = {}
+        self.predictions: dict[str, tuple[str, float, float]] = {}
         self.learning: list[dict[str, object]] = []
         self.rejected = 0
         self.steps = 0
@@ -331,19 +338,28 @@ class ClusterSimulator:
         self.decisions.append(entry)
 
     # ------------------------------------------------------------------ snapshots
-    def _refresh(self) -> None:
-        """Deliver everything that happened up to now, then re-scrape every stale engine."""
+    def _flush_all(self) -> None:
+        """Deliver everything that happened on every engine up to now."""
         now = self.now
         for eng in self.engines:
             if eng.work is not None:
                 self._flush(eng, now)
+
+    def _refresh(self, pool: str) -> None:
+        """Deliver everything up to now, then re-scrape the pool's stale engines.
+
+        Only the pool about to decide is scraped, and its scrapes go in the decision log, so a
+        replay of one pool's log feeds its router exactly the scrapes the simulator's got.
+        """
+        self._flush_all()
+        now = self.now
         refresh = self.config.metrics_refresh_s
-        for eng in self.engines:
+        for eng in self.pool_engines[pool]:
             if refresh == 0 or now - eng.scrape_s >= refresh:
                 st = eng.core.stats()
                 eng.scrape = EndpointMetrics(st.num_running, st.num_waiting, st.kv_cache_usage)
                 eng.scrape_s = now
-                self.router.update_metrics(eng.id, eng.scrape)
+                self.routers[eng.pool].update_metrics(eng.id, eng.scrape)
 
     def _scrapes(self, pool: str) -> tuple[EndpointMetrics, ...]:
         return tuple(e.scrape for e in self.pool_engines[pool])
@@ -376,7 +392,8 @@ class ClusterSimulator:
     def run(self) -> SimResult:
         reqs = self.trace.requests
         self.outstanding = len(reqs)
-        period = self.router.plan_period_s
+        periods = [p for r in self.routers.values() if (p := r.plan_period_s) is not None]
+        period = min(periods) if periods else None
         if reqs:
             self.now = reqs[0].arrival_s
             self._push(self.now, _ARRIVAL, 0)
@@ -425,7 +442,7 @@ class ClusterSimulator:
             decisions=self.decisions,
             metrics=metrics,
             steps=self.steps,
-            extra={"learning": self.learning},
+            extra={"learning": self.learning, "ttft_predictions": self._predictions()},
             arrived=len(reqs),
             pool_metrics=per_pool,
         )
@@ -453,8 +470,8 @@ class ClusterSimulator:
             slo_class=self.config.slo_class,
         )
         self.records.append(rec)
-        self._refresh()
-        views = router.views() if self.log else ()
+        self._refresh(pool)
+        views = router.views() if self.log or self.config.track_predictions else ()
         try:
             decision = router.route(view)
         except NoEndpointError:
@@ -490,6 +507,8 @@ class ClusterSimulator:
                 )
             )
         self.predicted_hits[req.request_id] = decision.cached_tokens
+        if self.config.track_predictions:
+            self._track(req, views, decision.endpoint, decision.cached_tokens)
         eng = self.by_id[chosen]
         live = LiveRequest(req, view, rec, pool)
         self.live[req.request_id] = live
@@ -501,6 +520,21 @@ class ClusterSimulator:
             self._submit(eng, live.erid, req.request_id, prompt, req.output_tokens)
         except ValueError:  # can never run there (too long): the engine refuses it at once
             self._fail(live)
+
+    def _track(
+        self, req: TraceRequest, views: Sequence[EndpointView], chosen: EndpointId, cached: int
+    ) -> None:
+        """What the chosen endpoint's model (central, and its prior) predicted for the TTFT."""
+        view = next(v for v in views if v.id == chosen)
+        perf = view.perf
+        if perf is None:
+            return
+        prior = getattr(perf, "prior", perf)
+        self.predictions[req.request_id] = (
+            view.accelerator,
+            predict_ttft(central_model(perf), view, req.input_tokens, cached),
+            predict_ttft(prior, view, req.input_tokens, cached),
+        )
 
     def _fail(self, lv: LiveRequest) -> None:
         """The engine refused the request: it is failed (counted, never silently dropped)."""
@@ -704,10 +738,11 @@ class ClusterSimulator:
     def _plan(self) -> None:
         if not self.live:
             return
-        self._refresh()
+        self._flush_all()
         for pool, router in self.routers.items():
             if router.planner is None or router.in_flight == 0:
                 continue
+            self._refresh(pool)
             rnd = router.plan()
             if self.log:
                 self._record(
@@ -764,6 +799,15 @@ class ClusterSimulator:
                 self.learning.append(
                     {"t": self.now, "pool": pool, "accelerator": key[0], **state.summary()}
                 )
+
+    def _predictions(self) -> list[tuple[float, str, float, float, float]]:
+        """(arrival, accelerator, predicted, prior-predicted, observed TTFT) per served request."""
+        out = []
+        for r in self.records:
+            found = self.predictions.get(r.request_id)
+            if found is not None and r.ttft_s is not None:
+                out.append((r.arrival_s, found[0], found[1], found[2], r.ttft_s))
+        return out
 
     def _bounds(self, trace: Trace, engines: Sequence[SimEngine]) -> PrefixBounds | None:
         if not self.config.compute_bounds or not trace.requests:

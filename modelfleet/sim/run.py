@@ -61,6 +61,9 @@ class SimConfig:
     learner: LearnerParams | None = None
     front_end: bool = True
     size_prefix_index: bool = True
+    # Record, per request, the TTFT its endpoint's model predicted at routing (central and
+    # prior) next to the observed one: ``SimResult.extra["ttft_predictions"]`` (benchmarks).
+    track_predictions: bool = False
 
     def validate(self) -> None:
         bad = []

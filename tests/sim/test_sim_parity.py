@@ -16,7 +16,7 @@ import pytest
 
 from modelfleet.policy.baselines import policy_spec
 from modelfleet.policy.framework import Data
-from modelfleet.policy.learn import LatencyLearner
+from modelfleet.policy.learn import LatencyLearner, LearnedPerfModel
 from modelfleet.policy.types import NoEndpointError
 from modelfleet.sim.cluster import ClusterSimulator, SimConfig, SimResult, build_request_view
 from modelfleet.sim.policies import POLICY_NAMES, PolicyFactory, policy_factory
@@ -94,6 +94,14 @@ def test_simulator_and_fake_scheduler_decide_identically(name: str) -> None:
     sim, result = _run(policy_factory(name), trace, seed=7)
     placements, plans = _replay(sim, result, policy_factory(name), seed=7)
     assert placements == len(trace)
+    # the views carry the routing host's learned latency models, and they did learn
+    learned = [
+        v.perf.ttft_observations
+        for e in result.decisions
+        for v in e.views
+        if isinstance(v.perf, LearnedPerfModel)
+    ]
+    assert learned and max(learned) > 0
     if name in ("llumnix", "modelfleet"):
         assert plans > 0
         assert result.migrations_started > 0

@@ -189,3 +189,18 @@ def test_shared_prefix_generator_is_deterministic_and_shares_prefixes() -> None:
 def test_trace_from_requests_validates() -> None:
     with pytest.raises(TraceError, match="needs 2 block ids"):
         trace_from_requests("x", [TraceRequest(0, 0.0, 40, 1, (1,))], block_tokens=32)
+
+
+def test_a_burst_compresses_one_stretch_and_keeps_every_request() -> None:
+    from modelfleet.sim.traces import generate_shared_prefix as gen
+
+    base = gen(SharedPrefixConfig(num_conversations=60, think_time_s=0.0), seed=4)
+    span = base.duration_s
+    b = base.burst(span / 3, span / 3, 4.0)
+    assert len(b) == len(base)
+    assert [r.request_id for r in b] == [r.request_id for r in base]
+    assert b.duration_s == pytest.approx(span - span / 3 * 0.75)
+    inside = [r for r, o in zip(b, base, strict=True) if span / 3 <= o.arrival_s < 2 * span / 3]
+    assert inside and all(span / 3 <= r.arrival_s < span / 3 + span / 12 + 1e-9 for r in inside)
+    with pytest.raises(TraceError, match="factor"):
+        base.burst(0, 10, 0.5)
