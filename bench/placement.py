@@ -1,7 +1,14 @@
 """Placement benchmark: every policy on the same trace, fleet, load and seeds, in the simulator.
 
-    .venv/bin/python bench/placement.py                 # the committed run (see --help)
+    .venv/bin/python bench/placement.py --matrix        # the scenario matrix (placement-matrix.md)
+    .venv/bin/python bench/placement.py                 # one cell at length (placement.md)
     .venv/bin/python bench/placement.py --calibrate     # round-robin p99 TTFT vs compression
+
+The matrix (``--matrix``, see :data:`MATRIX` and ``placement_matrix.py``) runs every baseline,
+the modelfleet default (latency model learned online from a deliberately wrong prior) and its
+labelled variants over fleets (homogeneous, mixed GPUs) x traces (Mooncake, Azure conversation
+and code) x load (steady, bursty) x pools (one, two of different model sizes), at least 3 seeds
+per cell, and reports every goal as met or not.
 
 Runs the modelfleet default profile and every baseline (round-robin, least-request,
 power-of-two, cache-aware, llm-d, llumnix) through :class:`modelfleet.sim.cluster.ClusterSimulator`
@@ -31,6 +38,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 from modelfleet.sim.cli import parse_fleet as _parse_fleet  # noqa: E402
 from modelfleet.sim.cluster import ClusterSimulator, SimConfig  # noqa: E402
@@ -240,6 +248,11 @@ def speed(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    if "--matrix" in args_list or "--calibrate-matrix" in args_list:
+        from placement_matrix import matrix_main
+
+        return matrix_main(args_list)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--trace", default=DEFAULT_TRACE, help="Mooncake JSONL or Azure CSV (.gz ok)")
     ap.add_argument(
