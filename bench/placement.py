@@ -102,6 +102,8 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         metrics_refresh_s=job["refresh"],
         seed=job["seed"],
         compute_bounds=job["bounds"],
+        front_end=job.get("front_end", True),
+        perf_model=job.get("perf_model", "learned"),
     )
     t0 = time.perf_counter()
     result = ClusterSimulator(trace, fleet, policy_factory(job["policy"]), config).run()
@@ -282,6 +284,17 @@ def main(argv: list[str] | None = None) -> int:
         help="engine-metrics scrape period (staleness), seconds",
     )
     ap.add_argument("--jitter-ms", type=float, default=50.0)
+    ap.add_argument(
+        "--no-front-end",
+        action="store_true",
+        help="engines without the front-end latency of timing model v2 (the v1 timing)",
+    )
+    ap.add_argument(
+        "--perf-model",
+        default="learned",
+        choices=["learned", "prior", "oracle"],
+        help="what the policies know of latencies (default learned, as a live scheduler)",
+    )
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="bench/results/placement")
     ap.add_argument("--calibrate", action="store_true")
@@ -315,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
             bounds=(s == args.seeds[0]),
             keep=(s == args.seeds[0]),
             policy=p,
+            front_end=not args.no_front_end,
+            perf_model=args.perf_model,
         )
         for s in args.seeds
         for p in args.policies
@@ -432,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
         + f", arrival compression ×{args.compression:g}, seeds {args.seeds} (policy RNG + "
         f"arrival jitter < {args.jitter_ms:g} ms)",
         f"- Fleet: {fleet} × {args.model}, engine metrics scraped every {args.metrics_refresh:g} s",
+        f"- Engines {'without' if args.no_front_end else 'with'} the front-end latency of timing "
+        f"model v2; policies' latency model: {args.perf_model} (declarations honest)",
         f"- SLO: TTFT ≤ {args.ttft_slo:g} s and TPOT ≤ {args.tpot_slo:g} s",
         f"- Best baseline by mean p99 TTFT: **{best}**; by goodput: **{best_good}**",
         f"- modelfleet p99 TTFT / best baseline: **{main_ratio:.2f}** (aim ≤ 0.5)",

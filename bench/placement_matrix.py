@@ -101,7 +101,8 @@ class Cell:
 
     @property
     def name(self) -> str:
-        return f"{self.trace} · {self.fleet} · {self.load} · {self.pools} pool{'s' * (self.pools > 1)}"
+        pools = f"{self.pools} pool{'s' * (self.pools > 1)}"
+        return f"{self.trace} · {self.fleet} · {self.load} · {pools}"
 
     @property
     def tuning(self) -> bool:
