@@ -8,7 +8,14 @@ KV events. Events:
 
 - ``ARRIVAL``: build the :class:`RequestView` a scheduler would build, refresh stale scrapes
   (engine gauges at most ``metrics_refresh_s`` old; the router's in-flight counters are always
-  fresh), ``router.route`` it, then hand the request to the chosen engine.
+  fresh), ``router.route`` it (the router of the request's pool), then hand the request to the
+  chosen engine's front end.
+- ``CORE_ARRIVAL(engine)``: the engine's API server has done its per-request work (timing
+  model v2: ``timer.front_end_latency(streams)``, growing with the streams it already serves,
+  as the live engine computes it) and the request reaches the engine core, which queues it or
+  refuses it (too long). A refused request is *failed*, never dropped: it counts in attainment
+  and as an unserved request in the latency percentiles. Migration copies go through the same
+  front end.
 - ``STEP_END(engine)``: the engine's step (or fused decode burst) started at ``t`` ends; its
   tokens are streamed then (first token and tokens -> ``router.on_first_token/on_tokens``;
   finish -> ``on_completed``), its buffered KV events go to ``router.on_kv_event``, and the
@@ -38,11 +45,21 @@ hash chained like vLLM's recipe: the same equality structure at a fraction of sh
 ``bench/results/sim-speed.md``; tested to give the same run). Policies that consume KV events
 (``Data.KV_EVENTS`` in ``router.consumes``) get the engines' own chain per request.
 
-One pool: the fleet's engines must all be in one pool (the router serves one pool).
+Pools: one :class:`Router` (and one policy instance, planner, learner) per pool of the fleet,
+as a live scheduler keeps one per pool. A request names its pool (``TraceRequest.pool``, see
+:func:`~modelfleet.sim.traces.assign_pools` and :func:`pool_shares`); with one pool it may name
+none. It is only routed, and only migrated, among the engines of its pool.
 
-Invariants checked at the end (:meth:`SimResult.check_conservation`): every request finished
-exactly once (or was shed), every finished request delivered exactly ``output_tokens`` tokens
-with no index delivered twice, and each engine is empty.
+What the policy knows of each engine is what a cluster declares
+(:func:`~modelfleet.sim.fleet.declared_hardware`): its prior latency model and relative speed
+come from the declared speeds (possibly wrong on purpose, ``SimConfig.prior_error``), its
+prefix-index capacity from the declared memory; ``SimConfig.perf_model`` says whether the
+routing host learns from observations (default), keeps the prior, or gets the oracle fitted to
+the engines (a labelled upper bound).
+
+Invariants checked at the end (:meth:`SimResult.check_conservation`): requests in = served +
+failed + shed, every served request delivered exactly ``output_tokens`` tokens with no index
+delivered twice, and each engine is empty.
 """
 
 from __future__ import annotations
@@ -52,7 +69,7 @@ import dataclasses
 import heapq
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from modelfleet.engine.core import EngineCore, EngineRequest
@@ -60,15 +77,30 @@ from modelfleet.engine.kvcache import event_hash
 from modelfleet.engine.virtual import start_work
 from modelfleet.policy.framework import Data
 from modelfleet.policy.host import EndpointInfo, EndpointMetrics, Router
-from modelfleet.policy.perf import PerfModel
-from modelfleet.policy.types import EndpointId, NoEndpointError, RequestId, RequestView
-from modelfleet.sim.fleet import EngineSpec, fit_perf_model, relative_speeds
+from modelfleet.policy.learn import LatencyLearner
+from modelfleet.policy.perf import PerfModel, central_model, predict_ttft
+from modelfleet.policy.prior import kv_capacity_tokens, prior_perf_model
+from modelfleet.policy.types import (
+    EndpointId,
+    EndpointView,
+    NoEndpointError,
+    RequestId,
+    RequestView,
+)
+from modelfleet.sim.fleet import (
+    EngineSpec,
+    declared_hardware,
+    fit_perf_model,
+    relative_speeds,
+)
 from modelfleet.sim.handover import MigrationExecutor
 from modelfleet.sim.metrics import (
     LoadSample,
+    PrefixBounds,
     RequestRecord,
     RunMetrics,
     compute_metrics,
+    load_imbalance,
     prefix_bounds,
 )
 from modelfleet.sim.run import DecisionLogEntry, SimConfig, SimResult
@@ -81,10 +113,12 @@ __all__ = [
     "SimConfig",
     "SimResult",
     "build_request_view",
+    "pool_rng_seed",
+    "pool_shares",
     "sim_next_token",
 ]
 
-_ARRIVAL, _STEP_END, _PLAN, _SAMPLE = 0, 1, 2, 3
+_ARRIVAL, _STEP_END, _PLAN, _SAMPLE, _CORE_ARRIVAL = 0, 1, 2, 3, 4
 _VOCAB_SPAN = 127_000
 
 
@@ -132,12 +166,36 @@ def build_request_view(
     )
 
 
+def pool_rng_seed(seed: int, index: int) -> int:
+    """The RNG seed of the policy of the ``index``-th pool (the run's seed for the first)."""
+    return seed if index == 0 else seed * 1_000_003 + index
+
+
+def pool_shares(
+    fleet: Sequence[EngineSpec], prior_error: Mapping[str, float] | None = None
+) -> dict[str, float]:
+    """Model-size-aware shares of traffic per pool, for :func:`~.traces.assign_pools`.
+
+    A pool's share is its declared prefill capacity (sum over its engines of prefill speed x
+    GPUs) over its model's parameter count: a Llama-3-70B replica on 4 GPUs serves about as
+    many prompt tokens per second as a Llama-3-8B one on 2, so a pool of each gets shares in
+    that proportion and every pool is about equally loaded. Declared numbers only.
+    """
+    cap: dict[str, float] = {}
+    for spec in fleet:
+        hw = declared_hardware(spec, prior_error=prior_error)
+        cap[spec.pool] = cap.get(spec.pool, 0.0) + hw.prefill_speed * hw.gpus / hw.model_params
+    total = sum(cap.values())
+    return {p: c / total for p, c in cap.items()}
+
+
 class ClusterSimulator:
     """Runs one trace through one policy on one fleet. Use once: ``ClusterSimulator(...).run()``.
 
     ``policy_factory(clock, rng)`` returns what :func:`modelfleet.policy.baselines.build_policy`
     returns (``.profile``, ``.planner``), so the simulator can inject its virtual clock and the
-    seeded RNG; the simulator wraps them in its :class:`Router` (``self.router``).
+    seeded RNG; the simulator wraps them in one :class:`Router` per pool (``self.routers``;
+    ``self.router`` is the first pool's).
     """
 
     def __init__(
@@ -154,35 +212,65 @@ class ClusterSimulator:
         ids = [s.id for s in fleet]
         if len(set(ids)) != len(ids):
             raise ValueError(f"engine ids must be unique, got {ids}")
-        pools = sorted({s.pool for s in fleet})
-        if len(pools) > 1:
-            raise ValueError(f"the simulator runs one pool; the fleet has pools {pools}")
         self.trace = trace
         self.fleet = tuple(fleet)
+        self.pools: tuple[str, ...] = tuple(dict.fromkeys(s.pool for s in self.fleet))
+        models: dict[str, str] = {}
+        for spec in self.fleet:
+            if models.setdefault(spec.pool, spec.model) != spec.model:
+                raise ValueError(f"pool {spec.pool!r} has engines of two models")
+        self.pool_model = models
+        named = set(trace.pools())
+        unknown = sorted(named - set(self.pools))
+        if unknown:
+            raise ValueError(
+                f"trace requests name pools {unknown}, the fleet has {list(self.pools)}"
+            )
+        if len(self.pools) > 1 and any(r.pool is None for r in trace.requests):
+            raise ValueError(
+                f"the fleet has pools {list(self.pools)}: every request must name its pool "
+                "(traces.assign_pools(trace, pool_shares(fleet)))"
+            )
         self.now = 0.0
-        self.policy = policy_factory(lambda: self.now, random.Random(self.config.seed))
-        planner = self.policy.planner if self.config.enable_migration else None
-        self.router = Router(self.policy.profile, planner=planner, pool=self.fleet[0].pool)
+        cfg = self.config
+        self.policies: dict[str, Any] = {}
+        self.routers: dict[str, Router] = {}
+        for i, pool in enumerate(self.pools):
+            policy = policy_factory(lambda: self.now, random.Random(pool_rng_seed(cfg.seed, i)))
+            planner = policy.planner if cfg.enable_migration else None
+            learner = LatencyLearner(cfg.learner) if cfg.perf_model == "learned" else None
+            self.policies[pool] = policy
+            self.routers[pool] = Router(policy.profile, planner=planner, pool=pool, learner=learner)
+        self.policy = self.policies[self.pools[0]]
+        self.router = self.routers[self.pools[0]]
 
-        speeds = relative_speeds(self.fleet)
+        speeds = relative_speeds(self.fleet, cfg.prior_error)
         mean_out = trace.total_output_tokens() / max(1, len(trace))
         perf_cache: dict[tuple[object, ...], PerfModel] = {}
         configs = []
+        self.kv_capacity: dict[str, int] = {}
         for spec in self.fleet:
-            cfg = spec.engine_config()
-            if self.config.fast_block_hash:
-                cfg = dataclasses.replace(cfg, prefix_caching_hash_algo="builtin")
+            ecfg = spec.engine_config()
+            if cfg.fast_block_hash:
+                ecfg = dataclasses.replace(ecfg, prefix_caching_hash_algo="builtin")
+            configs.append(ecfg)
+            hw = declared_hardware(spec, prior_error=cfg.prior_error, mean_output_tokens=mean_out)
             key = (
-                cfg.accelerator,
-                cfg.model,
-                cfg.tensor_parallel_size,
-                cfg.max_num_batched_tokens,
-                cfg.max_num_seqs,
+                ecfg.accelerator,
+                ecfg.model,
+                ecfg.tensor_parallel_size,
+                ecfg.max_num_batched_tokens,
+                ecfg.max_num_seqs,
+                hw,
             )
             if key not in perf_cache:
-                perf_cache[key] = fit_perf_model(cfg, mean_output_tokens=mean_out)
-            configs.append(cfg)
-            self.router.add_endpoint(
+                if cfg.perf_model == "oracle":
+                    perf_cache[key] = fit_perf_model(ecfg, mean_output_tokens=mean_out)
+                else:
+                    perf_cache[key] = prior_perf_model(hw)
+            capacity = kv_capacity_tokens(hw)
+            self.kv_capacity[spec.id] = capacity
+            self.routers[spec.pool].add_endpoint(
                 EndpointInfo(
                     id=EndpointId(spec.id),
                     pool=spec.pool,
@@ -190,40 +278,49 @@ class ClusterSimulator:
                     accelerator=spec.accelerator,
                     relative_speed=speeds[spec.id],
                     perf=perf_cache[key],
+                    tensor_parallel_size=spec.tensor_parallel_size,
+                    kv_capacity_tokens=capacity if cfg.size_prefix_index else 0,
                 )
             )
 
-        feed = self.config.feed_kv_events
+        feed = cfg.feed_kv_events
         if feed is None:
-            feed = Data.KV_EVENTS in self.router.consumes
+            feed = any(Data.KV_EVENTS in r.consumes for r in self.routers.values())
         self.feed_kv = feed
-        chain = self.config.prefix_chain
+        chain = cfg.prefix_chain
         self.chain_kind = ("engine" if feed else "trace") if chain == "auto" else chain
         self.engines: list[SimEngine] = []
-        for i, (spec, cfg) in enumerate(zip(self.fleet, configs, strict=True)):
+        for i, (spec, ecfg) in enumerate(zip(self.fleet, configs, strict=True)):
             events: list[object] = []
             core = EngineCore(
-                cfg, next_token=sim_next_token, kv_event_sink=events.append if feed else None
+                ecfg, next_token=sim_next_token, kv_event_sink=events.append if feed else None
             )
             self.engines.append(SimEngine(i, spec, core, events))
         self.block_size = self.engines[0].core.stats().block_size
         self.by_id = {e.id: e for e in self.engines}
+        self.pool_engines: dict[str, list[SimEngine]] = {p: [] for p in self.pools}
+        for eng in self.engines:
+            self.pool_engines[eng.pool].append(eng)
         self.heap: list[tuple[float, int, int, Any]] = []
         self.seq = 0
         self.live: dict[str, LiveRequest] = {}
         self.erid_owner: dict[str, str] = {}  # engine request id -> request id
+        self.stream_engine: dict[str, SimEngine] = {}  # engine request id -> serving front end
         self.migrations = MigrationExecutor(
-            self.engines, self._submit, self.erid_owner, self.trace.block_tokens
+            self.engines, self._submit, self.erid_owner, self.trace.block_tokens, self._release
         )
         self.records: list[RequestRecord] = []
         self.samples: list[LoadSample] = []
         self.decisions: list[DecisionLogEntry] = []
+        self.predicted_hits: dict[str, int] = {}
+        self.predictions: dict[str, tuple[str, float, float]] = {}
+        self.learning: list[dict[str, object]] = []
         self.rejected = 0
         self.steps = 0
         self.next_arrival_i = 0
         self.next_tick = math.inf
         self.outstanding = 0
-        self.log = self.config.record_decisions
+        self.log = cfg.record_decisions
 
     # ------------------------------------------------------------------ event plumbing
     def _push(self, t: float, kind: int, data: Any) -> None:
@@ -241,22 +338,34 @@ class ClusterSimulator:
         self.decisions.append(entry)
 
     # ------------------------------------------------------------------ snapshots
-    def _refresh(self) -> None:
-        """Deliver everything that happened up to now, then re-scrape every stale engine."""
+    def _flush_all(self) -> None:
+        """Deliver everything that happened on every engine up to now."""
         now = self.now
         for eng in self.engines:
             if eng.work is not None:
                 self._flush(eng, now)
+
+    def _refresh(self, pool: str) -> None:
+        """Deliver everything up to now, then re-scrape the pool's stale engines.
+
+        Only the pool about to decide is scraped, and its scrapes go in the decision log, so a
+        replay of one pool's log feeds its router exactly the scrapes the simulator's got.
+        """
+        self._flush_all()
+        now = self.now
         refresh = self.config.metrics_refresh_s
-        for eng in self.engines:
+        for eng in self.pool_engines[pool]:
             if refresh == 0 or now - eng.scrape_s >= refresh:
                 st = eng.core.stats()
                 eng.scrape = EndpointMetrics(st.num_running, st.num_waiting, st.kv_cache_usage)
                 eng.scrape_s = now
-                self.router.update_metrics(eng.id, eng.scrape)
+                self.routers[eng.pool].update_metrics(eng.id, eng.scrape)
 
-    def _scrapes(self) -> tuple[EndpointMetrics, ...]:
-        return tuple(e.scrape for e in self.engines)
+    def _scrapes(self, pool: str) -> tuple[EndpointMetrics, ...]:
+        return tuple(e.scrape for e in self.pool_engines[pool])
+
+    def _pool_of(self, req: TraceRequest) -> str:
+        return req.pool if req.pool is not None else self.pools[0]
 
     def _request_view(self, req: TraceRequest) -> RequestView:
         if self.chain_kind == "trace":
@@ -266,8 +375,9 @@ class ClusterSimulator:
         else:
             chain = self._engine_chain(req)
             size = self.block_size
+        pool = self._pool_of(req)
         return build_request_view(
-            req, chain, size, self.config, pool=self.fleet[0].pool, model=self.fleet[0].model
+            req, chain, size, self.config, pool=pool, model=self.pool_model[pool]
         )
 
     def _engine_chain(self, req: TraceRequest) -> tuple[int, ...]:
@@ -282,7 +392,8 @@ class ClusterSimulator:
     def run(self) -> SimResult:
         reqs = self.trace.requests
         self.outstanding = len(reqs)
-        period = self.router.plan_period_s
+        periods = [p for r in self.routers.values() if (p := r.plan_period_s) is not None]
+        period = min(periods) if periods else None
         if reqs:
             self.now = reqs[0].arrival_s
             self._push(self.now, _ARRIVAL, 0)
@@ -298,6 +409,8 @@ class ClusterSimulator:
                 eng = self.engines[data]
                 self._flush(eng, t)
                 self._start_step(eng)
+            elif kind == _CORE_ARRIVAL:
+                self._on_core_arrival(*data)
             elif kind == _ARRIVAL:
                 self.next_arrival_i = data + 1
                 if data + 1 < len(reqs):
@@ -315,6 +428,7 @@ class ClusterSimulator:
                 self._update_tick()
         leftovers = sum(1 for e in self.engines if e.core.has_unfinished())
         mig = self.migrations
+        metrics, per_pool = self._metrics()
         return SimResult(
             records=self.records,
             samples=self.samples,
@@ -326,8 +440,11 @@ class ClusterSimulator:
             token_gaps=mig.gaps,
             engine_leftovers=leftovers,
             decisions=self.decisions,
-            metrics=self._metrics(),
+            metrics=metrics,
             steps=self.steps,
+            extra={"learning": self.learning, "ttft_predictions": self._predictions()},
+            arrived=len(reqs),
+            pool_metrics=per_pool,
         )
 
     def _update_tick(self) -> None:
@@ -341,6 +458,8 @@ class ClusterSimulator:
     # ------------------------------------------------------------------ arrivals
     def _on_arrival(self, req: TraceRequest) -> None:
         view = self._request_view(req)
+        pool = self._pool_of(req)
+        router = self.routers[pool]
         rec = RequestRecord(
             request_id=req.request_id,
             arrival_s=req.arrival_s,
@@ -351,17 +470,24 @@ class ClusterSimulator:
             slo_class=self.config.slo_class,
         )
         self.records.append(rec)
-        self._refresh()
-        views = self.router.views() if self.log else ()
+        self._refresh(pool)
+        views = router.views() if self.log or self.config.track_predictions else ()
         try:
-            decision = self.router.route(view)
+            decision = router.route(view)
         except NoEndpointError:
             rec.shed = True
             self.outstanding -= 1
             if self.log:
                 self._record(
                     DecisionLogEntry(
-                        self.now, "pick", req.request_id, "", view, self._scrapes(), views
+                        self.now,
+                        "pick",
+                        req.request_id,
+                        "",
+                        view,
+                        self._scrapes(pool),
+                        views,
+                        pool=pool,
                     )
                 )
             return
@@ -369,11 +495,22 @@ class ClusterSimulator:
         if self.log:
             self._record(
                 DecisionLogEntry(
-                    self.now, "pick", req.request_id, "", view, self._scrapes(), views, chosen
+                    self.now,
+                    "pick",
+                    req.request_id,
+                    "",
+                    view,
+                    self._scrapes(pool),
+                    views,
+                    chosen,
+                    pool=pool,
                 )
             )
+        self.predicted_hits[req.request_id] = decision.cached_tokens
+        if self.config.track_predictions:
+            self._track(req, views, decision.endpoint, decision.cached_tokens)
         eng = self.by_id[chosen]
-        live = LiveRequest(req, view, rec)
+        live = LiveRequest(req, view, rec, pool)
         self.live[req.request_id] = live
         live.engine = eng.index
         live.erid = req.request_id
@@ -381,38 +518,109 @@ class ClusterSimulator:
         prompt = prompt_token_ids(req, block_tokens=self.trace.block_tokens)
         try:
             self._submit(eng, live.erid, req.request_id, prompt, req.output_tokens)
-        except ValueError:  # can never run there (too long): the engine rejects it
-            rec.shed = True
-            del self.live[req.request_id]
-            self.erid_owner.pop(live.erid, None)
-            self.router.on_completed(view.id)
-            if self.log:
-                self._record(DecisionLogEntry(self.now, "completed", req.request_id, chosen))
-            self.rejected += 1
-            self.outstanding -= 1
+        except ValueError:  # can never run there (too long): the engine refuses it at once
+            self._fail(live)
+
+    def _track(
+        self, req: TraceRequest, views: Sequence[EndpointView], chosen: EndpointId, cached: int
+    ) -> None:
+        """What the chosen endpoint's model (central, and its prior) predicted for the TTFT."""
+        view = next(v for v in views if v.id == chosen)
+        perf = view.perf
+        if perf is None:
+            return
+        prior = getattr(perf, "prior", perf)
+        self.predictions[req.request_id] = (
+            view.accelerator,
+            predict_ttft(central_model(perf), view, req.input_tokens, cached),
+            predict_ttft(prior, view, req.input_tokens, cached),
+        )
+
+    def _fail(self, lv: LiveRequest) -> None:
+        """The engine refused the request: it is failed (counted, never silently dropped)."""
+        rec = lv.rec
+        rec.failed = True
+        del self.live[rec.request_id]
+        self.erid_owner.pop(lv.erid, None)
+        self.routers[lv.pool].on_completed(lv.view.id, at=self.now)
+        if self.log:
+            self._record(
+                DecisionLogEntry(self.now, "completed", rec.request_id, rec.endpoint, pool=lv.pool)
+            )
+        self.rejected += 1
+        self.outstanding -= 1
 
     def _submit(
         self, eng: SimEngine, erid: str, rid: str, prompt: list[int], max_tokens: int
     ) -> None:
-        eng.core.add_request(
-            EngineRequest(
-                request_id=erid,
-                prompt_token_ids=prompt,
-                max_tokens=max_tokens,
-                ignore_eos=True,
-                arrival_time=self.now,
-            )
+        """Send an engine request to ``eng``'s front end; it reaches the core after the front
+        end's latency (at once without it: then a refusal raises ValueError here)."""
+        delay = eng.core.timer.front_end_latency(eng.streams) if self.config.front_end else 0.0
+        ereq = EngineRequest(
+            request_id=erid,
+            prompt_token_ids=prompt,
+            max_tokens=max_tokens,
+            ignore_eos=True,
+            arrival_time=self.now + delay,
         )
         self.erid_owner[erid] = rid
+        if delay <= 0:
+            self._core_add(eng, ereq)
+            return
+        t = self.now + delay
+        eng.pending.append(t)
+        self._push(t, _CORE_ARRIVAL, (eng.index, t, ereq))
+
+    def _core_add(self, eng: SimEngine, ereq: EngineRequest) -> None:
+        eng.core.add_request(ereq)  # ValueError: refused
+        eng.streams += 1
+        self.stream_engine[ereq.request_id] = eng
         if eng.work is None:
             self._start_step(eng)
+
+    def _release(self, erid: str) -> None:
+        """The engine request ended (finished or aborted): its front end stops serving it."""
+        eng = self.stream_engine.pop(erid, None)
+        if eng is not None:
+            eng.streams -= 1
+
+    def _on_core_arrival(self, index: int, t: float, ereq: EngineRequest) -> None:
+        """A request leaves an engine's front end and reaches its core (or is refused)."""
+        eng = self.engines[index]
+        eng.pending.remove(t)
+        erid = ereq.request_id
+        rid = self.erid_owner.get(erid)
+        if rid is None:  # given up while in the front end (a cancelled migration copy)
+            return
+        self._flush(eng, self.now)
+        try:
+            self._core_add(eng, ereq)
+        except ValueError:
+            self.erid_owner.pop(erid, None)
+            lv = self.live.get(rid)
+            if lv is None:
+                return
+            if erid == lv.erid:
+                self._fail(lv)
+            elif lv.mig is not None and erid == lv.mig.dst_erid:
+                self.migrations.refused(lv)
+                self.routers[lv.pool].on_migration_aborted(lv.view.id)
+                if self.log:
+                    self._record(
+                        DecisionLogEntry(
+                            self.now, "migration_aborted", rid, str(eng.id), pool=lv.pool
+                        )
+                    )
 
     # ------------------------------------------------------------------ engine steps
     def _start_step(self, eng: SimEngine) -> None:
         """Start the engine's next step (or fused burst) at ``now``; idle if nothing to do."""
         eng.work = None
         limit = self.config.max_fused_steps if eng.migrating_out == 0 else 1
-        work = start_work(eng.core, self.now, self._horizon(), limit)
+        horizon = self._horizon()
+        if eng.pending:  # a request reaching the core joins the step after it arrives
+            horizon = min(horizon, eng.next_pending())
+        work = start_work(eng.core, self.now, horizon, limit)
         if work is None:
             return
         if eng.events:
@@ -433,9 +641,11 @@ class ClusterSimulator:
         ends = work.ends
         if work.complete and work.events:
             for ev in work.events:
-                self.router.on_kv_event(eng.id, ev)
+                self.routers[eng.pool].on_kv_event(eng.id, ev)
                 if self.log:
-                    self._record(DecisionLogEntry(ends[-1], "kv", endpoint=eng.id, event=ev))
+                    self._record(
+                        DecisionLogEntry(ends[-1], "kv", endpoint=eng.id, event=ev, pool=eng.pool)
+                    )
             work.events = []
         for erid, a, b, reason, cached in runs:
             self._deliver(erid, b - a, reason is not None, ends[b - 1], cached)
@@ -447,6 +657,7 @@ class ClusterSimulator:
             return
         if finished:
             del self.erid_owner[erid]
+            self._release(erid)
         lv = self.live.get(rid)
         if lv is None:
             return
@@ -467,16 +678,17 @@ class ClusterSimulator:
             return
         rec = lv.rec
         rid = lv.view.id
+        router = self.routers[lv.pool]
         if lv.delivered == 0 and rec.first_token_s is None:
             rec.first_token_s = t
-            self.router.on_first_token(rid, at=t)
+            router.on_first_token(rid, at=t)
             if self.log:
-                self._record(DecisionLogEntry(t, "first_token", rid, rec.endpoint))
+                self._record(DecisionLogEntry(t, "first_token", rid, rec.endpoint, pool=lv.pool))
         lv.delivered += new
         rec.output_tokens = lv.delivered
-        self.router.on_tokens(rid, new, at=t)
+        router.on_tokens(rid, new, at=t)
         if self.log:
-            self._record(DecisionLogEntry(t, "tokens", rid, rec.endpoint, n=new))
+            self._record(DecisionLogEntry(t, "tokens", rid, rec.endpoint, n=new, pool=lv.pool))
 
     def _deliver_current(
         self, lv: LiveRequest, n: int, finished: bool, t: float, cached: int
@@ -499,9 +711,13 @@ class ClusterSimulator:
         if lv.mig is not mig or lv.rec.finish_s is not None:
             return
         src, dst = self.migrations.switch_over(lv, mig)
-        self.router.on_migrated(lv.view.id, dst)
+        self.routers[lv.pool].on_migrated(lv.view.id, dst)
         if self.log:
-            self._record(DecisionLogEntry(t, "migrated", lv.view.id, dst, src=src, n=lv.delivered))
+            self._record(
+                DecisionLogEntry(
+                    t, "migrated", lv.view.id, dst, src=src, n=lv.delivered, pool=lv.pool
+                )
+            )
         self._stream(lv, t)
         if finished:
             self._complete(lv, t)
@@ -510,40 +726,52 @@ class ClusterSimulator:
         rec = lv.rec
         rec.finish_s = t
         rec.output_tokens = lv.delivered
-        self.router.on_completed(lv.view.id)
+        self.routers[lv.pool].on_completed(lv.view.id, at=t)
         if self.log:
-            self._record(DecisionLogEntry(t, "completed", rec.request_id, rec.endpoint))
+            self._record(
+                DecisionLogEntry(t, "completed", rec.request_id, rec.endpoint, pool=lv.pool)
+            )
         del self.live[rec.request_id]
         self.outstanding -= 1
 
     # ------------------------------------------------------------------ migration
     def _plan(self) -> None:
-        if self.router.planner is None or not self.live:
+        if not self.live:
             return
-        self._refresh()
-        rnd = self.router.plan()
-        if self.log:
-            self._record(
-                DecisionLogEntry(
-                    self.now,
-                    "plan",
-                    views=rnd.views,
-                    scrapes=self._scrapes(),
-                    inflight=rnd.inflight,
-                    in_progress=rnd.in_progress,
-                    migrations=rnd.migrations,
-                )
-            )
-        for m in rnd.migrations:
-            lv = self.live.get(str(m.request_id))
-            if lv is not None and self.migrations.start(lv, m, self.now):
-                self.router.on_migration_started(m.request_id, m.dst)
-                if self.log:
-                    self._record(
-                        DecisionLogEntry(
-                            self.now, "migration_started", m.request_id, m.dst, src=m.src
-                        )
+        self._flush_all()
+        for pool, router in self.routers.items():
+            if router.planner is None or router.in_flight == 0:
+                continue
+            self._refresh(pool)
+            rnd = router.plan()
+            if self.log:
+                self._record(
+                    DecisionLogEntry(
+                        self.now,
+                        "plan",
+                        views=rnd.views,
+                        scrapes=self._scrapes(pool),
+                        inflight=rnd.inflight,
+                        in_progress=rnd.in_progress,
+                        migrations=rnd.migrations,
+                        pool=pool,
                     )
+                )
+            for m in rnd.migrations:
+                lv = self.live.get(str(m.request_id))
+                if lv is not None and self.migrations.start(lv, m, self.now):
+                    router.on_migration_started(m.request_id, m.dst)
+                    if self.log:
+                        self._record(
+                            DecisionLogEntry(
+                                self.now,
+                                "migration_started",
+                                m.request_id,
+                                m.dst,
+                                src=m.src,
+                                pool=pool,
+                            )
+                        )
 
     # ------------------------------------------------------------------ sampling and metrics
     def _sample(self) -> None:
@@ -563,22 +791,111 @@ class ClusterSimulator:
                 )
             loads.append(running + st.num_waiting)
         self.samples.append(LoadSample(self.now, tuple(loads)))
+        for pool, router in self.routers.items():
+            learner = router.learner
+            if learner is None:
+                continue
+            for key, state in learner.variants().items():
+                self.learning.append(
+                    {"t": self.now, "pool": pool, "accelerator": key[0], **state.summary()}
+                )
 
-    def _metrics(self) -> RunMetrics:
+    def _predictions(self) -> list[tuple[float, str, float, float, float]]:
+        """(arrival, accelerator, predicted, prior-predicted, observed TTFT) per served request."""
+        out = []
+        for r in self.records:
+            found = self.predictions.get(r.request_id)
+            if found is not None and r.ttft_s is not None:
+                out.append((r.arrival_s, found[0], found[1], found[2], r.ttft_s))
+        return out
+
+    def _bounds(self, trace: Trace, engines: Sequence[SimEngine]) -> PrefixBounds | None:
+        if not self.config.compute_bounds or not trace.requests:
+            return None
+        cap = sum(e.core.stats().num_gpu_blocks for e in engines)
+        return prefix_bounds(trace, cap, engine_block=self.block_size)
+
+    def _extra(self, records: Sequence[RequestRecord]) -> dict[str, float]:
+        """Counters of the run and the prefix index's predicted vs delivered hits."""
+        served = [r for r in records if r.first_token_s is not None]
+        predicted = sum(self.predicted_hits.get(r.request_id, 0) for r in served)
+        delivered = sum(r.cached_tokens for r in served)
+        return {
+            "migrations_started": float(self.migrations.started),
+            "migrations_cancelled": float(self.migrations.cancelled),
+            "migrations_refused": float(self.migrations.refused_count),
+            "engine_steps": float(self.steps),
+            "rejected_by_engine": float(self.rejected),
+            "predicted_hit_tokens": float(predicted),
+            "delivered_hit_tokens": float(delivered),
+            "hit_prediction_ratio": predicted / delivered if delivered else math.nan,
+        }
+
+    def _metrics(self) -> tuple[RunMetrics, dict[str, RunMetrics]]:
+        """The run's metrics and, with several pools, each pool's (load imbalance is then the
+        engine-weighted mean of the pools' own: max/mean across models means nothing)."""
+        ids = [str(e.id) for e in self.engines]
+        if len(self.pools) == 1:
+            m = compute_metrics(
+                self.records,
+                self.samples,
+                ids,
+                migrations=self.migrations.done,
+                bounds=self._bounds(self.trace, self.engines),
+                extra=self._extra(self.records),
+            )
+            return m, {}
+        per_pool: dict[str, RunMetrics] = {}
+        for pool in self.pools:
+            idx = [e.index for e in self.pool_engines[pool]]
+            recs = [
+                r for r, q in zip(self.records, self.trace.requests, strict=False) if q.pool == pool
+            ]
+            sub = dataclasses.replace(
+                self.trace, requests=tuple(q for q in self.trace.requests if q.pool == pool)
+            )
+            samples = [LoadSample(s.time_s, tuple(s.loads[i] for i in idx)) for s in self.samples]
+            per_pool[pool] = compute_metrics(
+                recs,
+                samples,
+                [ids[i] for i in idx],
+                migrations=sum(r.migrations for r in recs),
+                bounds=self._bounds(sub, self.pool_engines[pool]),
+                extra=self._extra(recs),
+            )
+        weights = {p: len(self.pool_engines[p]) for p in self.pools}
+        imbalance = sum(
+            weights[p]
+            * load_imbalance(
+                [
+                    LoadSample(s.time_s, tuple(s.loads[e.index] for e in self.pool_engines[p]))
+                    for s in self.samples
+                ]
+            )
+            for p in self.pools
+        ) / sum(weights.values())
         bounds = None
-        if self.config.compute_bounds and self.trace.requests:
-            cap = sum(e.core.stats().num_gpu_blocks for e in self.engines)
-            bounds = prefix_bounds(self.trace, cap, engine_block=self.block_size)
-        return compute_metrics(
+        parts = [
+            (m.bounds, sub_tokens)
+            for m, sub_tokens in (
+                (per_pool[p], sum(q.input_tokens for q in self.trace.requests if q.pool == p))
+                for p in self.pools
+            )
+            if m.bounds is not None
+        ]
+        if parts:
+            total = sum(t for _b, t in parts) or 1
+            bounds = PrefixBounds(
+                sum(b.infinite_cache * t for b, t in parts) / total,
+                sum(b.pooled_capacity * t for b, t in parts) / total,
+                sum(b.capacity_blocks for b, _t in parts),
+            )
+        m = compute_metrics(
             self.records,
             self.samples,
-            [str(e.id) for e in self.engines],
+            ids,
             migrations=self.migrations.done,
             bounds=bounds,
-            extra={
-                "migrations_started": float(self.migrations.started),
-                "migrations_cancelled": float(self.migrations.cancelled),
-                "engine_steps": float(self.steps),
-                "rejected_by_engine": float(self.rejected),
-            },
+            extra=self._extra(self.records),
         )
+        return dataclasses.replace(m, load_imbalance=imbalance), per_pool

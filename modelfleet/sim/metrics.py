@@ -67,6 +67,7 @@ class RequestRecord:
     cached_tokens: int = 0
     migrations: int = 0
     shed: bool = False
+    failed: bool = False  # refused by the engine it was sent to (too long, queue full)
 
     @property
     def finished(self) -> bool:
@@ -294,6 +295,7 @@ class RunMetrics:
     per_instance_requests: Mapping[str, int]
     bounds: PrefixBounds | None = None
     extra: Mapping[str, float] = field(default_factory=dict)
+    failed: int = 0
 
     def as_dict(self) -> dict[str, object]:
         def lat(s: LatencySummary) -> dict[str, float]:
@@ -310,6 +312,7 @@ class RunMetrics:
             "requests": self.requests,
             "completed": self.completed,
             "shed": self.shed,
+            "failed": self.failed,
             "duration_s": self.duration_s,
             "ttft_s": lat(self.ttft),
             "tpot_s": lat(self.tpot),
@@ -381,4 +384,5 @@ def compute_metrics(
         per_instance_requests=per_req,
         bounds=bounds,
         extra=dict(extra or {}),
+        failed=sum(1 for r in records if r.failed),
     )

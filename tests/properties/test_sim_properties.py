@@ -7,7 +7,8 @@
   targets (a target exactly met is met; a one-token answer has no TPOT and meets any TPOT
   target); hit rate, per-instance counts and loads, imbalance counted by hand.
 * A real simulated run on random small traces loses nothing: every request sent is served
-  (finished with all its tokens) or shed, never both, and the run's metrics count them so.
+  (finished with all its tokens), failed (refused by an engine) or shed, exactly one of
+  them, and the run's metrics count them so.
 """
 
 from __future__ import annotations
@@ -214,12 +215,12 @@ def small_traces(draw: st.DrawFn) -> list[TraceRequest]:
     policy=st.sampled_from(["round-robin", "least-request", "modelfleet"]),
     short_engine=st.booleans(),
 )
-def test_every_request_sent_is_served_or_shed(
+def test_every_request_sent_is_served_failed_or_shed(
     reqs: list[TraceRequest], policy: str, short_engine: bool
 ) -> None:
     trace = trace_from_requests("prop", reqs, block_tokens=64)
     fleet = mixed_fleet({"h100-80gb": 1, "l40s": 1}, overrides={"num_gpu_blocks": 200})
-    if short_engine:  # one engine refuses prompts over 128 tokens: those requests are shed
+    if short_engine:  # one engine refuses prompts over 128 tokens: those requests fail
         short = {"num_gpu_blocks": 200, "max_model_len": 168}
         fleet = (fleet[0], dataclasses.replace(fleet[1], overrides=short))
     result = ClusterSimulator(trace, fleet, policy_factory(policy), SimConfig()).run()
@@ -228,14 +229,23 @@ def test_every_request_sent_is_served_or_shed(
     assert sorted(recs) == sorted(q.request_id for q in trace)
     served = [r for r in recs.values() if r.finish_s is not None]
     shed = [r for r in recs.values() if r.shed]
-    assert not {r.request_id for r in served} & {r.request_id for r in shed}
-    assert len(served) + len(shed) == len(trace)
+    failed = [r for r in recs.values() if r.failed]
+    outcomes = [{r.request_id for r in group} for group in (served, shed, failed)]
+    assert not (outcomes[0] & outcomes[1] or outcomes[0] & outcomes[2] or outcomes[1] & outcomes[2])
+    assert len(served) + len(shed) + len(failed) == len(trace)
+    if not short_engine:
+        assert not failed  # only a refusal by an engine fails a request
     for q in trace:
         r = recs[q.request_id]
-        if not r.shed:
+        if not (r.shed or r.failed):
             assert r.output_tokens == q.output_tokens and r.first_token_s is not None
     m = result.metrics
-    assert (m.requests, m.completed, m.shed) == (len(trace), len(served), len(shed))
+    assert (m.requests, m.completed, m.shed, m.failed) == (
+        len(trace),
+        len(served),
+        len(shed),
+        len(failed),
+    )
     assert m.ttft.count + m.ttft.unserved == len(trace)
-    assert m.ttft.unserved == len(shed)
-    event("some shed" if shed else "none shed")
+    assert m.ttft.unserved == len(shed) + len(failed)
+    event("some shed or failed" if shed or failed else "none shed or failed")

@@ -209,6 +209,7 @@ def test_as_dict_has_every_figure() -> None:
         "requests": 2,
         "completed": 1,
         "shed": 0,
+        "failed": 0,
         "duration_s": 1.4,
         "goodput_rps": pytest.approx(1 / 1.4),
         "attainment": 0.5,

@@ -485,3 +485,18 @@ def test_azure_loader_requires_a_header(tmp_path: Path) -> None:
         match=re.escape(f"{p}: expected header TIMESTAMP,ContextTokens,GeneratedTokens, got None"),
     ):
         load_azure(p)
+
+
+def test_a_burst_compresses_one_stretch_and_keeps_every_request() -> None:
+    from modelfleet.sim.traces import generate_shared_prefix as gen
+
+    base = gen(SharedPrefixConfig(num_conversations=60, think_time_s=0.0), seed=4)
+    span = base.duration_s
+    b = base.burst(span / 3, span / 3, 4.0)
+    assert len(b) == len(base)
+    assert [r.request_id for r in b] == [r.request_id for r in base]
+    assert b.duration_s == pytest.approx(span - span / 3 * 0.75)
+    inside = [r for r, o in zip(b, base, strict=True) if span / 3 <= o.arrival_s < 2 * span / 3]
+    assert inside and all(span / 3 <= r.arrival_s < span / 3 + span / 12 + 1e-9 for r in inside)
+    with pytest.raises(TraceError, match="factor"):
+        base.burst(0, 10, 0.5)
