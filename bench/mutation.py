@@ -114,12 +114,42 @@ TARGETS: dict[str, Target] = {
             "tests/engine/server/test_server_metrics.py",
         ),
     ),
-    "policy": Target(
-        mutate=("modelfleet/policy/*",),
-        tests=("tests/policy", "tests/selection", "tests/properties/test_prefix_properties.py"),
-        note="not run yet: waits for the routing-host refactor (issue 21)",
-    ),
 }
+
+# modelfleet/policy, one target per module (or small group), so each gets its own score.
+_POLICY_TESTS = (
+    "tests/policy",
+    "tests/selection",
+    "tests/properties/test_prefix_properties.py",
+    "tests/properties/test_inflight_properties.py",
+)
+_POLICY_MODULES: dict[str, tuple[str, ...]] = {
+    "policy-scorers": ("modelfleet/policy/scorers.py",),
+    "policy-filters": ("modelfleet/policy/filters.py",),
+    "policy-pickers": ("modelfleet/policy/pickers.py",),
+    "policy-host": ("modelfleet/policy/host.py", "modelfleet/policy/load.py"),
+    "policy-migration": ("modelfleet/policy/migration.py",),
+    "policy-prefix": ("modelfleet/policy/prefix.py", "modelfleet/policy/radix.py"),
+    "policy-selection": ("modelfleet/policy/selection/*.py",),
+    "policy-framework": (
+        "modelfleet/policy/framework.py",
+        "modelfleet/policy/config.py",
+        "modelfleet/policy/plugins.py",
+        "modelfleet/policy/params.py",
+        "modelfleet/policy/baselines.py",
+        "modelfleet/policy/from_api.py",
+    ),
+    "policy-perf": (
+        "modelfleet/policy/perf.py",
+        "modelfleet/policy/prior.py",
+        "modelfleet/policy/learn.py",
+        "modelfleet/policy/admission.py",
+    ),
+    "policy-types": ("modelfleet/policy/types.py", "modelfleet/policy/hashing.py"),
+}
+TARGETS.update(
+    {name: Target(mutate=files, tests=_POLICY_TESTS) for name, files in _POLICY_MODULES.items()}
+)
 
 STATUSES = (
     "killed",
@@ -412,7 +442,7 @@ def _mutmut_version() -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--module", action="append", default=[], choices=sorted(TARGETS))
-    ap.add_argument("--all", action="store_true", help="every target except policy")
+    ap.add_argument("--all", action="store_true", help="every target")
     ap.add_argument(
         "--label",
         choices=("before", "after", "smoke"),
@@ -437,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--report", action="store_true", help="only rewrite the markdown")
     args = ap.parse_args(argv)
-    names = [n for n in TARGETS if n != "policy"] if args.all else args.module
+    names = list(TARGETS) if args.all else args.module
     command = " ".join(["bench/mutation.py", *(sys.argv[1:] if argv is None else argv)])
     if not names and not args.report:
         ap.error("name a --module, or --all, or --report")
