@@ -78,10 +78,20 @@ def test_scorer_empty_input(name: str) -> None:
     assert list(SCORERS[name]().score(st(), [])) == []
 
 
+# one idle endpoint: no prefix hit (0), otherwise the best there is (1)
+ONE_ENDPOINT = {
+    "prefix-cache": 0.0,
+    "queue": 1.0,
+    "kv-usage": 1.0,
+    "slo-headroom": 1.0,
+    "session-affinity": 1.0,
+    "cold-spread": 1.0,
+}
+
+
 @pytest.mark.parametrize("name", list(SCORERS), ids=list(SCORERS))
 def test_scorer_one_endpoint(name: str) -> None:
-    out = list(SCORERS[name]().score(st(), [ep("a", perf=PERF)]))
-    assert len(out) == 1 and 0.0 <= out[0] <= 1.0
+    assert list(SCORERS[name]().score(st(), [ep("a", perf=PERF)])) == [ONE_ENDPOINT[name]]
 
 
 @pytest.mark.parametrize("name", list(SCORERS), ids=list(SCORERS))
@@ -104,13 +114,25 @@ def test_filter_empty_one_all_equal(name: str) -> None:
     assert f.filter(st(), eps) == eps
 
 
+# what a picker chooses among four equal candidates over many seeds: the random ones spread
+# over all of them (random-top-k over its k=2 first), the stateful ones take the first
+ALL_EQUAL_PICKS = {
+    "max-score": {0, 1, 2, 3},
+    "random-top-k": {0, 1},
+    "weighted-random": {0, 1, 2, 3},
+    "round-robin": {0},
+    "power-of-two": {0, 1, 2, 3},
+    "cache-aware": {0},
+}
+
+
 @pytest.mark.parametrize("name", list(PICKERS), ids=list(PICKERS))
 def test_picker_one_and_all_equal(name: str) -> None:
     p = PICKERS[name]()
     assert p.pick(st(), [ep("a")], [0.3]) == 0
     eps = [ep(n) for n in "abcd"]
-    idx = p.pick(st(), eps, [0.5] * 4)
-    assert 0 <= idx < 4
+    picks = {p.pick(state(req(), seed=seed), eps, [0.5] * 4) for seed in range(60)}
+    assert picks == ALL_EQUAL_PICKS[name]
 
 
 # -- behaviour ---------------------------------------------------------------------------
