@@ -153,7 +153,7 @@ KNOBS: dict[str, Knob] = {
     "queue_externality": Knob(
         crowded_destination,
         OFF | {"enable_slo_rescue": True},
-        OFF | {"enable_slo_rescue": True, "queue_externality": 0.0},
+        OFF | {"enable_slo_rescue": True, "queue_externality": 0.1},
         [],
         [("late", "dst", "slo-rescue")],
     ),
