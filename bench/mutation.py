@@ -152,8 +152,23 @@ _POLICY_MODULES: dict[str, tuple[str, ...]] = {
     ),
     "policy-types": ("modelfleet/policy/types.py", "modelfleet/policy/hashing.py"),
 }
+_NOT_RUN = "not run yet: stopped at the session's time limit (2026-12-05); run it next"
+_POLICY_NOTES = {
+    "policy-migration": (
+        "only the before run; the tests added after it (tests/policy/test_migration_edges.py, "
+        "test_planner_knobs.py) are not scored yet: run --rerun-survivors before next"
+    ),
+    "policy-prefix": _NOT_RUN,
+    "policy-selection": _NOT_RUN,
+    "policy-framework": _NOT_RUN,
+    "policy-perf": _NOT_RUN,
+    "policy-types": _NOT_RUN,
+}
 TARGETS.update(
-    {name: Target(mutate=files, tests=_POLICY_TESTS) for name, files in _POLICY_MODULES.items()}
+    {
+        name: Target(mutate=files, tests=_POLICY_TESTS, note=_POLICY_NOTES.get(name, ""))
+        for name, files in _POLICY_MODULES.items()
+    }
 )
 
 STATUSES = (
