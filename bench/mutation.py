@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/mutation.py --module sim-metrics [--module api ...] [--label after]
     .venv/bin/python bench/mutation.py --all --label before
+    .venv/bin/python bench/mutation.py --module policy-scorers --rerun-survivors before
     .venv/bin/python bench/mutation.py --report        # rewrite the markdown from the JSON only
 
 Each target names the source files mutmut mutates and the test files it runs (only the tests
@@ -21,6 +22,10 @@ mutant of the latest run with its diff, either still open or listed in
 ``bench/mutation_equivalent.toml`` as equivalent with a reason. An equivalence entry names the
 mutant and a fragment of its diff; if the fragment no longer appears (the code or mutmut's
 numbering changed), the entry does not apply and the mutant shows as open again.
+
+``--rerun-survivors LABEL`` judges again only the mutants the target's LABEL run left alive
+(after new tests, when the mutated source has not changed; git checks that) and merges them
+onto it, which costs a fraction of a full run on a shared machine.
 
 Score = killed / (mutants - equivalent). Killed includes timeouts (the mutant made the tests
 hang, which a real run notices); "no tests" mutants (code no selected test reaches) count as
@@ -114,12 +119,57 @@ TARGETS: dict[str, Target] = {
             "tests/engine/server/test_server_metrics.py",
         ),
     ),
-    "policy": Target(
-        mutate=("modelfleet/policy/*",),
-        tests=("tests/policy", "tests/selection", "tests/properties/test_prefix_properties.py"),
-        note="not run yet: waits for the routing-host refactor (issue 21)",
-    ),
 }
+
+# modelfleet/policy, one target per module (or small group), so each gets its own score.
+_POLICY_TESTS = (
+    "tests/policy",
+    "tests/selection",
+    "tests/properties/test_prefix_properties.py",
+    "tests/properties/test_inflight_properties.py",
+)
+_POLICY_MODULES: dict[str, tuple[str, ...]] = {
+    "policy-scorers": ("modelfleet/policy/scorers.py",),
+    "policy-filters": ("modelfleet/policy/filters.py",),
+    "policy-pickers": ("modelfleet/policy/pickers.py",),
+    "policy-host": ("modelfleet/policy/host.py", "modelfleet/policy/load.py"),
+    "policy-migration": ("modelfleet/policy/migration.py",),
+    "policy-prefix": ("modelfleet/policy/prefix.py", "modelfleet/policy/radix.py"),
+    "policy-selection": ("modelfleet/policy/selection/*.py",),
+    "policy-framework": (
+        "modelfleet/policy/framework.py",
+        "modelfleet/policy/config.py",
+        "modelfleet/policy/plugins.py",
+        "modelfleet/policy/params.py",
+        "modelfleet/policy/baselines.py",
+        "modelfleet/policy/from_api.py",
+    ),
+    "policy-perf": (
+        "modelfleet/policy/perf.py",
+        "modelfleet/policy/prior.py",
+        "modelfleet/policy/learn.py",
+        "modelfleet/policy/admission.py",
+    ),
+    "policy-types": ("modelfleet/policy/types.py", "modelfleet/policy/hashing.py"),
+}
+_NOT_RUN = "not run yet: stopped at the session's time limit (2026-12-05); run it next"
+_POLICY_NOTES = {
+    "policy-migration": (
+        "only the before run; the tests added after it (tests/policy/test_migration_edges.py, "
+        "test_planner_knobs.py) are not scored yet: run --rerun-survivors before next"
+    ),
+    "policy-prefix": _NOT_RUN,
+    "policy-selection": _NOT_RUN,
+    "policy-framework": _NOT_RUN,
+    "policy-perf": _NOT_RUN,
+    "policy-types": _NOT_RUN,
+}
+TARGETS.update(
+    {
+        name: Target(mutate=files, tests=_POLICY_TESTS, note=_POLICY_NOTES.get(name, ""))
+        for name, files in _POLICY_MODULES.items()
+    }
+)
 
 STATUSES = (
     "killed",
@@ -253,12 +303,49 @@ def run_target(
     }
 
 
+KILLED = ("killed", "timeout", "caught by type check")
+
+
+def _check_same_source(run: dict[str, Any], target: Target) -> None:
+    """Refuse to merge onto a run of other source: its mutant numbering would not match."""
+    commit = str(run["commit"])
+    if commit.endswith("+changes"):
+        raise SystemExit(f"the run to merge onto was made on uncommitted changes ({commit})")
+    proc = subprocess.run(
+        ["git", "diff", "--quiet", commit, "--", *(f":(glob){m}" for m in target.mutate)],
+        cwd=ROOT,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"{', '.join(target.mutate)} changed since {commit}: run it in full")
+
+
+def _merge(base: dict[str, Any], rerun: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with the statuses and survivors of the mutants judged again in ``rerun``."""
+    statuses = {**base["statuses"], **rerun["statuses"]}
+    survivors = {
+        m: rerun["survivors"].get(m, base["survivors"].get(m, ""))
+        for m, st in statuses.items()
+        if st not in KILLED
+    }
+    counts = {s: sum(1 for v in statuses.values() if v == s) for s in STATUSES}
+    counts["total"] = len(statuses)
+    return {
+        **rerun,
+        "counts": counts,
+        "statuses": statuses,
+        "survivors": survivors,
+        "wall_s": round(base["wall_s"] + rerun["wall_s"], 1),
+        "merged_onto": f"{base['command']} at {base['commit']}",
+    }
+
+
 def _git_commit() -> str:
     proc = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     )
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
+        # the results files change while runs go on; they are not what is mutated or tested
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -369,7 +456,13 @@ def write_report(data: dict[str, Any], command: str) -> None:
             f"## {name}",
             "",
             f"Run `{label}` (`{latest['command']}`) at {latest['commit']} on {latest['date']}, "
-            f"{latest['wall_s']} s: "
+            + (
+                f"judging again only the survivors of `{latest['merged_onto']}` (same mutated "
+                "source, the other mutants stay killed), "
+                if latest.get("merged_onto")
+                else ""
+            )
+            + f"{latest['wall_s']} s: "
             f"{c['total']} mutants, {c['killed']} killed, {c['timeout']} timeouts, "
             f"{c['survived']} survived, {c['no tests']} without tests, "
             f"{c['suspicious']} suspicious. Tests: "
@@ -412,7 +505,7 @@ def _mutmut_version() -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--module", action="append", default=[], choices=sorted(TARGETS))
-    ap.add_argument("--all", action="store_true", help="every target except policy")
+    ap.add_argument("--all", action="store_true", help="every target")
     ap.add_argument(
         "--label",
         choices=("before", "after", "smoke"),
@@ -426,6 +519,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="GLOB",
         help="only these mutants, e.g. 'modelfleet.sim.metrics.x_percentile*' (repeatable)",
     )
+    ap.add_argument(
+        "--rerun-survivors",
+        metavar="LABEL",
+        help="judge again only the mutants that the target's LABEL run left alive, and merge: "
+        "the mutated source must be what that run mutated (checked with git diff)",
+    )
     ap.add_argument("--max-children", type=int, default=2)
     ap.add_argument(
         "--workdir",
@@ -437,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--report", action="store_true", help="only rewrite the markdown")
     args = ap.parse_args(argv)
-    names = [n for n in TARGETS if n != "policy"] if args.all else args.module
+    names = list(TARGETS) if args.all else args.module
     command = " ".join(["bench/mutation.py", *(sys.argv[1:] if argv is None else argv)])
     if not names and not args.report:
         ap.error("name a --module, or --all, or --report")
@@ -445,9 +544,22 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for name in names:
         print(f"== {name}: mutating {', '.join(TARGETS[name].mutate)}", flush=True)
+        mutants = list(args.mutants)
+        base: dict[str, Any] | None = None
+        if args.rerun_survivors:
+            base = data.get(name, {}).get(args.rerun_survivors)
+            if base is None:
+                raise SystemExit(f"{name}: no {args.rerun_survivors!r} run to start from")
+            _check_same_source(base, TARGETS[name])
+            mutants = [m for m, st in base["statuses"].items() if st not in KILLED]
+            if not mutants:
+                print("   no survivors to judge again")
+                continue
         result = run_target(
-            name, TARGETS[name], args.workdir, args.max_children, command, args.commit, args.mutants
+            name, TARGETS[name], args.workdir, args.max_children, command, args.commit, mutants
         )
+        if base is not None:
+            result = _merge(base, result)
         if args.label == "smoke":
             cl = classify(result, load_equivalents())
             print(f"   {result['counts']['total']} mutants, {len(cl['open'])} open survivors")

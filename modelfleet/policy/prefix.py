@@ -351,6 +351,11 @@ class PrecisePrefixIndex(Plugin):
         self.events_applied = 0
 
     def match(self, request: RequestView) -> dict[EndpointId, int]:
+        """Cached prompt tokens per endpoint: blocks its events stored, plus the chains routed
+        to it less than ``speculative_ttl_s`` ago (expired here first, so a speculation whose
+        KV events never came, e.g. an aborted request, stops counting at its TTL even when no
+        request is routed or completed in between)."""
+        self._expire(self.clock())
         return self._holders.walk(request.chain(self.hasher), request.prompt_tokens)
 
     def apply(self, endpoint: EndpointId, event: object) -> None:

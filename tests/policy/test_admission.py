@@ -54,7 +54,9 @@ def test_prefix_hit_can_make_the_target_reachable() -> None:
 
 def test_queue_reports_the_excess() -> None:
     d = admit(req(prompt_tokens=2000, ttft_slo_s=1.0), [JAMMED], {}, QUEUE)
-    assert d.retry_after_s == pytest.approx(d.best_predicted_ttft_s - 1.0)  # type: ignore[operator]
+    # by hand: 0.01 s base + (2000 own + 100000 queued) tokens x 1e-4 s = 10.21 s, 9.21 s late
+    assert d.best_predicted_ttft_s == pytest.approx(10.21)
+    assert d.retry_after_s == pytest.approx(9.21)
     assert "exceeds class 'batch'" in d.reason
 
 

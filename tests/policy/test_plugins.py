@@ -78,10 +78,20 @@ def test_scorer_empty_input(name: str) -> None:
     assert list(SCORERS[name]().score(st(), [])) == []
 
 
+# one idle endpoint: no prefix hit (0), otherwise the best there is (1)
+ONE_ENDPOINT = {
+    "prefix-cache": 0.0,
+    "queue": 1.0,
+    "kv-usage": 1.0,
+    "slo-headroom": 1.0,
+    "session-affinity": 1.0,
+    "cold-spread": 1.0,
+}
+
+
 @pytest.mark.parametrize("name", list(SCORERS), ids=list(SCORERS))
 def test_scorer_one_endpoint(name: str) -> None:
-    out = list(SCORERS[name]().score(st(), [ep("a", perf=PERF)]))
-    assert len(out) == 1 and 0.0 <= out[0] <= 1.0
+    assert list(SCORERS[name]().score(st(), [ep("a", perf=PERF)])) == [ONE_ENDPOINT[name]]
 
 
 @pytest.mark.parametrize("name", list(SCORERS), ids=list(SCORERS))
@@ -104,13 +114,25 @@ def test_filter_empty_one_all_equal(name: str) -> None:
     assert f.filter(st(), eps) == eps
 
 
+# what a picker chooses among four equal candidates over many seeds: the random ones spread
+# over all of them (random-top-k over its k=2 first), the stateful ones take the first
+ALL_EQUAL_PICKS = {
+    "max-score": {0, 1, 2, 3},
+    "random-top-k": {0, 1},
+    "weighted-random": {0, 1, 2, 3},
+    "round-robin": {0},
+    "power-of-two": {0, 1, 2, 3},
+    "cache-aware": {0},
+}
+
+
 @pytest.mark.parametrize("name", list(PICKERS), ids=list(PICKERS))
 def test_picker_one_and_all_equal(name: str) -> None:
     p = PICKERS[name]()
     assert p.pick(st(), [ep("a")], [0.3]) == 0
     eps = [ep(n) for n in "abcd"]
-    idx = p.pick(st(), eps, [0.5] * 4)
-    assert 0 <= idx < 4
+    picks = {p.pick(state(req(), seed=seed), eps, [0.5] * 4) for seed in range(60)}
+    assert picks == ALL_EQUAL_PICKS[name]
 
 
 # -- behaviour ---------------------------------------------------------------------------
@@ -258,11 +280,17 @@ def test_session_affinity_remembers_where_the_session_went() -> None:
     other = eps[(owner + 1) % 4].id
     sc.on_routed(st().request, Decision(other, RequestId("r"), (), {}, {}, (), {}, {}, {}))
     assert eps[sc.score(st(), eps).index(1.0)].id == other
-    sc.on_migrated(st().request, other, EndpointId("d"), 5)
-    assert sc.score(st(), eps).index(1.0) == 3
+    # a migration from another endpoint than the session's is not the session moving
+    dst = eps[(owner + 2) % 4].id
+    sc.on_migrated(st().request, dst, eps[(owner + 3) % 4].id, 5)
+    assert eps[sc.score(st(), eps).index(1.0)].id == other
+    sc.on_migrated(st().request, other, dst, 5)  # dst is neither the owner nor `other`
+    assert eps[sc.score(st(), eps).index(1.0)].id == dst
+    sc.on_migrated(req(), dst, other, 5)  # a request without a session moves nothing
+    assert eps[sc.score(st(), eps).index(1.0)].id == dst
     # LRU bound of one session: a second session evicts the first
     s2 = state(req(session_id="s2"))
-    sc.on_routed(s2.request, Decision(other, RequestId("q"), (), {}, {}, (), {}, {}, {}))
+    sc.on_routed(s2.request, Decision(dst, RequestId("q"), (), {}, {}, (), {}, {}, {}))
     assert sc.score(st(), eps).index(1.0) == owner
 
 
@@ -438,3 +466,173 @@ def test_bounded_load_never_empties_the_set() -> None:
     s = state(req(prompt_tokens=100_000))
     eps = [ep("a"), ep("b")]
     assert f.filter(s, eps) == eps
+
+
+# -- exact values at the edges (each pins a formula the direction tests only order) -----------
+
+
+class Perf0:
+    """A perf model predicting zero latency (or ``value``), to reach the guards of the formulas."""
+
+    def __init__(self, value: float = 0.0) -> None:
+        self.value = value
+
+    def predict_ttft(self, prompt_tokens: int, cached_tokens: int, **kw: Any) -> float:
+        return self.value
+
+    def predict_tpot(self, *, running: int) -> float:
+        return self.value
+
+
+@pytest.mark.parametrize(
+    ("target", "value", "rel_w", "expected"),
+    [
+        pytest.param(None, 0.0, 0.5, 1.0, id="zero-latency-no-target"),
+        pytest.param(1.0, 0.0, 1.0, 1.0, id="zero-latency-target-no-floor"),
+        pytest.param(0.0, 0.2, 1.0, 1.0, id="zero-target-is-no-target"),
+        pytest.param(1.0, 3.0, 0.0, 0.0, id="past-twice-the-target-scores-0"),
+        pytest.param(1.0, -0.6, 0.0, 1.0, id="below-zero-prediction-capped-at-1"),
+    ],
+)
+def test_slo_headroom_guards(
+    target: float | None, value: float, rel_w: float, expected: float
+) -> None:
+    sc = SloHeadroomScorer(P.SloHeadroomParams(tpot_weight=0.0, relative_weight=rel_w))
+    r = req(prompt_tokens=100, ttft_slo_s=target)
+    assert sc.score(state(r), [ep("a", perf=Perf0(value))]) == [pytest.approx(expected)]
+
+
+def test_slo_headroom_tpot_batch_is_the_larger_of_running_and_own_active_count() -> None:
+    # TPOT-only, absolute term only: a = 0.5 + 0.5·(0.05 − tpot)/0.05, tpot = 0.01 + 1e-3·batch
+    sc = SloHeadroomScorer(P.SloHeadroomParams(tpot_weight=1.0, relative_weight=0.0))
+    r = req(prompt_tokens=100, tpot_slo_s=0.05)
+
+    def a(batch: int) -> float:
+        return 0.5 + 0.5 * (0.05 - (0.01 + 1e-3 * batch)) / 0.05
+
+    eps = [
+        ep("own", perf=PERF, inflight_requests=4, waiting=3),  # 4 sent, 3 queued: 1 active
+        ep("scrape", perf=PERF, running=5, inflight_requests=2),
+    ]
+    assert sc.score(state(r), eps) == [pytest.approx(a(2)), pytest.approx(a(6))]
+
+
+def test_slo_headroom_endpoints_without_perf_stay_neutral_wherever_they_are() -> None:
+    sc = SloHeadroomScorer(P.SloHeadroomParams())
+    assert sc.score(st(), [ep("a"), ep("b", perf=PERF), ep("c")]) == [0.5, 1.0, 0.5]
+    assert sc.score(st(), [ep("a"), ep("b")]) == [0.5, 0.5]
+
+
+def _hits(s: CycleState, blocks: dict[str, int]) -> CycleState:
+    assert s.prefix_index is not None
+    chain = s.request.chain(s.prefix_index.hasher).hashes
+    for name, n in blocks.items():
+        s.prefix_index.insert(EndpointId(name), chain[:n])  # type: ignore[attr-defined]
+    return s
+
+
+@pytest.mark.parametrize(
+    ("kw", "blocks", "expected"),
+    [
+        # ratio only, prompt_tokens unknown (0): hits count against the longest hit
+        pytest.param({"length_weight": 0.0}, {"a": 2, "b": 4}, [0.5, 1.0], id="no-prompt-length"),
+        # length only, scale 32 tokens: 2 blocks (32) and 4 blocks (64) both earn the full term
+        pytest.param(
+            {"length_weight": 1.0, "match_length_scale_tokens": 32},
+            {"a": 2, "b": 4},
+            [1.0, 1.0],
+            id="length-capped-at-scale",
+        ),
+        pytest.param(
+            {"length_weight": 1.0, "match_length_scale_tokens": 64},
+            {"a": 2, "b": 4},
+            [0.25, 1.0],
+            id="length-squared",
+        ),
+    ],
+)
+def test_prefix_cache_scorer_terms(
+    kw: dict[str, Any], blocks: dict[str, int], expected: list[float]
+) -> None:
+    index = ApproxPrefixIndex(ApproxAutoHasher(block_size=16))
+    s = _hits(state(req(prompt_tokens=0, token_ids=tokens(64)), index), blocks)
+    out = PrefixCacheScorer(P.PrefixCacheParams(**kw)).score(s, [ep("a"), ep("b")])
+    assert out == pytest.approx(expected)
+
+
+def test_prefix_cache_scorer_a_one_token_hit_counts() -> None:
+    # a one-token prompt whose (partial) first block is cached: the hit is capped at 1 token
+    index = ApproxPrefixIndex(ApproxAutoHasher(block_size=16))
+    s = _hits(state(req(prompt_tokens=1, block_hashes=[5], block_size=16), index), {"a": 1})
+    out = PrefixCacheScorer(P.PrefixCacheParams(length_weight=0.0)).score(s, [ep("a"), ep("b")])
+    assert out == [1.0, 0.0]
+
+
+def _cold(endpoint: str, cached: int = 0) -> Decision:
+    return Decision(EndpointId(endpoint), RequestId("r"), (), {}, {}, (), {}, {}, {}, 0, cached)
+
+
+def test_cold_spread_ranks_by_recency_exactly() -> None:
+    sc = ColdSpreadScorer(P.ColdSpreadParams())
+    eps = [ep("a"), ep("b"), ep("c")]
+    sc.on_routed(req(prompt_tokens=64), _cold("a"))
+    assert sc.score(st(), eps) == [0.5, 1.0, 1.0]  # one used: 1 − 1/2
+    sc.on_routed(req(prompt_tokens=64), _cold("b"))
+    # a least recent of two used: 1 − 1/3, b most recent: 1 − 2/3; c never: 1
+    assert sc.score(st(), eps) == pytest.approx([2 / 3, 1 / 3, 1.0])
+
+
+@pytest.mark.parametrize(
+    ("fraction", "prompt", "best_hit", "cold"),
+    [
+        pytest.param(0.0, 100, 1, False, id="a-one-token-hit-is-warm"),
+        pytest.param(0.25, 64, 16, True, id="hit-at-the-threshold-is-cold"),
+        pytest.param(0.25, 64, 17, False, id="hit-above-the-threshold-is-warm"),
+    ],
+)
+def test_cold_spread_records_only_cold_routings(
+    fraction: float, prompt: int, best_hit: int, cold: bool
+) -> None:
+    sc = ColdSpreadScorer(P.ColdSpreadParams(min_hit_fraction=fraction))
+    sc.on_routed(req(prompt_tokens=prompt), _cold("a", cached=best_hit))
+    assert (sc.score(st(), [ep("a"), ep("b")]) == [0.5, 1.0]) is cold
+
+
+def test_cold_spread_hits_on_other_endpoints_do_not_warm_the_candidates() -> None:
+    s = _hits(st(), {"elsewhere": 4})
+    sc = ColdSpreadScorer(P.ColdSpreadParams())
+    sc.on_routed(req(prompt_tokens=64), _cold("a"))
+    assert sc.score(s, [ep("a"), ep("b")]) == [0.5, 1.0]
+    assert sc.score(s, []) == []
+
+
+@pytest.mark.parametrize(
+    ("speeds", "loads", "winner"),
+    [
+        # c=1.25, L=1: bound(a) = ceil(1.25·2·0.5/1.0) = 2 ≥ 1+1: the sticky endpoint keeps it
+        pytest.param((0.5, 0.5), (1, 0), "a", id="slow-pair-stays"),
+        # bound(a) = ceil(1.25·2·0.2/1.0) = 1 < 1+1: spills to b
+        pytest.param((0.2, 0.8), (1, 0), "b", id="slow-sticky-spills"),
+        # L=2: bound(a) = ceil(1.25·3·0.5) = 2 < 2+1: spills
+        pytest.param((1.0, 1.0), (2, 0), "b", id="bound-counts-this-request-once"),
+    ],
+)
+def test_session_affinity_bound_is_speed_weighted(
+    speeds: tuple[float, float], loads: tuple[int, int], winner: str
+) -> None:
+    sc = SessionAffinityScorer(P.SessionAffinityParams(max_load_factor=1.25))
+    sc.on_routed(st().request, _cold("a"))
+    eps = [
+        ep(n, relative_speed=speed, inflight_requests=load)
+        for n, speed, load in zip("ab", speeds, loads, strict=True)
+    ]
+    out = sc.score(st(), eps)
+    assert eps[out.index(1.0)].id == winner and sorted(out) == [0.0, 1.0]
+
+
+def test_session_affinity_whose_endpoint_left_takes_the_ring_owner() -> None:
+    sc = SessionAffinityScorer(P.SessionAffinityParams())
+    eps = [ep("a"), ep("b")]
+    owner = sc.score(st(), eps)
+    sc.on_routed(st().request, _cold("gone"))
+    assert sc.score(st(), eps) == owner
