@@ -37,7 +37,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from modelfleet.policy.migration import MigrationParams  # noqa: E402
+from modelfleet.policy.config import ProfileSpec, default_profile_spec  # noqa: E402
+from modelfleet.policy.migration import default_migration_params  # noqa: E402
 from modelfleet.sim.cluster import ClusterSimulator, SimConfig, pool_shares  # noqa: E402
 from modelfleet.sim.fleet import EngineSpec, pooled_fleet  # noqa: E402
 from modelfleet.sim.policies import POLICY_NAMES, policy_factory  # noqa: E402
@@ -82,10 +83,44 @@ TUNING = {("mooncake", "mixed", "steady", 1), ("azure-conv", "homogeneous", "ste
 VARIANTS: dict[str, dict[str, Any]] = {
     "modelfleet/oracle": {"perf_model": "oracle"},
     "modelfleet/prior": {"perf_model": "prior"},
-    "modelfleet/no-rescue": {"migration": {"enable_slo_rescue": False}},
+    "modelfleet/rescue": {"migration": {"enable_slo_rescue": True}},
     "modelfleet/no-balance": {"migration": {"enable_load_balance": False}},
     "modelfleet/no-migration": {"enable_migration": False},
+    # round 1's default, run in the same session: cold requests spread by recency, every move
+    # valued by remaining time, rescues into any queue and on by default, no arrival charge
+    "modelfleet/round-1": {
+        "cold_spread": {"spreadBy": "recency"},
+        "migration": {
+            "enable_slo_rescue": True,
+            "rescue_needs_free_dst": False,
+            "gain_basis": "remaining-time",
+            "arrival_window_s": 0.0,
+        },
+    },
+    # speed-normalised balance: the queue term counts in-flight tokens per unit of speed
+    "modelfleet/speed-balance": {"queue_metric": "speed-weighted"},
 }
+#: variants run only on some traces (prefix reuse against balance is a Mooncake goal)
+VARIANT_TRACES: dict[str, tuple[str, ...]] = {"modelfleet/speed-balance": ("mooncake",)}
+#: ``--variants ablations``: the trigger ablations and round 1, without the oracle and prior
+ABLATIONS = ("modelfleet/rescue", "modelfleet/no-balance", "modelfleet/no-migration",
+             "modelfleet/round-1", "modelfleet/speed-balance")  # fmt: skip
+
+
+def variant_spec(opts: dict[str, Any]) -> ProfileSpec | None:
+    """The default profile with a variant's scorer changes (None: the default itself)."""
+    if "cold_spread" not in opts and "queue_metric" not in opts:
+        return None
+    spec = default_profile_spec()
+    scorers = []
+    for s in spec.scorers:
+        if s.type == "cold-spread" and "cold_spread" in opts:
+            s = s.model_copy(update={"parameters": {**s.parameters, **opts["cold_spread"]}})
+        if s.type == "queue" and "queue_metric" in opts:
+            metric = {"metric": opts["queue_metric"]}
+            s = s.model_copy(update={"parameters": {**s.parameters, **metric}})
+        scorers.append(s)
+    return spec.model_copy(update={"scorers": scorers})
 
 
 @dataclass(frozen=True)
@@ -188,7 +223,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     opts = VARIANTS.get(variant, {})
     migration = None
     if "migration" in opts:
-        migration = replace(MigrationParams(), **opts["migration"])
+        migration = replace(default_migration_params(), **opts["migration"])
     name = MAIN if variant.startswith(MAIN) else variant
     config = SimConfig(
         ttft_slo_s=ttft_slo,
@@ -201,7 +236,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         compute_bounds=job["bounds"],
     )
     t0 = time.process_time()
-    result = ClusterSimulator(trace, fleet, policy_factory(name, migration=migration), config).run()
+    factory = policy_factory(name, migration=migration, spec=variant_spec(opts))
+    result = ClusterSimulator(trace, fleet, factory, config).run()
     cpu = time.process_time() - t0
     result.check_conservation()  # fails the benchmark loudly
     m = result.metrics
@@ -373,7 +409,8 @@ def write_report(
             f"{main['hit']:.1%} | {_fmt(main['imbalance'], 2)} | {verdict} |"
         )
     lines += ["", f"Goals met: {met_all} of {total_goals}.", ""]
-    # ablations and labelled variants
+    # ablations and labelled variants (those that ran)
+    ran = [v for v in VARIANTS if any(r["variant"] == v for r in runs)]
     lines += [
         "## Labelled variants and trigger ablations (seed 0): p99 TTFT / best baseline "
         "(goodput / best)",
@@ -381,14 +418,14 @@ def write_report(
         "Every column is seed 0 (the default too); the best baseline is the one of the summary "
         "(mean over seeds).",
         "",
-        "| cell | default | " + " | ".join(VARIANTS) + " |",
-        "| --- |" + " ---: |" * (len(VARIANTS) + 1),
+        "| cell | default | " + " | ".join(ran) + " |",
+        "| --- |" + " ---: |" * (len(ran) + 1),
     ]
     for s in summary.values():
         rows = s["rows"]
         if MAIN not in rows:
             continue
-        cols = [MAIN + "@seed0", *VARIANTS]
+        cols = [MAIN + "@seed0", *ran]
         vals = [
             f"{_fmt(rows[v]['p99_ratio'], 2)} ({_fmt(rows[v]['goodput_ratio'], 2)})"
             if v in rows
@@ -465,7 +502,7 @@ def calibrate(args: Any) -> None:
     for trace in TRACES:
         for fleet_kind in ("homogeneous", "mixed"):
             for c in args.factors:
-                if args.only and args.only not in trace:
+                if args.only and not any(o in trace for o in args.only):
                     continue
                 cell = Cell(trace, fleet_kind, "steady", 1)
                 r = run_job(
@@ -487,8 +524,15 @@ def matrix_main(argv: list[str]) -> int:
     ap.add_argument("--calibrate-matrix", action="store_true")
     ap.add_argument("--factors", type=float, nargs="+", default=[1.0, 2.0, 3.0, 4.0])
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--only", default="", help="run only cells whose name contains this")
-    ap.add_argument("--variants", default="all", help="all | main (baselines + default)")
+    ap.add_argument(
+        "--only", nargs="*", default=[], help="run only cells whose name contains one of these"
+    )
+    ap.add_argument(
+        "--variants",
+        default="all",
+        choices=("all", "main", "ablations"),
+        help="all | main (baselines + default) | ablations (main + trigger ablations, round 1)",
+    )
     ap.add_argument("--out", default="bench/results/placement-matrix")
     ap.add_argument("--report-only", action="store_true", help="rewrite the .md from the .json")
     args = ap.parse_args(argv)
@@ -505,13 +549,17 @@ def matrix_main(argv: list[str]) -> int:
         return 0
     jobs = []
     for cell in cells():
-        if args.only and args.only not in cell.name:
+        if args.only and not any(o in cell.name for o in args.only):
             continue
         comp = COMPRESSION[(cell.trace, cell.fleet)]
         for seed in SEEDS:
             variants = [*BASELINES, MAIN]
-            if seed == SEEDS[0] and args.variants == "all":
-                variants += list(VARIANTS)
+            if seed == SEEDS[0] and args.variants != "main":
+                variants += [
+                    v
+                    for v in (VARIANTS if args.variants == "all" else ABLATIONS)
+                    if cell.trace in VARIANT_TRACES.get(v, (cell.trace,))
+                ]
             for v in variants:
                 jobs.append(
                     {"cell": cell, "variant": v, "seed": seed, "compression": comp,

@@ -44,6 +44,7 @@ from modelfleet.policy.migration import (
     Migration,
     MigrationParams,
     MigrationPlanner,
+    default_migration_params,
 )
 from modelfleet.policy.perf import ParametricPerfModel, PerfModel, QueueState, predict_ttft
 from modelfleet.policy.plugins import default_registry
@@ -105,6 +106,7 @@ __all__ = [
     "admit",
     "build_policy",
     "build_profile",
+    "default_migration_params",
     "default_profile_spec",
     "default_registry",
     "policy_spec",

@@ -17,8 +17,9 @@ llm-d              llm-d optimized baseline: prefix-cache 3, queue 2 (waiting),
 llumnix            Llumnix-style: dispatch to the least loaded (running + waiting, KV usage)
                    and a migration planner that pairs the most with the least loaded
                    instance and moves the shortest request (``SR``), plus drain
-modelfleet         ``config.default_profile_spec()`` + the full planner (drain, SLO rescue,
-                   load balance)
+modelfleet         ``config.default_profile_spec()`` + the planner with
+                   ``migration.default_migration_params()`` (drain, load balance; SLO rescue
+                   off: it did not pay across the scenario matrix)
 =================  =====================================================================
 """
 
@@ -37,7 +38,11 @@ from modelfleet.policy.config import (
 )
 from modelfleet.policy.framework import Profile
 from modelfleet.policy.hashing import BlockHasher
-from modelfleet.policy.migration import MigrationParams, MigrationPlanner
+from modelfleet.policy.migration import (
+    MigrationParams,
+    MigrationPlanner,
+    default_migration_params,
+)
 from modelfleet.policy.plugins import default_registry
 
 POLICY_NAMES: tuple[str, ...] = (
@@ -130,11 +135,17 @@ def build_policy(
     planner: MigrationPlanner | None = None
     if name == "llumnix":
         planner = MigrationPlanner(
-            migration or MigrationParams(enable_slo_rescue=False, selection="SR"),
+            migration
+            or MigrationParams(
+                enable_slo_rescue=False,
+                selection="SR",
+                gain_basis="remaining-time",  # Llumnix's view: a move that finishes sooner
+                arrival_window_s=0.0,
+            ),
             prefix_index=None,
         )
     elif name == "modelfleet":
         planner = MigrationPlanner(
-            migration or MigrationParams(), prefix_index=profile.prefix_index
+            migration or default_migration_params(), prefix_index=profile.prefix_index
         )
     return Policy(name, profile, planner)

@@ -92,10 +92,14 @@ def default_profile_spec() -> ProfileSpec:
       prediction is a tie, which protects future turns' hit rate.
     * ``queue`` on in-flight tokens (1) and ``kv-usage`` (1) are fresh and engine-side load
       signals that break ties toward spare capacity and away from preemption.
-    * ``cold-spread`` (1) starts new prefixes on the endpoint that got one least recently, so
-      caches diversify instead of every miss landing on one replica (SGLang #32983). A request
-      whose best hit is at most 20 % of its prompt (``minHitFraction`` 0.2) counts as new, so a
-      preamble shared by all requests does not switch the scorer off.
+    * ``cold-spread`` (1) starts new prefixes on the endpoint with the least uncached prompt
+      work routed to it recently per unit of speed (``spreadBy: prompt-tokens``, half-life
+      30 s), so caches diversify instead of every miss landing on one replica (SGLang #32983)
+      and the prefill work of prefix-free traffic is spread by tokens, not by request count
+      (on Azure conversation the requests that miss their TTFT are those queued behind long
+      prompts; ``bench/results/placement-matrix-notes.md``). A request whose best hit is at
+      most 20 % of its prompt (``minHitFraction`` 0.2) counts as new, so a preamble shared by
+      all requests does not switch the scorer off.
     * ``bounded-load`` filter (c = 1.5, slack 2) is the hard guard: no affinity term can send
       an endpoint more than 1.5× its speed-weighted share of in-flight requests, the
       consistent-hashing-with-bounded-loads guarantee the incumbents lack (SGLang #33625).
@@ -121,7 +125,11 @@ def default_profile_spec() -> ProfileSpec:
             PluginSpec(type="prefix-cache", weight=2.0),
             PluginSpec(type="queue", weight=1.0, parameters={"metric": "inflight-tokens"}),
             PluginSpec(type="kv-usage", weight=1.0),
-            PluginSpec(type="cold-spread", weight=1.0, parameters={"minHitFraction": 0.2}),
+            PluginSpec(
+                type="cold-spread",
+                weight=1.0,
+                parameters={"minHitFraction": 0.2, "spreadBy": "prompt-tokens"},
+            ),
         ],
         picker=PickerSpec(type="max-score"),
         prefix_source="approximate",

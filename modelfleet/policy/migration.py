@@ -20,8 +20,29 @@ never an observation on one side and a clean prediction on the other.
   justify a move.
 * Prefix locality: the tokens of the context the destination does not hold
   (``lost_hit_tokens``) are recomputed there, and every request waiting on the destination
-  waits for that computation too; ``queue_externality`` times that delay is charged to the
-  move.
+  waits for that computation too, as do (by half of it on average) those arriving there
+  meanwhile; ``queue_externality`` times that delay is charged to the move. The arrival rate
+  is what a live host sees: the pool's in-flight requests younger than ``arrival_window_s``,
+  per second, shared by its endpoints. The charge grows with the square of the re-prefill, so
+  a long context on a slow, busy pool (two 70B replicas) has to gain much more than a short
+  one.
+
+* SLO terms (``gain_basis="slo-excess"``, the default): a request loses by staying only
+  what it spends beyond its targets, so both sides are valued that way, from the same models:
+  a queued request by its wait beyond what is left of its TTFT target, a decoding one by
+  ``tokens x max(0, TPOT - target)`` (the tokens decoded on the source while the destination
+  re-prefills keep the source's TPOT). A request within its targets is not re-prefilled for a
+  faster decode elsewhere: on a small pool (two 70B replicas) one such re-prefill of a long
+  context sits in front of every request that arrives at the destination meanwhile, which
+  costs the pool's TTFT tail more than the decode it saves
+  (``bench/results/placement-matrix-notes.md``). ``"remaining-time"`` values the whole
+  remaining time instead (round 1; Llumnix's view).
+* Free capacity for rescues (``rescue_needs_free_dst``, default on): an SLO rescue only goes
+  to a destination with nothing waiting (the scraped queue, plus the moves already planned
+  this round), so a plan rescues at most one request per idle endpoint. During a burst every
+  queue is long and no rescue is planned: re-prefilling a late request in front of another
+  queue only moves the lateness. This reads only what a live host sees (scrapes, planned
+  moves), no arrival-rate oracle.
 
 Observed TPOT only *triggers* an SLO rescue (a request visibly missing its target); it never
 enters the gain. Except when its source is draining, where staying is not an option and the
@@ -64,6 +85,7 @@ from modelfleet.policy.prefix import PrefixIndex
 from modelfleet.policy.types import EndpointId, EndpointView, RequestId, RequestView
 
 MigrationReason = Literal["drain", "slo-rescue", "load-balance"]
+GainBasis = Literal["remaining-time", "slo-excess"]
 Phase = Literal["queued", "prefill", "decode"]
 
 
@@ -110,7 +132,11 @@ class MigrationParams:
     ``confidence_z`` (standard deviations of the predicted gain that must be cleared),
     ``min_gain_fraction`` (share of the remaining time a move must save) and
     ``queue_externality`` (weight of the delay a re-prefill imposes on the destination's
-    queue) make a move pay; see the module docstring.
+    queue) make a move pay; ``rescue_needs_free_dst`` (rescues only into an empty queue) and
+    ``gain_basis`` (``"slo-excess"``: a request is valued by its TTFT or TPOT beyond target;
+    ``"remaining-time"``: by its remaining time) and ``arrival_window_s`` (seconds of in-flight
+    ages that give the arrival rate charged for a re-prefill; 0 = off) are explained in the
+    module docstring.
     """
 
     max_concurrent: int = 4
@@ -125,16 +151,36 @@ class MigrationParams:
     confidence_z: float = 1.0
     min_gain_fraction: float = 0.1
     queue_externality: float = 1.0
+    rescue_needs_free_dst: bool = True
+    gain_basis: GainBasis = "slo-excess"
+    arrival_window_s: float = 2.0
 
     def __post_init__(self) -> None:
         if self.max_concurrent < 0 or self.max_per_endpoint < 1:
             raise ValueError("MigrationParams: max_concurrent >= 0 and max_per_endpoint >= 1")
         if self.min_gain_s < 0 or self.imbalance_threshold < 0 or self.period_s <= 0:
             raise ValueError("MigrationParams: min_gain_s, imbalance_threshold >= 0, period_s > 0")
-        if self.confidence_z < 0 or self.queue_externality < 0:
-            raise ValueError("MigrationParams: confidence_z and queue_externality must be >= 0")
+        if self.confidence_z < 0 or self.queue_externality < 0 or self.arrival_window_s < 0:
+            raise ValueError(
+                "MigrationParams: confidence_z, queue_externality and arrival_window_s must be >= 0"
+            )
         if not 0 <= self.min_gain_fraction < 1:
             raise ValueError("MigrationParams: min_gain_fraction must be in [0, 1)")
+        if self.gain_basis not in ("remaining-time", "slo-excess"):
+            raise ValueError("MigrationParams: gain_basis must be 'remaining-time' or 'slo-excess'")
+
+
+def default_migration_params() -> MigrationParams:
+    """The modelfleet default planner's knobs: drain and load balance, no SLO rescue.
+
+    Each trigger was ablated on the scenario matrix (``bench/results/placement-matrix.md``).
+    The SLO rescue, even limited to idle destinations (``rescue_needs_free_dst``) and valued
+    in SLO terms, paid on one tuning cell (Mooncake, mixed GPUs, steady) and lost on others
+    (Azure conversation on A100s, bursty Mooncake, the two-replica 70B pool), so it is off by
+    default (the issue's rule: a trigger that does not pay across the matrix is off); a
+    RoutingPolicy can still turn it on.
+    """
+    return MigrationParams(enable_slo_rescue=False)
 
 
 @dataclass
@@ -164,6 +210,9 @@ class _Round:
     moved: set[RequestId]
     touched: dict[EndpointId, int] = field(default_factory=dict)
     out: list[Migration] = field(default_factory=list)
+    #: requests per second arriving at each endpoint (its pool's recent arrivals, seen in the
+    #: in-flight ages, shared by the pool's targets)
+    arrivals: dict[EndpointId, float] = field(default_factory=dict)
 
     @property
     def full(self) -> bool:
@@ -259,20 +308,32 @@ class MigrationPlanner:
         return mid, up
 
     def move_estimate(
-        self, r: InflightView, dst: EndpointView, load: _Load, cached: int
+        self,
+        r: InflightView,
+        dst: EndpointView,
+        load: _Load,
+        cached: int,
+        *,
+        arrivals_per_s: float = 0.0,
     ) -> tuple[float, float, float, float] | None:
-        """(re-prefill central, total central, total upper, locality charge) on ``dst``."""
+        """(re-prefill central, total central, total upper, locality charge) on ``dst``.
+
+        The charge is ``queue_externality x compute x (waiting + arrivals_per_s x compute / 2)``:
+        the re-prefill's compute delays every request waiting on ``dst`` by all of it, and the
+        ``arrivals_per_s x compute`` requests that arrive meanwhile by half of it on average.
+        """
         if dst.perf is None:
             return None
         ctx = r.context_tokens
         c_mid, c_up = ttft_estimate(dst.perf, load, ctx, cached)
         t_mid, t_up = tpot_estimate(dst.perf, load.running + 1)
         charge = 0.0
-        if load.waiting and self.params.queue_externality:
+        if (load.waiting or arrivals_per_s > 0) and self.params.queue_externality:
             compute = central_model(dst.perf).predict_ttft(
                 ctx, cached, running=load.running, waiting=0, pending_prefill_tokens=0
             )
-            charge = self.params.queue_externality * compute * load.waiting
+            delayed = load.waiting + arrivals_per_s * compute / 2
+            charge = self.params.queue_externality * compute * delayed
         n = r.remaining_tokens
         return c_mid, c_mid + t_mid * n, c_up + t_up * n, charge
 
@@ -310,13 +371,19 @@ class MigrationPlanner:
         require_gain: bool,
     ) -> _Move | None:
         """The move of ``r`` to ``d`` if it qualifies (see the module docstring)."""
-        est = self.move_estimate(r, d, rnd.loads[d.id], cached)
+        est = self.move_estimate(
+            r, d, rnd.loads[d.id], cached, arrivals_per_s=rnd.arrivals.get(d.id, 0.0)
+        )
         if est is None:
             return None
         cost, total, total_up, charge = est
         lost = max(0, r.context_tokens - cached)
         if stay is None:
             return None if require_gain else _Move(cost, total, 0.0, lost)
+        if self.params.gain_basis == "slo-excess":
+            valued = self._slo_excess(rnd, r, d, cost, total_up - total)
+            if valued is not None:
+                stay, (total, total_up) = valued
         gain = stay[0] - total - charge
         if require_gain:
             p = self.params
@@ -326,8 +393,56 @@ class MigrationPlanner:
                 return None
         return _Move(cost, total, gain, lost)
 
+    def _slo_excess(
+        self, rnd: _Round, r: InflightView, dst: EndpointView, cost: float, cost_spread: float
+    ) -> tuple[tuple[float, float], tuple[float, float]] | None:
+        """(stay, move) of ``r`` as seconds beyond its SLO targets, (central, upper) each.
+
+        Queued: the wait for a first token beyond what is left of the TTFT target
+        (``ttft - age``) on each side (staying: the wait in place; moving: the re-prefill
+        behind the destination's queue), plus the TPOT term below. Decoding: the request keeps
+        streaming from the source while the destination re-prefills (make-before-break), so
+        the tokens decoded meanwhile (``cost / TPOT_src`` of them) keep the source's TPOT and
+        only the rest get the destination's; each token counts ``max(0, TPOT - target)``. A
+        request within its targets where it is gains nothing from a faster decode elsewhere.
+        ``None`` when the request has no target for its phase (then remaining time is used).
+        """
+        req = r.request
+        src = rnd.by_id.get(r.src)
+        if src is None or src.perf is None or dst.perf is None:
+            return None
+        queued = r.phase != "decode"
+        if req.ttft_slo_s is None if queued else req.tpot_slo_s is None:
+            return None
+        n = r.remaining_tokens
+        tpot_target = req.tpot_slo_s
+        s_mid, s_up = tpot_estimate(src.perf, max(rnd.loads[r.src].running, 1))
+        d_mid, d_up = tpot_estimate(dst.perf, rnd.loads[dst.id].running + 1)
+
+        def excess(tpot: float) -> float:
+            return 0.0 if tpot_target is None else max(0.0, tpot - tpot_target)
+
+        if not queued:
+            on_src = min(float(n), cost / s_mid) if s_mid > 0 else float(n)
+            on_dst = n - on_src
+            return (
+                (n * excess(s_mid), n * excess(s_up)),
+                (
+                    on_src * excess(s_mid) + on_dst * excess(d_mid),
+                    on_src * excess(s_up) + on_dst * excess(d_up),
+                ),
+            )
+        assert req.ttft_slo_s is not None
+        left = req.ttft_slo_s - r.age_s
+        w_mid, w_up = self._wait_in_place(src.perf, r, rnd.loads[r.src])
+        c_up = cost + cost_spread - n * (d_up - d_mid)
+        return (
+            (max(0.0, w_mid - left) + n * excess(s_mid), max(0.0, w_up - left) + n * excess(s_up)),
+            (max(0.0, cost - left) + n * excess(d_mid), max(0.0, c_up - left) + n * excess(d_up)),
+        )
+
     def _best_dst(
-        self, rnd: _Round, r: InflightView, require_gain: bool
+        self, rnd: _Round, r: InflightView, require_gain: bool, *, free_only: bool = False
     ) -> tuple[EndpointView, _Move] | None:
         """The destination with the lowest predicted remaining time, and its figures.
 
@@ -344,6 +459,8 @@ class MigrationPlanner:
         best: tuple[EndpointView, _Move] | None = None
         for d in rnd.targets:
             if d.id == r.src or not rnd.can_touch(d.id):
+                continue
+            if free_only and rnd.loads[d.id].waiting > 0:
                 continue
             if src is not None and (d.pool != src.pool or d.model != src.model):
                 continue
@@ -381,6 +498,7 @@ class MigrationPlanner:
             targets=[e for e in endpoints if e.healthy and not e.draining],
             moved=set(in_progress),
         )
+        rnd.arrivals = self._arrival_rates(rnd, inflight)
         candidates = [r for r in inflight if r.migratable and r.request.id not in rnd.moved]
         if p.enable_drain:
             self._plan_drain(rnd, candidates)
@@ -389,6 +507,26 @@ class MigrationPlanner:
         if p.enable_load_balance and not rnd.full:
             self._plan_load_balance(rnd, candidates)
         return rnd.out
+
+    def _arrival_rates(
+        self, rnd: _Round, inflight: Sequence[InflightView]
+    ) -> dict[EndpointId, float]:
+        """Requests per second arriving at each target: the requests of its pool still in
+        flight that arrived within ``arrival_window_s``, per second, shared evenly by the
+        pool's targets (what a live host sees; requests that finished inside the window are
+        missed, so it is a lower bound)."""
+        window = self.params.arrival_window_s
+        if window <= 0:
+            return {}
+        recent: dict[str, int] = {}
+        for r in inflight:
+            src = rnd.by_id.get(r.src)
+            if src is not None and r.age_s <= window:
+                recent[src.pool] = recent.get(src.pool, 0) + 1
+        sizes: dict[str, int] = {}
+        for e in rnd.targets:
+            sizes[e.pool] = sizes.get(e.pool, 0) + 1
+        return {e.id: recent.get(e.pool, 0) / window / sizes[e.pool] for e in rnd.targets}
 
     def _plan_drain(self, rnd: _Round, candidates: Sequence[InflightView]) -> None:
         """Every request on a draining endpoint, most urgent first, to its best destination."""
@@ -408,7 +546,13 @@ class MigrationPlanner:
             if self._violating(r, by_id[r.src], rnd.loads[r.src]):
                 rescue.append(r)
         rescue.sort(key=lambda r: (-r.request.priority, -r.age_s, r.request.id))
-        self._move_each(rnd, rescue, "slo-rescue", require_gain=True)
+        self._move_each(
+            rnd,
+            rescue,
+            "slo-rescue",
+            require_gain=True,
+            free_only=self.params.rescue_needs_free_dst,
+        )
 
     def _move_each(
         self,
@@ -417,6 +561,7 @@ class MigrationPlanner:
         reason: MigrationReason,
         *,
         require_gain: bool,
+        free_only: bool = False,
     ) -> None:
         """Move each request in order to its best destination until the budget is spent."""
         for r in requests:
@@ -424,7 +569,7 @@ class MigrationPlanner:
                 return
             if not rnd.can_touch(r.src):
                 continue
-            found = self._best_dst(rnd, r, require_gain)
+            found = self._best_dst(rnd, r, require_gain, free_only=free_only)
             if found is not None:
                 rnd.commit(r, found[0], reason, found[1])
 

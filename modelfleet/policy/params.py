@@ -139,6 +139,24 @@ class ColdSpreadParams(Params):
             " (unitless, default 0 = any hit is warm, range 0..<1)."
         ),
     )
+    spread_by: Literal["recency", "prompt-tokens"] = Field(
+        "recency",
+        description=(
+            "How cold requests are spread: 'recency' (the endpoint that has gone longest without"
+            " a cold request first, llm-d's no-hit LRU) or 'prompt-tokens' (the endpoint with the"
+            " fewest uncached prompt tokens routed to it recently per unit of relative speed"
+            " first: balances prefill work). Default 'recency'."
+        ),
+    )
+    half_life_s: float = Field(
+        30.0,
+        gt=0.0,
+        le=3600.0,
+        description=(
+            "Half-life of the routed prompt tokens counted by spreadBy 'prompt-tokens' (seconds,"
+            " default 30, range >0..3600)."
+        ),
+    )
 
 
 class BoundedLoadParams(Params):

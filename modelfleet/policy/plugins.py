@@ -52,7 +52,7 @@ def default_registry() -> PluginRegistry:
         ("kv-usage", lambda n, p, c: KvUsageScorer(), P.NoParams),
         ("slo-headroom", lambda n, p, c: SloHeadroomScorer(p), P.SloHeadroomParams),
         ("session-affinity", lambda n, p, c: SessionAffinityScorer(p), P.SessionAffinityParams),
-        ("cold-spread", lambda n, p, c: ColdSpreadScorer(p), P.ColdSpreadParams),
+        ("cold-spread", lambda n, p, c: ColdSpreadScorer(p, c.clock), P.ColdSpreadParams),
     ]
     pickers: list[tuple[str, Any, type[P.Params]]] = [
         ("max-score", lambda n, p, c: MaxScorePicker(), P.NoParams),

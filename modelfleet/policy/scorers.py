@@ -12,7 +12,7 @@ import bisect
 import hashlib
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from modelfleet.policy import params as P
 from modelfleet.policy.framework import CycleState, Data, Plugin
@@ -271,14 +271,36 @@ class ColdSpreadScorer(Plugin):
     ``bench/results/placement-notes.md``); with a threshold, a new conversation behind a shared
     preamble still counts as new. Scoring and ``on_routed`` use the same test, so the table
     records exactly the requests that were scored as cold.
+
+    ``spreadBy: prompt-tokens`` ranks by prefill work instead of recency: every routed request
+    adds its uncached prompt tokens (prompt minus the predicted hit) to its endpoint's counter,
+    which decays with half-life ``halfLifeS`` on the injected clock; a cold request scores
+    ``1`` on the endpoint with the least counted work per unit of ``relative_speed`` and ``0``
+    on the most (min-max). Why: on prefix-free, decode-bound traffic the requests that miss
+    their TTFT are those queued behind other prefills, and spreading by request count lets one
+    endpoint collect the long prompts; the SGLang router's smallest-tree fallback spreads by
+    prompt characters for the same reason (it won goodput on Azure conversation,
+    ``bench/results/placement-matrix-notes.md``). Speed-normalised, so a faster GPU takes its
+    share of the prefill work, not an equal one.
     """
 
     consumes = frozenset({Data.PREFIX_HITS})
 
-    def __init__(self, p: P.ColdSpreadParams) -> None:
+    def __init__(self, p: P.ColdSpreadParams, clock: Callable[[], float] | None = None) -> None:
         self.p = p
+        self.clock = clock
         self._last: dict[EndpointId, int] = {}
         self._seq = 0
+        self._work: dict[EndpointId, tuple[float, float]] = {}  # endpoint -> (tokens, at)
+        if p.spread_by == "prompt-tokens" and clock is None:
+            raise ValueError("cold-spread: spreadBy 'prompt-tokens' needs the injected clock")
+
+    def _work_at(self, ep: EndpointId, now: float) -> float:
+        got = self._work.get(ep)
+        if got is None:
+            return 0.0
+        tokens, at = got
+        return float(tokens * 0.5 ** (max(0.0, now - at) / self.p.half_life_s))
 
     def score(self, state: CycleState, endpoints: Sequence[EndpointView]) -> list[float]:
         n = len(endpoints)
@@ -287,6 +309,11 @@ class ColdSpreadScorer(Plugin):
             best = max((hits.get(e.id, 0) for e in endpoints), default=0)
             if not self._cold(best, state.request.prompt_tokens):
                 return [self.p.neutral_score] * n
+        if self.clock is not None and self.p.spread_by == "prompt-tokens":
+            now = self.clock()
+            return min_max_low_is_best(
+                [self._work_at(e.id, now) / max(e.relative_speed, 1e-9) for e in endpoints]
+            )
         used = sorted({self._last[e.id] for e in endpoints if e.id in self._last})
         if not used:
             return [1.0] * n
@@ -303,6 +330,12 @@ class ColdSpreadScorer(Plugin):
         return best_hit <= 0 or best_hit <= self.p.min_hit_fraction * prompt_tokens
 
     def on_routed(self, request: RequestView, decision: Decision) -> None:
+        if self.clock is not None and self.p.spread_by == "prompt-tokens":
+            now = self.clock()
+            ep = decision.endpoint
+            work = max(0, request.prompt_tokens - decision.cached_tokens)
+            self._work[ep] = (self._work_at(ep, now) + work, now)
+            return
         if self._cold(decision.max_cached_tokens, request.prompt_tokens):
             self._seq += 1
             self._last[decision.endpoint] = self._seq

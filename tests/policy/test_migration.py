@@ -252,8 +252,13 @@ def test_an_uncertain_destination_needs_a_larger_gain() -> None:
     unsure = LearnedPerfModel(PERF, (0.0, 2.0, 0.0), (0.0, 2.0), central=LearnedPerfModel(PERF))
     flights = [inflight("late", "src", gen=0, phase="queued", age_s=0.5, ttft=1.0)]
     src = ep("src", perf=sure, running=10, waiting=3, inflight_prefill_tokens=8_000)
-    assert MigrationPlanner(ONLY_RESCUE).plan([src, ep("dst", perf=sure)], flights)
-    assert MigrationPlanner(ONLY_RESCUE).plan([src, ep("dst", perf=unsure)], flights) == []
+    # valued by remaining time, the destination's uncertain decode speed is in the spread
+    # (in SLO terms it is not: this request has no TPOT target, and even the destination's
+    # upper TTFT prediction is within what is left of its TTFT target)
+    params = dataclasses.replace(ONLY_RESCUE, gain_basis="remaining-time")
+    assert MigrationPlanner(params).plan([src, ep("dst", perf=sure)], flights)
+    assert MigrationPlanner(params).plan([src, ep("dst", perf=unsure)], flights) == []
+    assert MigrationPlanner(ONLY_RESCUE).plan([src, ep("dst", perf=unsure)], flights)
 
 
 def test_the_destination_queue_is_charged_for_the_re_prefill() -> None:
@@ -262,6 +267,116 @@ def test_the_destination_queue_is_charged_for_the_re_prefill() -> None:
     flights = [inflight("late", "src", gen=0, phase="queued", age_s=0.5, ttft=1.0, prompt=6000)]
     src = ep("src", perf=PERF, running=10, waiting=4, inflight_prefill_tokens=20_000)
     dst = ep("dst", perf=PERF, waiting=6, inflight_prefill_tokens=1_000)
-    free = MigrationParams(enable_drain=False, enable_load_balance=False, queue_externality=0.0)
+    # (a rescue into a destination with a queue is allowed here, to isolate the charge)
+    free = MigrationParams(
+        enable_drain=False,
+        enable_load_balance=False,
+        queue_externality=0.0,
+        rescue_needs_free_dst=False,
+    )
+    charged = dataclasses.replace(free, queue_externality=1.0)
     assert MigrationPlanner(free).plan([src, dst], flights)
-    assert MigrationPlanner(ONLY_RESCUE).plan([src, dst], flights) == []
+    assert MigrationPlanner(charged).plan([src, dst], flights) == []
+
+
+# -- rescues need free capacity; decode moves are valued in SLO terms ---------------------
+
+
+def test_a_rescue_only_goes_where_nothing_waits() -> None:
+    """Free capacity as a live host sees it: during a burst every queue is long, and a rescue
+    into a queue only re-prefills a context in front of requests that were already waiting.
+    The same late request is rescued to an idle endpoint, not to one with a queue."""
+    flights = [inflight("late", "src", gen=0, phase="queued", age_s=0.5, ttft=1.0)]
+    src = ep("src", perf=PERF, running=10, waiting=8, inflight_prefill_tokens=40_000)
+    queued_dst = ep("dst", perf=PERF, waiting=1, inflight_prefill_tokens=500)
+    idle_dst = ep("dst", perf=PERF)
+    gate_off = dataclasses.replace(ONLY_RESCUE, rescue_needs_free_dst=False)
+    assert MigrationPlanner(gate_off).plan([src, queued_dst], flights)
+    assert MigrationPlanner(ONLY_RESCUE).plan([src, queued_dst], flights) == []
+    assert MigrationPlanner(ONLY_RESCUE).plan([src, idle_dst], flights)
+
+
+def test_one_rescue_per_free_destination_per_plan() -> None:
+    """The rescue budget is the fleet's free capacity: one idle destination takes one rescue
+    (it is no longer free once a re-prefill waits on it)."""
+    src = ep("src", perf=PERF, running=10, waiting=8, inflight_prefill_tokens=40_000)
+    flights = [
+        inflight(f"late{i}", "src", gen=0, phase="queued", age_s=0.5 + i, ttft=1.0)
+        for i in range(3)
+    ]
+    params = dataclasses.replace(ONLY_RESCUE, max_per_endpoint=4)
+    one = MigrationPlanner(params).plan([src, ep("idle", perf=PERF)], flights)
+    two = MigrationPlanner(params).plan(
+        [src, ep("idle", perf=PERF), ep("idle2", perf=PERF)], flights
+    )
+    assert len(one) == 1 and len(two) == 2
+    assert {m.dst for m in two} == {"idle", "idle2"}
+
+
+def test_a_decode_within_its_tpot_target_is_not_moved_for_speed() -> None:
+    """slo-excess: a decoding request that meets its TPOT target gains nothing from a faster
+    decode elsewhere, so load balancing does not re-prefill it (the remaining-time basis
+    would: the destination finishes it sooner). One that misses its target still moves."""
+    hot = ep("hot", perf=PERF, running=40, inflight_requests=40)
+    cold = ep("cold", perf=PERF, running=0)
+    # TPOT at batch 40 is 0.05 s: within a 0.1 s target, beyond a 0.03 s one
+    within = [inflight(f"r{i}", "hot", max_tokens=2000, tpot=0.1) for i in range(40)]
+    missing = [inflight(f"r{i}", "hot", max_tokens=2000, tpot=0.03) for i in range(40)]
+    by_time = dataclasses.replace(ONLY_BALANCE, gain_basis="remaining-time")
+    assert MigrationPlanner(by_time).plan([hot, cold], within)
+    assert MigrationPlanner(ONLY_BALANCE).plan([hot, cold], within) == []
+    moved = MigrationPlanner(ONLY_BALANCE).plan([hot, cold], missing)
+    assert moved and moved[0].reason == "load-balance" and moved[0].est_gain_s > 0
+
+
+def test_a_decode_that_would_finish_before_the_switch_over_is_not_moved() -> None:
+    """The source keeps streaming during the re-prefill: tokens decoded there meanwhile keep
+    the source's TPOT, so a long context with few tokens left gains nothing by moving."""
+    eps = [ep("src", perf=PERF, running=60), ep("dst", perf=PERF)]
+    short_ctx = inflight("a", "src", prompt=500, gen=100, max_tokens=2000, tpot=0.05)
+    long_ctx = inflight("b", "src", prompt=60_000, gen=1950, max_tokens=2000, tpot=0.05)
+    slow = {"observed_tpot_s": 0.08}
+    plan = MigrationPlanner(ONLY_RESCUE).plan(
+        eps, [dataclasses.replace(short_ctx, **slow), dataclasses.replace(long_ctx, **slow)]
+    )
+    assert [m.request_id for m in plan] == ["a"]
+
+
+def test_a_queued_request_is_valued_by_its_ttft_beyond_target() -> None:
+    """slo-excess for a queued request: the wait beyond what is left of its TTFT target. A
+    destination that only decodes faster is no reason to re-prefill it when its wait where it
+    is stays within target; by remaining time, the faster decode alone would move it."""
+    fast = dataclasses.replace(PERF, decode_base_s=0.001, decode_s_per_seq=1e-4)
+    src = ep("src", perf=PERF, running=30, waiting=3, inflight_prefill_tokens=6000)
+    dst = ep("dst", perf=fast)
+    early = inflight("r", "src", gen=0, phase="queued", age_s=0.0, ttft=5.0, max_tokens=2000)
+    by_time = dataclasses.replace(ONLY_RESCUE, gain_basis="remaining-time")
+    params = dataclasses.replace(ONLY_BALANCE, imbalance_threshold=0.0)
+    assert MigrationPlanner(dataclasses.replace(params, gain_basis="remaining-time")).plan(
+        [src, dst], [early]
+    )
+    assert MigrationPlanner(params).plan([src, dst], [early]) == []
+    late = dataclasses.replace(early, age_s=4.9)  # 0.1 s left: the wait there misses it
+    assert MigrationPlanner(by_time).plan([src, dst], [late])
+    assert MigrationPlanner(ONLY_RESCUE).plan([src, dst], [late])
+
+
+def test_arrivals_during_a_long_re_prefill_are_charged() -> None:
+    """A long re-prefill on the destination delays the requests that arrive there meanwhile.
+    The arrival rate is what the in-flight ages show (here 40 requests in the last 2 s over 2
+    endpoints); with it counted, re-prefilling a long context stops paying, while the same
+    move with nothing arriving (or the charge off) is taken, and so is a short context."""
+    src = ep("src", perf=PERF, running=10, waiting=6, inflight_prefill_tokens=30_000)
+    dst = ep("dst", perf=PERF)
+    long_ctx = inflight("late", "src", prompt=8000, gen=0, phase="queued", age_s=3.0, ttft=1.0)
+    short = inflight("short", "src", prompt=500, gen=0, phase="queued", age_s=3.0, ttft=1.0)
+    busy = [
+        inflight(f"new{i}", "src" if i % 2 else "dst", phase="queued", age_s=0.05 * i)
+        for i in range(40)
+    ]
+    busy = [dataclasses.replace(r, migratable=False) for r in busy]
+    off = dataclasses.replace(ONLY_RESCUE, arrival_window_s=0.0)
+    assert MigrationPlanner(ONLY_RESCUE).plan([src, dst], [long_ctx])
+    assert MigrationPlanner(off).plan([src, dst], [long_ctx, *busy])
+    assert MigrationPlanner(ONLY_RESCUE).plan([src, dst], [long_ctx, *busy]) == []
+    assert MigrationPlanner(ONLY_RESCUE).plan([src, dst], [short, *busy])

@@ -35,7 +35,7 @@ from modelfleet.policy.scorers import (
     SessionAffinityScorer,
     SloHeadroomScorer,
 )
-from modelfleet.policy.types import Decision, EndpointId, RequestId
+from modelfleet.policy.types import Decision, EndpointId, RequestId, RequestView
 
 pytestmark = pytest.mark.unit
 
@@ -346,6 +346,41 @@ def test_cold_spread_min_hit_fraction(min_hit_fraction: float, hit_blocks: int, 
     )
     sc.on_routed(s.request, this)
     assert (sc.score(state(req(prompt_tokens=64)), [ep("a"), ep("c")])[1] < 1.0) is cold
+
+
+def _routed(endpoint: str, prompt: int, cached: int = 0) -> tuple[RequestView, Decision]:
+    d = Decision(EndpointId(endpoint), RequestId("r"), (), {}, {}, (), {}, {}, {}, cached, cached)
+    return req(prompt_tokens=prompt), d
+
+
+def test_cold_spread_by_prompt_tokens_balances_prefill_work() -> None:
+    """spreadBy prompt-tokens: the endpoint that received the least uncached prompt work per
+    unit of speed scores 1; by recency, the same history would favour the other endpoint."""
+    now = [0.0]
+    sc = ColdSpreadScorer(P.ColdSpreadParams(spread_by="prompt-tokens"), lambda: now[0])
+    by_recency = ColdSpreadScorer(P.ColdSpreadParams())
+    for r, d in (_routed("a", 8000), _routed("b", 500)):  # "a": one long prompt, then "b"
+        sc.on_routed(r, d)
+        by_recency.on_routed(r, d)
+    eps = [ep("a"), ep("b")]
+    assert sc.score(st(), eps) == [0.0, 1.0]
+    recency = by_recency.score(st(), eps)
+    assert recency[0] > recency[1]
+    # speed-normalised: "a" is 20x faster, so 8000 tokens there is less work than 500 on "b"
+    assert sc.score(st(), [ep("a", relative_speed=20.0), ep("b")]) == [1.0, 0.0]
+    # the prompt's predicted hit is not work; and old work decays (half-life 30 s)
+    sc.on_routed(*_routed("b", 9000, cached=8500))
+    assert sc.score(st(), eps) == [0.0, 1.0]
+    sc.on_routed(*_routed("b", 8000))
+    assert sc.score(st(), eps) == [1.0, 0.0]
+    now[0] = 300.0  # ten half-lives: both near zero, "b"'s larger residue still ranks last
+    assert sc.score(st(), eps) == [1.0, 0.0]
+    assert sc._work_at(EndpointId("b"), now[0]) < 9000 / 1000
+
+
+def test_cold_spread_by_prompt_tokens_needs_a_clock() -> None:
+    with pytest.raises(ValueError, match="clock"):
+        ColdSpreadScorer(P.ColdSpreadParams(spread_by="prompt-tokens"))
 
 
 def test_bounded_load_filter_drops_hot_endpoint() -> None:

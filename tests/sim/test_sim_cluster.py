@@ -53,7 +53,13 @@ def test_every_request_completes_once_with_all_its_tokens(name: str) -> None:
 
 def test_migrations_are_counted_and_keep_the_stream_exact() -> None:
     trace = tiny_trace().compressed(2.0)
-    eager = MigrationParams(imbalance_threshold=0.5, min_gain_s=0.0, max_concurrent=8)
+    eager = MigrationParams(
+        imbalance_threshold=0.5,
+        min_gain_s=0.0,
+        max_concurrent=8,
+        gain_basis="remaining-time",
+        arrival_window_s=0.0,
+    )
     r = ClusterSimulator(
         trace, tiny_fleet(), policy_factory("llumnix", migration=eager), SimConfig(ttft_slo_s=1.0)
     ).run()
@@ -179,7 +185,12 @@ def test_no_migration_of_a_request_the_engine_already_finished(
     """Regression: a planner tick between a request's end on the engine and the delivery of its
     last tokens used to start a copy with a short prompt, and the client lost tokens."""
     eager = MigrationParams(
-        imbalance_threshold=0.5, min_gain_s=0.0, max_concurrent=8, period_s=0.05
+        imbalance_threshold=0.5,
+        min_gain_s=0.0,
+        max_concurrent=8,
+        period_s=0.05,
+        gain_basis="remaining-time",
+        arrival_window_s=0.0,
     )
     r = ClusterSimulator(
         tiny_trace(seed=seed).compressed(compression),

@@ -17,6 +17,7 @@ import pytest
 from modelfleet.policy.baselines import policy_spec
 from modelfleet.policy.framework import Data
 from modelfleet.policy.learn import LatencyLearner, LearnedPerfModel
+from modelfleet.policy.migration import MigrationParams
 from modelfleet.policy.types import NoEndpointError
 from modelfleet.sim.cluster import ClusterSimulator, SimConfig, SimResult, build_request_view
 from modelfleet.sim.policies import POLICY_NAMES, PolicyFactory, policy_factory
@@ -104,8 +105,23 @@ def test_simulator_and_fake_scheduler_decide_identically(name: str) -> None:
     assert learned and max(learned) > 0
     if name in ("llumnix", "modelfleet"):
         assert plans > 0
+    if name == "llumnix":
         assert result.migrations_started > 0
         assert any(e.kind == "migration_started" for e in result.decisions)
+
+
+#: the default planner values moves in SLO terms and plans none on this small trace; valued by
+#: remaining time (round 1) the same planner moves requests, which the replay must reproduce
+MIGRATING = MigrationParams(gain_basis="remaining-time", arrival_window_s=0.0)
+
+
+def test_parity_of_the_default_planner_when_it_migrates() -> None:
+    factory = policy_factory("modelfleet", migration=MIGRATING)
+    sim, result = _run(factory, tiny_trace().compressed(2.0), seed=7)
+    placements, plans = _replay(sim, result, factory, seed=7)
+    assert placements > 0 and plans > 0
+    assert result.migrations_started > 0
+    assert any(e.kind == "migration_started" for e in result.decisions)
 
 
 def test_parity_with_kv_events_feeding_a_precise_index() -> None:
@@ -142,8 +158,9 @@ def test_replay_detects_a_lost_event(kind: str) -> None:
 
     (A lost ``first_token`` does not: the first ``on_tokens`` marks the first token itself.)
     """
-    sim, result = _run(policy_factory("modelfleet"), tiny_trace().compressed(2.0), seed=7)
+    factory = policy_factory("modelfleet", migration=MIGRATING)
+    sim, result = _run(factory, tiny_trace().compressed(2.0), seed=7)
     lost = next(i for i, e in enumerate(result.decisions) if e.kind == kind)
     del result.decisions[lost]
     with pytest.raises(AssertionError, match="differs"):
-        _replay(sim, result, policy_factory("modelfleet"), seed=7)
+        _replay(sim, result, factory, seed=7)

@@ -43,7 +43,12 @@ def test_requests_and_migrations_stay_in_their_pool() -> None:
     fleet = two_pools()
     trace = assign_pools(tiny_trace(n_conv=40).compressed(3.0), pool_shares(fleet), seed=1)
     eager = MigrationParams(
-        imbalance_threshold=0.5, min_gain_s=0.0, min_gain_fraction=0.0, confidence_z=0.0
+        imbalance_threshold=0.5,
+        min_gain_s=0.0,
+        min_gain_fraction=0.0,
+        confidence_z=0.0,
+        gain_basis="remaining-time",
+        arrival_window_s=0.0,
     )
     sim = ClusterSimulator(
         trace, fleet, policy_factory("modelfleet", migration=eager), SimConfig(ttft_slo_s=1.0)
