@@ -53,7 +53,11 @@ def request(rid: str = "r", **kw: Any) -> RequestView:
 
 
 def decision(endpoint: EndpointId, rid: str = "earlier", cached: int = 0) -> Decision:
-    return Decision(endpoint, RequestId(rid), (endpoint,), {}, {}, (1.0,), {}, {}, {}, 0, cached)
+    # the hit is on the chosen endpoint: it is both the placed and the best hit (cold-spread's
+    # prompt-tokens mode counts only the uncached rest as the endpoint's prefill work)
+    return Decision(
+        endpoint, RequestId(rid), (endpoint,), {}, {}, (1.0,), {}, {}, {}, cached, cached
+    )
 
 
 def view(name: EndpointId, **kw: Any) -> EndpointView:

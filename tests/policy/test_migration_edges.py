@@ -9,6 +9,7 @@ remaining; gain = staying − moving − ``queue_externality`` × re-prefill com
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -33,8 +34,11 @@ OFF: dict[str, Any] = {
     "enable_slo_rescue": False,
     "enable_load_balance": False,
 }
+# round 1's valuation (the whole remaining time, no arrivals charged): the figures below are
+# composed in those terms; the SLO-excess valuation has its own figures test
+ROUND1: dict[str, Any] = {"gain_basis": "remaining-time", "arrival_window_s": 0.0}
 DRAIN = MigrationParams(**OFF | {"enable_drain": True})
-RESCUE = MigrationParams(**OFF | {"enable_slo_rescue": True})
+RESCUE = MigrationParams(**OFF | ROUND1 | {"enable_slo_rescue": True})
 BALANCE = MigrationParams(**OFF | {"enable_load_balance": True})
 
 
@@ -84,7 +88,11 @@ def test_rescue_figures_with_the_destination_queue_charged() -> None:
     src = ep("src", perf=PERF, running=10, waiting=4, inflight_prefill_tokens=20_000)
     dst = ep("dst", perf=PERF, waiting=6, inflight_prefill_tokens=1_000)
     late = flight("late", "src", gen=0, phase="queued", age_s=0.5, ttft=1.0, prompt=6000)
-    params = MigrationParams(**OFF | {"enable_slo_rescue": True, "queue_externality": 0.1})
+    params = MigrationParams(
+        **OFF
+        | ROUND1
+        | {"enable_slo_rescue": True, "queue_externality": 0.1, "rescue_needs_free_dst": False}
+    )
     (m,) = MigrationPlanner(params).plan([src, dst], [late])
     stay = ttft(6000, 0, running=10, waiting=3, pending=14_000)
     stay += PERF.predict_tpot(running=10) * 200
@@ -93,6 +101,39 @@ def test_rescue_figures_with_the_destination_queue_charged() -> None:
     charge = 0.1 * ttft(6000) * 6  # the re-prefill's own compute, times the 6 waiting
     assert m.est_cost_s == pytest.approx(cost)
     assert m.est_gain_s == pytest.approx(stay - move - charge)
+
+
+def test_rescue_figures_in_slo_terms() -> None:
+    """A queued request is valued by its wait beyond what is left of its TTFT target."""
+    src = ep("src", perf=PERF, running=10, waiting=3, inflight_prefill_tokens=8_000)
+    late = flight("late", "src", gen=0, phase="queued", age_s=0.5, ttft=1.0)
+    params = MigrationParams(**OFF | {"enable_slo_rescue": True, "arrival_window_s": 0.0})
+    assert params.gain_basis == "slo-excess"
+    (m,) = MigrationPlanner(params).plan([src, ep("dst", perf=PERF)], [late])
+    left = 1.0 - 0.5
+    stay = max(0.0, ttft(1000, 0, running=10, waiting=2, pending=7_000) - left)
+    move = max(0.0, ttft(1000) - left)
+    assert m.est_cost_s == pytest.approx(ttft(1000))
+    assert m.est_gain_s == pytest.approx(stay - move)
+    # the same move valued by remaining time claims the decode it speeds up as well
+    (r1,) = MigrationPlanner(RESCUE).plan([src, ep("dst", perf=PERF)], [late])
+    assert r1.est_gain_s > m.est_gain_s
+
+
+def test_a_young_pool_charges_the_arrivals_a_re_prefill_delays() -> None:
+    """In-flight requests younger than arrival_window_s are an arrival rate at the pool's
+    endpoints; the re-prefill delays them by half its compute on average."""
+    src = ep("src", perf=PERF, running=10, waiting=3, inflight_prefill_tokens=8_000)
+    late = flight("late", "src", gen=0, phase="queued", age_s=0.5, ttft=1.0)
+    young = [flight(f"y{i}", "src", age_s=0.1) for i in range(7)]  # 8 within 2 s, with late
+    params = MigrationParams(**OFF | ROUND1 | {"enable_slo_rescue": True})
+    windowed = dataclasses.replace(params, arrival_window_s=2.0)
+    eps = [src, ep("dst", perf=PERF)]
+    (plain,) = MigrationPlanner(params).plan(eps, [late, *young])
+    (charged,) = MigrationPlanner(windowed).plan(eps, [late, *young])
+    compute = ttft(1000)
+    arrivals = 8 / 2.0 / 2  # per second, shared by the pool's two endpoints
+    assert plain.est_gain_s - charged.est_gain_s == pytest.approx(compute * arrivals * compute / 2)
 
 
 def test_drain_figures_and_prefix_hit() -> None:
@@ -168,7 +209,7 @@ def test_drain_moves_the_most_work_first_and_ties_go_to_the_first_destination() 
 def test_rescue_order_priority_then_age() -> None:
     src = ep("src", perf=PERF, running=10, waiting=3, inflight_prefill_tokens=8_000)
     eps = [src, ep("dst", perf=PERF)]
-    one = MigrationParams(**OFF | {"enable_slo_rescue": True, "max_concurrent": 1})
+    one = MigrationParams(**OFF | ROUND1 | {"enable_slo_rescue": True, "max_concurrent": 1})
 
     def late(name: str, age: float, priority: int = 0) -> InflightView:
         return flight(name, "src", gen=0, phase="queued", age_s=age, ttft=1.0, priority=priority)
@@ -416,6 +457,9 @@ def test_a_cross_model_commit_names_the_defect() -> None:
         _round([src, dst]).commit(flight("d", "src"), dst, "drain", _Move(0.0, 0.0, 0.0))
 
 
+_NON_NEGATIVE = "confidence_z, queue_externality and arrival_window_s must be >= 0"
+
+
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
@@ -424,8 +468,10 @@ def test_a_cross_model_commit_names_the_defect() -> None:
         ({"min_gain_s": -0.1}, "min_gain_s, imbalance_threshold >= 0, period_s > 0"),
         ({"imbalance_threshold": -1.0}, "min_gain_s, imbalance_threshold >= 0, period_s > 0"),
         ({"period_s": 0.0}, "min_gain_s, imbalance_threshold >= 0, period_s > 0"),
-        ({"confidence_z": -0.5}, "confidence_z and queue_externality must be >= 0"),
-        ({"queue_externality": -1.0}, "confidence_z and queue_externality must be >= 0"),
+        ({"confidence_z": -0.5}, _NON_NEGATIVE),
+        ({"queue_externality": -1.0}, _NON_NEGATIVE),
+        ({"arrival_window_s": -1.0}, _NON_NEGATIVE),
+        ({"gain_basis": "latency"}, "gain_basis must be 'remaining-time' or 'slo-excess'"),
         ({"min_gain_fraction": 1.0}, r"min_gain_fraction must be in \[0, 1\)"),
         ({"min_gain_fraction": -0.1}, r"min_gain_fraction must be in \[0, 1\)"),
     ],

@@ -30,6 +30,9 @@ pytestmark = pytest.mark.unit
 
 Scene = tuple[list[EndpointView], list[InflightView]]
 OFF = {"enable_drain": False, "enable_slo_rescue": False, "enable_load_balance": False}
+# round 1's valuation (remaining time, no arrivals charged): the rows that tune a rescue's
+# gain threshold are set in those terms; the SLO-excess basis has its own row
+ROUND1 = {"gain_basis": "remaining-time", "arrival_window_s": 0.0}
 
 
 def flight(name: str, src: str, **kw: Any) -> InflightView:
@@ -72,12 +75,27 @@ def crowded_destination() -> Scene:
     return [src, dst], [late]
 
 
-def hot_and_cold() -> Scene:
+def young_pool() -> Scene:
+    """A late 6000-token prompt; 40 requests arrived at its pool in the last 0.1 s, so the
+    re-prefill on the idle destination would sit in front of the ones arriving meanwhile."""
+    src = ep("src", perf=PERF, running=10, waiting=3, inflight_prefill_tokens=14_000)
+    late = flight("late", "src", gen=0, phase="queued", age_s=0.5, ttft=1.0, prompt=6000)
+    young = [flight(f"y{i}", "src", age_s=0.1) for i in range(40)]
+    return [src, ep("dst", perf=PERF)], [late, *young]
+
+
+def hot_and_cold(tpot: float | None = None) -> Scene:
     eps = [ep("hot", perf=PERF, running=12, inflight_requests=12), ep("cold", perf=PERF)]
     flights = [
-        flight(f"r{i:02d}", "hot", prompt=1000 + 100 * i, max_tokens=2000) for i in range(12)
+        flight(f"r{i:02d}", "hot", prompt=1000 + 100 * i, max_tokens=2000, tpot=tpot)
+        for i in range(12)
     ]
     return eps, flights
+
+
+def hot_and_cold_within_target() -> Scene:
+    """The hot endpoint's decode is slower than the cold one's, but inside a 1 s TPOT target."""
+    return hot_and_cold(tpot=1.0)
 
 
 SURE = LearnedPerfModel(PERF, central=LearnedPerfModel(PERF))
@@ -138,22 +156,49 @@ KNOBS: dict[str, Knob] = {
     ),
     "min_gain_fraction": Knob(
         late_queued(),
-        OFF | {"enable_slo_rescue": True},
-        OFF | {"enable_slo_rescue": True, "min_gain_fraction": 0.95},
+        OFF | ROUND1 | {"enable_slo_rescue": True},
+        OFF | ROUND1 | {"enable_slo_rescue": True, "min_gain_fraction": 0.95},
         [("late", "dst", "slo-rescue")],
         [],
     ),
     "confidence_z": Knob(
         late_queued(SURE, UNSURE),
-        OFF | {"enable_slo_rescue": True},
-        OFF | {"enable_slo_rescue": True, "confidence_z": 0.0},
+        OFF | ROUND1 | {"enable_slo_rescue": True},
+        OFF | ROUND1 | {"enable_slo_rescue": True, "confidence_z": 0.0},
         [],
         [("late", "dst", "slo-rescue")],
     ),
     "queue_externality": Knob(
         crowded_destination,
+        OFF | ROUND1 | {"enable_slo_rescue": True, "rescue_needs_free_dst": False},
+        OFF
+        | ROUND1
+        | {"enable_slo_rescue": True, "rescue_needs_free_dst": False, "queue_externality": 0.1},
+        [],
+        [("late", "dst", "slo-rescue")],
+    ),
+    # 6 requests wait on the destination: a rescue needs an empty queue unless told otherwise
+    "rescue_needs_free_dst": Knob(
+        crowded_destination,
+        OFF | ROUND1 | {"enable_slo_rescue": True, "queue_externality": 0.0},
+        OFF
+        | ROUND1
+        | {"enable_slo_rescue": True, "queue_externality": 0.0, "rescue_needs_free_dst": False},
+        [],
+        [("late", "dst", "slo-rescue")],
+    ),
+    # within its TPOT target, a request gains nothing in SLO terms from a faster decode
+    "gain_basis": Knob(
+        hot_and_cold_within_target,
+        OFF | {"enable_load_balance": True, "max_concurrent": 1},
+        OFF | {"enable_load_balance": True, "max_concurrent": 1, "gain_basis": "remaining-time"},
+        [],
+        [("r00", "cold", "load-balance")],
+    ),
+    "arrival_window_s": Knob(
+        young_pool,
         OFF | {"enable_slo_rescue": True},
-        OFF | {"enable_slo_rescue": True, "queue_externality": 0.1},
+        OFF | {"enable_slo_rescue": True, "arrival_window_s": 0.0},
         [],
         [("late", "dst", "slo-rescue")],
     ),
