@@ -184,11 +184,11 @@ def load_connection(kubeconfig: str | None = None) -> KubeConnection:
                 verify.verify_mode = ssl.CERT_NONE
             verify.load_cert_chain(cert, key)
     conn.verify = verify
-    token: str | None = user.get("token")
-    if not token and user.get("tokenFile"):
-        token = Path(_relative(base, user["tokenFile"])).read_text().strip()
-    if token:
-        conn.headers["Authorization"] = f"Bearer {token}"
+    bearer: str | None = user.get("token")
+    if not bearer and user.get("tokenFile"):
+        bearer = Path(_relative(base, user["tokenFile"])).read_text().strip()
+    if bearer:
+        conn.headers["Authorization"] = f"Bearer {bearer}"
     return conn
 
 
