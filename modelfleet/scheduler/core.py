@@ -513,29 +513,13 @@ class SchedulerCore:
                 self.telemetry.rate_limited.labels(parsed.model, kid if listed else "default").inc()
             raise
         ns = policy.key[0]
-        views = [
-            PoolView(
-                name=p,
-                model=self.pools[(ns, p)].served_model if (ns, p) in self.pools else p,
-                available=(ns, p) in self.pools and self.pools[(ns, p)].available(),
-            )
-            for p in sorted(policy.spec.referenced_pools())
-        ]
-        selection = policy.selector.select(
-            SelectionRequest(
-                prompt=parsed.selection_text[-4096:],
-                prompt_tokens=parsed.prompt_tokens,
-                headers=headers,
-                model=parsed.model,
-                request_id=request_id,
-            ),
-            views,
-            policy.rng,
+        selection = self._select(
+            policy, parsed.selection_text, parsed.prompt_tokens, headers, parsed.model, request_id
         )
         if selection.pool is None:
             if self.telemetry is not None:
-                for v in views:
-                    self.telemetry.window.on_unplaced(ns, v.name)
+                for name in sorted(policy.spec.referenced_pools()):
+                    self.telemetry.window.on_unplaced(ns, name)
             raise ApiError(
                 503,
                 f"no pool of model `{parsed.model}` has a ready endpoint",
@@ -558,6 +542,55 @@ class SchedulerCore:
             selection=selection,
             pool_key=(ns, selection.pool),
         )
+
+    def _select(
+        self,
+        policy: PolicyState,
+        prompt: str,
+        prompt_tokens: int,
+        headers: Mapping[str, str],
+        model: str,
+        request_id: str,
+    ) -> SelectionDecision:
+        """Model selection over the policy's pools (available = a healthy endpoint)."""
+        ns = policy.key[0]
+        views = [
+            PoolView(
+                name=p,
+                model=self.pools[(ns, p)].served_model if (ns, p) in self.pools else p,
+                available=(ns, p) in self.pools and self.pools[(ns, p)].available(),
+            )
+            for p in sorted(policy.spec.referenced_pools())
+        ]
+        return policy.selector.select(
+            SelectionRequest(
+                prompt=prompt[-4096:],
+                prompt_tokens=prompt_tokens,
+                headers=headers,
+                model=model,
+                request_id=request_id,
+            ),
+            views,
+            policy.rng,
+        )
+
+    def route_view(
+        self, model: str, view: RequestView, headers: Mapping[str, str] | None = None
+    ) -> tuple[PoolState, Decision]:
+        """Selection, then placement of an already-built request view.
+
+        For hosts that replay recorded requests (the parity test): the same selector and
+        router a proxied request goes through, without body parsing, keys or admission.
+        Raises ``KeyError`` for an unknown model, ``NoEndpointError`` when nothing is left.
+        """
+        policy = self.models[model]
+        selection = self._select(
+            policy, view.text or "", view.prompt_tokens, headers or {}, model, view.id
+        )
+        if selection.pool is None:
+            raise NoEndpointError(f"no pool of model {model!r} is available")
+        state = self.pools[(policy.key[0], selection.pool)]
+        return state, self._route(state, view, frozenset())
 
     def _slo_class(self, policy: PolicyState, header: str | None) -> SLOClass | None:
         spec = policy.spec.spec

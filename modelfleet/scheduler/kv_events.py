@@ -5,7 +5,8 @@ msgpack of ``[ts, [event, ...], data_parallel_rank]`` (or a map with those keys)
 map tagged ``"type"`` (``BlockStored``, ``BlockRemoved``, ``AllBlocksCleared``) or, with
 msgspec's ``array_like``, an array ``[tag, field, ...]`` in declaration order. The decoded
 events are dicts with a ``"type"`` key and the fields the precise prefix index reads
-(``block_hashes``, ``parent_block_hash``), which is what
+(``block_hashes``, ``parent_block_hash``); a kind this decoder does not know keeps only its
+``type`` (the index ignores it; newer engines add kinds). That is what
 :meth:`modelfleet.policy.prefix.PrecisePrefixIndex.apply` accepts.
 
 Pure (msgpack only); the subscription is :class:`modelfleet.scheduler.pollers.KvEventSubscriber`.
@@ -67,9 +68,9 @@ def _event(obj: Any) -> dict[str, Any]:
         }
     if kind == "BlockRemoved":
         return {"type": kind, "block_hashes": _hashes(fields.get("block_hashes"))}
-    if kind == "AllBlocksCleared":
+    if isinstance(kind, str):  # AllBlocksCleared, or a kind newer than this decoder
         return {"type": kind}
-    raise ValueError(f"unknown KV event type {kind!r}")
+    raise ValueError(f"KV event without a type: {obj!r:.80}")
 
 
 def decode_kv_message(frames: Sequence[bytes]) -> KvEventBatch:

@@ -107,8 +107,9 @@ def pool_yaml(name: str, served: str, variants: dict[str, str], **extra: str) ->
         for v, p in variants.items()
     )
     engine = extra.get("engine", "{}")
-    return textwrap.dedent(
-        f"""
+    return (
+        textwrap.dedent(
+            f"""
         apiVersion: modelfleet.io/v1alpha1
         kind: ModelPool
         metadata: {{name: {name}, namespace: default}}
@@ -118,7 +119,10 @@ def pool_yaml(name: str, served: str, variants: dict[str, str], **extra: str) ->
           engine: {engine}
           variants:
         """
-    ) + vs + "\n"
+        )
+        + vs
+        + "\n"
+    )
 
 
 def endpoints_yaml(rows: Sequence[tuple[str, str, EngineProc]], kv: bool = False) -> str:
