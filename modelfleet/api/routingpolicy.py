@@ -39,6 +39,7 @@ ProfileName = Literal[
     "modelfleet",
     "round-robin",
     "least-request",
+    "least-load-speed",
     "power-of-two",
     "cache-aware",
     "llm-d",
@@ -300,8 +301,8 @@ class PlacementSpec(ApiModel):
         default="modelfleet",
         description=(
             "Built-in profile: modelfleet (SLO headroom + prefix cache + load, bounded load), "
-            "or a baseline (round-robin, least-request, power-of-two, cache-aware, llm-d, "
-            "llumnix); custom = the filters, scorers and picker below."
+            "or a baseline (round-robin, least-request, least-load-speed, power-of-two, "
+            "cache-aware, llm-d, llumnix); custom = the filters, scorers and picker below."
         ),
     )
     filters: list[FilterSpec] = Field(

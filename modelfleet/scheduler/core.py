@@ -44,8 +44,9 @@ from modelfleet.policy.framework import Data, Profile
 from modelfleet.policy.from_api import migration_params_from_api, profile_spec_from_placement
 from modelfleet.policy.hashing import FunctionBlockHasher
 from modelfleet.policy.host import EndpointInfo, EndpointMetrics, Router
+from modelfleet.policy.learn import LatencyLearner, LearnerParams
 from modelfleet.policy.migration import MigrationPlanner
-from modelfleet.policy.perf import ParametricPerfModel, PerfModel, predict_ttft
+from modelfleet.policy.perf import PerfModel
 from modelfleet.policy.prefix import ApproxPrefixIndex
 from modelfleet.policy.selection import (
     Outcome,
@@ -71,10 +72,12 @@ from modelfleet.scheduler.fleet import (
     PredictorCache,
     make_selector,
 )
-from modelfleet.scheduler.perf import PerfCalibrator, prior_perf, relative_speed
+from modelfleet.scheduler.perf import prior_perf, relative_speed
 from modelfleet.scheduler.protocol import ParsedRequest
 from modelfleet.scheduler.ratelimit import KeyLimiter
 from modelfleet.scheduler.telemetry import FinishedRecord, Telemetry
+
+_DEFAULT_LEARNER = LearnerParams()
 
 __all__ = [
     "Attempt",
@@ -133,7 +136,6 @@ class PoolState:
     placement_sig: str
     owner: PoolKey | None
     endpoints: dict[EndpointId, EndpointSpec] = field(default_factory=dict)
-    priors: dict[str, ParametricPerfModel] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -206,8 +208,6 @@ class Attempt:
     endpoint: EndpointSpec
     decision: Decision
     view: RequestView
-    predicted_ttft_s: float | None
-    predicted_tpot_s: float | None
     started_s: float
     first_token_s: float | None = None
     tokens: int = 0
@@ -265,6 +265,7 @@ class SchedulerCore:
         perf_provider: PerfProvider | None = None,
         share: float = 1.0,
         collect_prefix_deltas: bool = False,
+        learner: LearnerParams | None = _DEFAULT_LEARNER,
     ) -> None:
         self.clock = clock
         self.rng_factory = rng_factory or (lambda _name: random.Random())
@@ -272,7 +273,7 @@ class SchedulerCore:
         self.predictors = predictors or PredictorCache()
         self.perf_provider = perf_provider
         self.share = share
-        self.calibrator = PerfCalibrator()
+        self.learner_params = learner
         self.snapshot = FleetSnapshot()
         self.pools: dict[PoolKey, PoolState] = {}
         self.policies: dict[PoolKey, PolicyState] = {}
@@ -358,7 +359,12 @@ class SchedulerCore:
             if state is None or state.placement_sig != sig:
                 profile, planner, sig = self._build_router_parts(key, spec, owner, snapshot)
                 if state is None:
-                    router = Router(profile, planner=planner, pool=key[1])
+                    learner = (
+                        LatencyLearner(self.learner_params)
+                        if self.learner_params is not None
+                        else None
+                    )
+                    router = Router(profile, planner=planner, pool=key[1], learner=learner)
                     state = PoolState(key, spec, router, sig, owner)
                 else:
                     state.router.set_profile(profile, planner)
@@ -385,8 +391,7 @@ class SchedulerCore:
             perf = self.perf_provider(e, pool, profile)
         else:
             prior = prior_perf(pool, variant, profile)
-            state.priors[e.variant] = prior
-            perf = self.calibrator.model(self._perf_key(state, e.variant), prior)
+            perf = prior  # the pool router's learner corrects it from what it observes
         old = (
             state.router.endpoint(EndpointId(e.id)) if EndpointId(e.id) in state.endpoints else None
         )
@@ -421,34 +426,6 @@ class SchedulerCore:
             else:
                 state.router.add_endpoint(info)
             state.endpoints[ep] = e
-
-    def _perf_key(self, state: PoolState, variant: str) -> str:
-        return f"{state.key[0]}/{state.key[1]}/{variant}"
-
-    def refresh_perf(self) -> None:
-        """Apply the calibrator's current scales to every endpoint's perf model."""
-        if self.perf_provider is not None:
-            return
-        for state in self.pools.values():
-            for ep, e in state.endpoints.items():
-                prior = state.priors.get(e.variant)
-                if prior is None:
-                    continue
-                info = state.router.endpoint(ep)
-                model = self.calibrator.model(self._perf_key(state, e.variant), prior)
-                if info.perf != model:
-                    state.router.update_endpoint(
-                        EndpointInfo(
-                            id=info.id,
-                            pool=info.pool,
-                            model=info.model,
-                            accelerator=info.accelerator,
-                            relative_speed=info.relative_speed,
-                            perf=model,
-                            healthy=info.healthy,
-                            draining=info.draining,
-                        )
-                    )
 
     def find_endpoint(self, endpoint: str) -> tuple[PoolState, EndpointSpec] | None:
         for state in self.pools.values():
@@ -757,23 +734,12 @@ class SchedulerCore:
     ) -> Attempt:
         ep = decision.endpoint
         spec = state.endpoints[ep]
-        pred_ttft = pred_tpot = None
-        info = state.router.endpoint(ep)
-        if info.perf is not None:
-            v = next((x for x in state.router.views() if x.id == ep), None)
-            if v is not None:
-                pred_ttft = predict_ttft(
-                    info.perf, v, view.prompt_tokens, decision.cached_tokens, queued_itself=True
-                )
-                pred_tpot = info.perf.predict_tpot(running=max(1, v.running))
         attempt = Attempt(
             ticket=ticket,
             pool=state,
             endpoint=spec,
             decision=decision,
             view=view,
-            predicted_ttft_s=pred_ttft,
-            predicted_tpot_s=pred_tpot,
             started_s=self.clock(),
         )
         self.attempts[ticket.request_id] = attempt
@@ -812,12 +778,6 @@ class SchedulerCore:
             return
         if attempt.first_token_s is None and streamed:
             attempt.first_token_s = self.clock()
-            if attempt.predicted_ttft_s is not None:
-                self.calibrator.observe_ttft(
-                    self._perf_key(attempt.pool, attempt.variant),
-                    attempt.predicted_ttft_s,
-                    attempt.first_token_s - attempt.started_s,
-                )
         attempt.tokens += n
         attempt.pool.router.on_tokens(attempt.ticket.request_id, n)
 
@@ -856,12 +816,6 @@ class SchedulerCore:
             ttft = attempt.first_token_s - ticket.arrival_s
             if attempt.tokens > 1:
                 tpot = (now - attempt.first_token_s) / (attempt.tokens - 1)
-                if attempt.predicted_tpot_s is not None and outcome == "ok":
-                    self.calibrator.observe_tpot(
-                        self._perf_key(attempt.pool, attempt.variant),
-                        attempt.predicted_tpot_s,
-                        tpot,
-                    )
         if attempt.tokens and outcome == "ok":
             ticket.policy.limiter.charge_tokens(ticket.key_id, attempt.tokens)
         tel = self.telemetry

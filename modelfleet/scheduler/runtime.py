@@ -136,7 +136,6 @@ class SchedulerRuntime:
         await self.apply(first)
         self.ready = True
         self._spawn_main(self._follow(stream), "fleet")
-        self._spawn_main(self._refresh_perf(), "perf")
 
     def _spawn_main(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self._main.append(asyncio.get_running_loop().create_task(coro, name=name))
@@ -169,11 +168,6 @@ class SchedulerRuntime:
             raise
         except Exception:
             log.exception("the fleet source failed; the last fleet keeps serving")
-
-    async def _refresh_perf(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            self.core.refresh_perf()
 
     # ------------------------------------------------------------------ fleet
     async def apply(self, snapshot: FleetSnapshot) -> None:
