@@ -136,6 +136,7 @@ class PoolState:
     placement_sig: str
     owner: PoolKey | None
     endpoints: dict[EndpointId, EndpointSpec] = field(default_factory=dict)
+    down_reasons: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -439,10 +440,18 @@ class SchedulerCore:
         if found is not None:
             found[0].router.update_metrics(EndpointId(endpoint), metrics)
 
-    def set_healthy(self, endpoint: str, healthy: bool) -> None:
+    def set_healthy(self, endpoint: str, healthy: bool, reason: str = "") -> None:
+        """Mark an endpoint up or down (``reason``: why it is down, shown in refusals)."""
         found = self.find_endpoint(endpoint)
-        if found is not None and found[0].router.endpoint(EndpointId(endpoint)).healthy != healthy:
-            found[0].router.set_healthy(EndpointId(endpoint), healthy)
+        if found is None:
+            return
+        state = found[0]
+        if healthy:
+            state.down_reasons.pop(endpoint, None)
+        else:
+            state.down_reasons[endpoint] = reason or "marked down"
+        if state.router.endpoint(EndpointId(endpoint)).healthy != healthy:
+            state.router.set_healthy(EndpointId(endpoint), healthy)
 
     def on_kv_event(self, endpoint: str, event: object) -> None:
         found = self.find_endpoint(endpoint)
@@ -497,9 +506,16 @@ class SchedulerCore:
             if self.telemetry is not None:
                 for name in sorted(policy.spec.referenced_pools()):
                     self.telemetry.window.on_unplaced(ns, name)
+            down = "; ".join(
+                f"{ep}: {why}"
+                for name in sorted(policy.spec.referenced_pools())
+                if (ns, name) in self.pools
+                for ep, why in sorted(self.pools[(ns, name)].down_reasons.items())
+            )
             raise ApiError(
                 503,
-                f"no pool of model `{parsed.model}` has a ready endpoint",
+                f"no pool of model `{parsed.model}` has a ready endpoint"
+                + (f" (down: {down})" if down else ""),
                 err_type="service_unavailable",
                 code="no_endpoint",
                 retry_after_s=1.0,
@@ -656,9 +672,11 @@ class SchedulerCore:
                 if nxt is None:
                     if self.telemetry is not None:
                         self.telemetry.window.on_unplaced(state.key[0], state.name)
+                    why = "; ".join(f"{k}: {v}" for k, v in sorted(state.down_reasons.items()))
                     raise ApiError(
                         503,
-                        f"no endpoint of pool {state.name} can take the request: {e}",
+                        f"no endpoint of pool {state.name} can take the request: {e}"
+                        + (f" (down: {why})" if why else ""),
                         err_type="service_unavailable",
                         code="no_endpoint",
                         retry_after_s=1.0,
@@ -668,12 +686,23 @@ class SchedulerCore:
             return self._started(ticket, state, view, decision, t0)
 
     def _route(self, state: PoolState, view: RequestView, avoid: frozenset[str]) -> Decision:
+        """Route on ``state``'s router, hiding the endpoints in ``avoid`` for this decision.
+
+        When the avoided endpoints are the only healthy ones left, none is hidden: a request
+        that failed before its first token on every endpoint of its pool (a connect timeout
+        on a busy engine, a 5xx) is tried again on one of them rather than refused with a
+        503 that would blame endpoints the poller still sees up. The proxy's ``max_attempts``
+        bounds the retries.
+        """
         router = state.router
         hidden = [
             EndpointId(a)
             for a in avoid
             if EndpointId(a) in state.endpoints and router.endpoint(EndpointId(a)).healthy
         ]
+        healthy = sum(1 for info in router.endpoints() if info.healthy)
+        if hidden and len(hidden) == healthy:
+            hidden = []
         for ep in hidden:
             router.set_healthy(ep, False)
         try:

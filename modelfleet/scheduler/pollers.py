@@ -2,8 +2,12 @@
 
 :class:`MetricsPoller` scrapes one engine's ``/metrics`` every ``period_s`` (default 50 ms:
 llm-d's endpoint picker refreshes every 50 ms too) and hands the parsed
-:class:`~modelfleet.scheduler.scrape.EngineMetrics` to a callback; after ``down_after``
-consecutive failures it reports the endpoint down, and up again on the next good scrape. A
+:class:`~modelfleet.scheduler.scrape.EngineMetrics` to a callback. It reports the endpoint
+down after ``down_after`` consecutive refused connections (the engine is gone), or when it
+has answered with errors (non-200, not a scrape) for ``down_after_s`` seconds, and up again
+on the next good scrape. A timeout never takes an endpoint down: a busy engine (or a busy
+scheduler reading it late) is slow, not gone, and taking every busy endpoint out of rotation
+would turn load into an outage. A
 scrape is one small GET on a kept-alive connection plus one parse of a few kB of text.
 
 :class:`KvEventSubscriber` connects a ZMQ ``SUB`` socket to one engine's KV-event publisher
@@ -47,11 +51,12 @@ class MetricsPoller:
         client: httpx.AsyncClient,
         *,
         on_metrics: Callable[[str, EngineMetrics], None],
-        on_health: Callable[[str, bool], None],
+        on_health: Callable[[str, bool, str], None],
         on_error: Callable[[str], None] | None = None,
         period_s: float = 0.05,
-        timeout_s: float = 1.0,
+        timeout_s: float = 2.0,
         down_after: int = 2,
+        down_after_s: float = 5.0,
     ) -> None:
         self.endpoint = endpoint
         self.url = url.rstrip("/") + "/metrics"
@@ -62,13 +67,17 @@ class MetricsPoller:
         self.period_s = period_s
         self.timeout_s = timeout_s
         self.down_after = down_after
+        self.down_after_s = down_after_s
         self.failures = 0
+        self.refused = 0
+        self._failing_since: float | None = None
         self.healthy: bool | None = None
         self.last: EngineMetrics | None = None
         self.last_at: float | None = None
 
     async def scrape_once(self) -> EngineMetrics | None:
         """One scrape; updates health; returns the metrics (``None`` on failure)."""
+        now = asyncio.get_running_loop().time()
         try:
             r = await self.client.get(self.url, timeout=self.timeout_s)
             if r.status_code != 200:
@@ -76,21 +85,34 @@ class MetricsPoller:
             metrics = parse_vllm_metrics(r.text)
         except (httpx.HTTPError, ScrapeError, OSError) as e:
             self.failures += 1
+            self.refused = self.refused + 1 if isinstance(e, httpx.ConnectError) else 0
+            if isinstance(e, httpx.TimeoutException):
+                if self.on_error is not None:
+                    self.on_error(self.endpoint)
+                return None
+            if self._failing_since is None:
+                self._failing_since = now
             if self.on_error is not None:
                 self.on_error(self.endpoint)
-            if self.failures == self.down_after or self.healthy is None:
+            if self.failures == 1 or self.healthy is None:
                 log.warning("endpoint %s: scrape failed (%s)", self.endpoint, e)
-            if self.failures >= self.down_after and self.healthy is not False:
+            down = (
+                self.refused >= self.down_after
+                or now - self._failing_since >= self.down_after_s
+                or self.healthy is None
+            )
+            if down and self.healthy is not False:
                 self.healthy = False
-                self.on_health(self.endpoint, False)
+                self.on_health(self.endpoint, False, f"scrape failed: {type(e).__name__}: {e}")
             return None
-        self.failures = 0
+        self.failures = self.refused = 0
+        self._failing_since = None
         self.last = metrics
         self.last_at = asyncio.get_running_loop().time()
         self.on_metrics(self.endpoint, metrics)
         if self.healthy is not True:
             self.healthy = True
-            self.on_health(self.endpoint, True)
+            self.on_health(self.endpoint, True, "")
         return metrics
 
     async def run(self) -> None:

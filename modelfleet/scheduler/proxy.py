@@ -15,8 +15,9 @@ and relays the chosen engine's answer:
    are held (one chunk). A refused connection, a 5xx or 429, a stream that ends or breaks
    before its first token, and (cascade selection) no first token within
    ``cascade.timeoutMs`` each end the attempt (``core.abandon``) and the request is placed
-   again, avoiding the endpoints it failed on (a refused connection also marks the endpoint
-   down until its next good scrape), up to ``max_attempts``. An engine's other 4xx is the
+   again, avoiding the endpoints it failed on, up to ``max_attempts``. Whether an endpoint
+   is down is the metrics poller's call (refused scrapes), not one request's: under load a
+   connection can fail while the engine is fine. An engine's other 4xx is the
    client's fault and is passed through as it is.
 4. **Stream.** Each SSE event is forwarded as soon as it is complete (no buffering beyond one
    event); its token ids are counted (``core.on_tokens``) and recorded.
@@ -113,18 +114,23 @@ class Upstream:
         self._buf = b""
         self.closed = False
 
+    def buffered_event(self) -> bytes | None:
+        """The next event's data payload if it has fully arrived already, else ``None``."""
+        while True:
+            cut = self._buf.find(b"\n\n")
+            if cut < 0:
+                return None
+            raw, self._buf = self._buf[:cut], self._buf[cut + 2 :]
+            data = [line[5:].lstrip(b" ") for line in raw.split(b"\n") if line.startswith(b"data:")]
+            if data:
+                return b"\n".join(data)
+
     async def next_event(self) -> bytes | None:
         """The next event's data payload (``None`` at the end of the body)."""
         while True:
-            cut = self._buf.find(b"\n\n")
-            if cut >= 0:
-                raw, self._buf = self._buf[:cut], self._buf[cut + 2 :]
-                data = [
-                    line[5:].lstrip(b" ") for line in raw.split(b"\n") if line.startswith(b"data:")
-                ]
-                if data:
-                    return b"\n".join(data)
-                continue
+            event = self.buffered_event()
+            if event is not None:
+                return event
             try:
                 chunk = await self._chunks.__anext__()
             except StopAsyncIteration:
@@ -232,32 +238,46 @@ class Relay:
         return b"data: " + json.dumps(body).encode() + b"\n\ndata: [DONE]\n\n"
 
     async def stream(self) -> AsyncIterator[bytes]:
-        """The client's byte stream: held events, then every event as it arrives."""
+        """The client's byte stream: held events, then every event as it arrives.
+
+        Each write carries every event that had fully arrived from the engine when it was
+        made: one event when the relay keeps up, several when the engine's stream got ahead
+        (a busy replica). Nothing waits for more to arrive, so no event is held back; but a
+        busy replica pays the per-write cost (Serve's proxy hop, the client's socket) once
+        per batch instead of once per token, which is what lets it catch up.
+        """
         core = self.proxy.core
         try:
-            for raw in self.held:
-                yield b"data: " + raw + b"\n\n"
+            if self.held:
+                yield b"".join(b"data: " + raw + b"\n\n" for raw in self.held)
             self.held = []
             if self.finished:
                 return
             while True:
                 try:
-                    payload = await self.upstream.next_event()
+                    payload: bytes | None = await self.upstream.next_event()
                 except (httpx.HTTPError, OSError) as e:
                     self.finished = True
                     yield self.upstream_lost(type(e).__name__)
                     return
-                if payload is None:
-                    self.finished = True
-                    yield self.upstream_lost("stream ended without [DONE]")
+                out: list[bytes] = []
+                while payload is not None and payload != DONE:
+                    self.account(_scan(payload))
+                    out.append(b"data: " + payload + b"\n\n")
+                    payload = self.upstream.buffered_event()
+                    if payload is None:
+                        break
+                else:
+                    if payload is None:  # the body ended
+                        self.finished = True
+                        out.append(self.upstream_lost("stream ended without [DONE]"))
+                    else:
+                        core.finish(self.attempt, "ok")
+                        self.finished = True
+                        out.append(b"data: [DONE]\n\n")
+                yield b"".join(out)
+                if self.finished:
                     return
-                if payload == DONE:
-                    core.finish(self.attempt, "ok")
-                    self.finished = True
-                    yield b"data: [DONE]\n\n"
-                    return
-                self.account(_scan(payload))
-                yield b"data: " + payload + b"\n\n"
         finally:
             if not self.finished:
                 core.finish(self.attempt, "aborted", 499)
@@ -390,6 +410,12 @@ class Proxy:
     async def _retry(self, ticket: Ticket, attempt: Attempt, failed: _Failed) -> Attempt:
         """End ``attempt`` and place the ticket again (``ApiError`` when nothing is left)."""
         core = self.core
+        log.warning(
+            "request %s failed on %s before its first token (%s); placing it again",
+            ticket.request_id,
+            attempt.endpoint.id,
+            f"{failed.reason}: {failed.__cause__!r}" if failed.__cause__ else failed.reason,
+        )
         core.abandon(attempt, failed.reason, unhealthy=failed.unhealthy)
         ticket.failed_on.add(attempt.endpoint.id)
         avoid = frozenset(ticket.failed_on)
@@ -422,7 +448,7 @@ class Proxy:
         try:
             response = await self.client.send(self._request(ticket, attempt), stream=True)
         except httpx.ConnectError as e:
-            raise _Failed("connect", Outcome.ERROR, unhealthy=True) from e
+            raise _Failed("connect", Outcome.ERROR) from e
         except (httpx.HTTPError, OSError) as e:
             raise _Failed(type(e).__name__, Outcome.ERROR) from e
         status = response.status_code
@@ -512,7 +538,7 @@ class Proxy:
                 try:
                     response = await self.client.send(self._request(ticket, attempt))
                 except httpx.ConnectError as e:
-                    raise _Failed("connect", Outcome.ERROR, unhealthy=True) from e
+                    raise _Failed("connect", Outcome.ERROR) from e
                 except (httpx.HTTPError, OSError) as e:
                     raise _Failed(type(e).__name__, Outcome.ERROR) from e
                 status = response.status_code

@@ -60,6 +60,10 @@ class RuntimeSettings:
     config_poll_s: float = 0.05
     max_body_bytes: int = 32 * 1024 * 1024
     max_attempts: int = 3
+    #: How long a connection to an engine may take to open. Generous: on a loopback or pod
+    #: network a slow connect means a starved host (SYN retransmits at 1, 3, 7 s), not a gone
+    #: engine — a gone one refuses at once, and its poller takes it out of rotation.
+    connect_timeout_s: float = 10.0
     replicas: int = 1
     seed: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -94,7 +98,9 @@ class SchedulerRuntime:
         )
         self.telemetry.add_live(self.core.endpoint_rows)
         self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=3.0, read=None, write=30.0, pool=None),
+            timeout=httpx.Timeout(
+                connect=settings.connect_timeout_s, read=None, write=30.0, pool=None
+            ),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=512),
         )
         self.proxy = Proxy(
@@ -136,6 +142,7 @@ class SchedulerRuntime:
         await self.apply(first)
         self.ready = True
         self._spawn_main(self._follow(stream), "fleet")
+        self._spawn_main(self._watch_loop(), "loop-lag")
 
     def _spawn_main(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self._main.append(asyncio.get_running_loop().create_task(coro, name=name))
@@ -155,6 +162,14 @@ class SchedulerRuntime:
                 await t
         await self.client.aclose()
         self._zmq.term()
+
+    async def _watch_loop(self, period_s: float = 0.1) -> None:
+        """Sample the event loop's lag: how much later than asked a timer fires."""
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(period_s)
+            self.telemetry.loop_lag.observe(max(0.0, loop.time() - t0 - period_s))
 
     async def _follow(self, stream: AsyncIterator[FleetSnapshot]) -> None:
         try:

@@ -34,6 +34,7 @@ Prometheus (one ``CollectorRegistry`` per scheduler; several may share a test pr
 ``modelfleet_engine_scrape_errors_total``              counter {endpoint}
 ``modelfleet_kv_events_total``                         counter {endpoint}
 ``modelfleet_config_reloads_total``                    counter {result}: applied | rejected
+``modelfleet_event_loop_lag_seconds``                  histogram: how late a 100 ms timer ran
 =====================================================  ========================================
 
 Windowed statistics (:class:`WindowStats`) keep the finished requests of the last
@@ -61,6 +62,9 @@ LATENCY_BUCKETS = (
 TPOT_BUCKETS = (
     0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15,
     0.2, 0.3, 0.5, 1.0, 2.5,
+)  # fmt: skip
+LAG_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
 )  # fmt: skip
 DECISION_BUCKETS = (
     0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -237,6 +241,13 @@ class Telemetry:
             "Selection + admission + placement time of one request.",
             ["pool"],
             buckets=DECISION_BUCKETS,
+            registry=r,
+        )
+        self.loop_lag = Histogram(
+            "modelfleet_event_loop_lag_seconds",
+            "How late the replica's event loop ran a timer (sampled every 100 ms): the delay "
+            "a busy loop adds to every request it serves.",
+            buckets=LAG_BUCKETS,
             registry=r,
         )
         cls = ["model", "slo_class"]

@@ -157,14 +157,42 @@ def test_avoid_excludes_failed_endpoints_for_one_decision(tmp_path: Path) -> Non
     assert all(info.healthy for info in router.endpoints())
 
 
+def test_a_request_that_failed_on_every_endpoint_is_tried_again_not_refused(
+    tmp_path: Path,
+) -> None:
+    """Both engines of the pool timed out on connect: the third attempt goes to one of them
+    (the poller still sees them up), not a 503 blaming the health filter."""
+    core = make_core()
+    core.apply(two_engines(tmp_path))
+    a = place(core, "r1")
+    core.abandon(a, "ConnectTimeout", unhealthy=False)
+    b = core.place(a.ticket, avoid=frozenset({a.endpoint.id}))
+    assert isinstance(b, Attempt) and b.endpoint.id != a.endpoint.id
+    core.abandon(b, "ConnectTimeout", unhealthy=False)
+    c = core.place(a.ticket, avoid=frozenset({a.endpoint.id, b.endpoint.id}))
+    assert isinstance(c, Attempt) and c.endpoint.id in {a.endpoint.id, b.endpoint.id}
+    router = core.pools[("default", "big")].router
+    assert all(info.healthy for info in router.endpoints())
+    # an endpoint that is down stays out even then
+    core.abandon(c, "ConnectTimeout", unhealthy=False)
+    core.set_healthy(a.endpoint.id, False, "scrape failed: ConnectError")
+    for _ in range(5):
+        d = core.place(a.ticket, avoid=frozenset({a.endpoint.id, b.endpoint.id}))
+        assert isinstance(d, Attempt) and d.endpoint.id == b.endpoint.id
+        core.abandon(d, "test", unhealthy=False)
+
+
 def test_unhealthy_marks_the_endpoint_down_and_503_when_none_is_left(tmp_path: Path) -> None:
     core = make_core()
     core.apply(two_engines(tmp_path))
     for port in ("9001", "9002"):
-        core.set_healthy(f"127.0.0.1:{port}", False)
+        core.set_healthy(f"127.0.0.1:{port}", False, f"scrape failed: engine {port} refused")
     with pytest.raises(ApiError) as err:
         place(core, "r1")
     assert err.value.status == 503 and err.value.retry_after_s
+    assert "engine 9001 refused" in err.value.message and "engine 9002 refused" in err.value.message
+    core.set_healthy("127.0.0.1:9001", True)
+    assert isinstance(place(core, "r2"), Attempt)
 
 
 def test_keys_and_request_rate_limits(tmp_path: Path) -> None:
