@@ -177,6 +177,10 @@ def _subcommands() -> dict[str, tuple[str, Handler]]:
             "run a simulated vLLM engine (OpenAI API)",
             _lazy("modelfleet.engine.cli", "engine"),
         ),
+        "scheduler": (
+            "run the OpenAI-compatible scheduler over a fleet (Ray Serve)",
+            _lazy("modelfleet.scheduler.cli", "scheduler"),
+        ),
         "simulate": (
             "compare placement policies on a local simulated fleet (no cluster needed)",
             _lazy("modelfleet.sim.cli", "bench"),

@@ -19,8 +19,10 @@ from pydantic import ValidationError
 
 from modelfleet.api import KINDS
 from modelfleet.api.common import API_VERSION, Resource
+from modelfleet.api.static import StaticEndpoints
 
-_BY_KIND: dict[str, type[Resource]] = {k.KIND: k for k in KINDS}
+#: The CRD kinds plus the static fleet's configuration document (not a CRD).
+_BY_KIND: dict[str, type[Resource]] = {k.KIND: k for k in (*KINDS, StaticEndpoints)}
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,11 @@ def check_references(objects: list[tuple[str, Resource]]) -> list[Problem]:
         for _, o in objects
         if isinstance(o, ModelPool)
     }
+    variants = {
+        (o.metadata.namespace or "default", o.metadata.name): {v.name for v in o.spec.variants}
+        for _, o in objects
+        if isinstance(o, ModelPool)
+    }
     problems = []
     for src, o in objects:
         ns = o.metadata.namespace or "default"
@@ -183,6 +190,30 @@ def check_references(objects: list[tuple[str, Resource]]) -> list[Problem]:
                             o.metadata.name,
                             "spec",
                             f"no ModelPool named {pool!r} in namespace {ns}",
+                        )
+                    )
+        if isinstance(o, StaticEndpoints):
+            for i, e in enumerate(o.spec.endpoints):
+                where = f"spec.endpoints[{i}]"
+                if (ns, e.pool) not in pools:
+                    problems.append(
+                        Problem(
+                            src,
+                            o.KIND,
+                            o.metadata.name,
+                            f"{where}.pool",
+                            f"no ModelPool named {e.pool!r} in namespace {ns}",
+                        )
+                    )
+                elif e.variant not in variants[(ns, e.pool)]:
+                    problems.append(
+                        Problem(
+                            src,
+                            o.KIND,
+                            o.metadata.name,
+                            f"{where}.variant",
+                            f"ModelPool {e.pool!r} has no variant {e.variant!r} (variants: "
+                            f"{', '.join(sorted(variants[(ns, e.pool)]))})",
                         )
                     )
     return problems

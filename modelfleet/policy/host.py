@@ -135,13 +135,14 @@ _NO_METRICS = EndpointMetrics()
 
 
 class _Slot:
-    """One endpoint of the set: its static info and its latest scrape."""
+    """One endpoint of the set: its static info, latest scrape and peers' in-flight counts."""
 
-    __slots__ = ("info", "metrics")
+    __slots__ = ("info", "metrics", "peer")
 
     def __init__(self, info: EndpointInfo) -> None:
         self.info = info
         self.metrics = _NO_METRICS
+        self.peer: tuple[int, int, int] = (0, 0, 0)
 
 
 class _Flight:
@@ -221,12 +222,28 @@ class Router:
         self.tracker = InflightTracker()
         self._slots: dict[EndpointId, _Slot] = {}
         self._flights: dict[RequestId, _Flight] = {}
+        self.consumes: frozenset[Data] = self._consumes(profile, planner)
+        for info in endpoints:
+            self.add_endpoint(info)
+
+    @staticmethod
+    def _consumes(profile: Profile, planner: MigrationPlanner | None) -> frozenset[Data]:
         consumes = set(profile.consumes)
         if planner is not None:
             consumes |= planner.consumes
-        self.consumes: frozenset[Data] = frozenset(consumes)
-        for info in endpoints:
-            self.add_endpoint(info)
+        return frozenset(consumes)
+
+    def set_profile(self, profile: Profile, planner: MigrationPlanner | None = None) -> None:
+        """Replace the profile and planner (a RoutingPolicy's placement was edited).
+
+        The endpoint set, the scrapes, the in-flight counters and the requests in flight are
+        kept, so nothing is dropped and the load the new profile sees is right; the new
+        profile's trackers (its prefix index, session ring) start empty. Hooks of requests
+        routed before the swap reach the new profile, which ignores ids it does not know.
+        """
+        self.profile = profile
+        self.planner = planner
+        self.consumes = self._consumes(profile, planner)
 
     @property
     def clock(self) -> Clock:
@@ -306,6 +323,19 @@ class Router:
         if slot is not None:
             slot.metrics = metrics
 
+    def set_peer_inflight(
+        self, endpoint: EndpointId, requests: int, tokens: int, prefill_tokens: int
+    ) -> None:
+        """What the *other* scheduler replicas have in flight on ``endpoint`` (scale-out).
+
+        Added to this router's own counters in :meth:`views` (never to its tracker), so the
+        load a policy sees is the fleet's whole scheduler-side load. Unknown endpoints are
+        ignored (a peer may know an endpoint this replica has not discovered yet).
+        """
+        slot = self._slots.get(endpoint)
+        if slot is not None:
+            slot.peer = (max(0, requests), max(0, tokens), max(0, prefill_tokens))
+
     def _slot(self, endpoint: EndpointId) -> _Slot:
         slot = self._slots.get(endpoint)
         if slot is None:
@@ -315,13 +345,20 @@ class Router:
     # -- snapshots ---------------------------------------------------------------------------
     def views(self) -> tuple[EndpointView, ...]:
         """One view per endpoint: static info, latest scrape (zeros before the first one) and
-        the in-flight counters as of now, in the order the endpoints were added."""
+        the in-flight counters as of now (plus peers', see :meth:`set_peer_inflight`), in the
+        order the endpoints were added."""
         counters = self.tracker.counters
         learned = self.learner.model_for if self.learner is not None else None
         out = []
         for ep, slot in self._slots.items():
             info, m = slot.info, slot.metrics
             reqs, toks, prefill = counters(ep)
+            if slot.peer[0] or slot.peer[1]:
+                reqs, toks, prefill = (
+                    reqs + slot.peer[0],
+                    toks + slot.peer[1],
+                    prefill + slot.peer[2],
+                )
             perf = info.perf
             if learned is not None and perf is not None:
                 perf = learned(ep) or perf

@@ -296,6 +296,47 @@ def test_without_a_planner_plan_is_empty() -> None:
     assert (rnd.views, rnd.inflight, rnd.migrations) == ((), (), ())
 
 
+# -- live configuration and scale-out ----------------------------------------------------------
+
+
+def test_set_profile_keeps_endpoints_scrapes_and_requests_in_flight() -> None:
+    r, rec = router()
+    r.update_metrics(B, EndpointMetrics(running=2))
+    d = r.route(rq("r1"))
+    new_rec = Recorder()
+    profile = build_profile(
+        ProfileSpec.model_validate({"picker": {"type": "round-robin"}}),
+        default_registry(),
+        FakeClock(),
+        random.Random(0),
+        extra_trackers=(new_rec,),
+    )
+    r.set_profile(profile)
+    assert r.profile is profile and Data.PREFIX_HITS not in r.consumes
+    views = {v.id: v for v in r.views()}
+    assert views[B].running == 2 and views[d.endpoint].inflight_requests == 1
+    r.on_tokens(RequestId("r1"), 2)
+    r.on_completed(RequestId("r1"))  # reaches the new profile only, which ignores the id
+    assert new_rec.calls["completed"] == 1 and rec.calls["completed"] == 0
+    assert r.in_flight == 0 and all(v.inflight_requests == 0 for v in r.views())
+    r.route(rq("r2"))
+    assert new_rec.calls["routed"] == 1
+
+
+def test_peer_inflight_adds_to_the_views_only() -> None:
+    r, _ = router()
+    r.set_peer_inflight(A, 3, 300, 100)
+    r.set_peer_inflight(EndpointId("unknown"), 9, 9, 9)  # ignored
+    d = r.route(rq("r1"))
+    assert d.endpoint != A  # least in-flight requests: A is busy with the peers' requests
+    views = {v.id: v for v in r.views()}
+    assert (views[A].inflight_requests, views[A].inflight_tokens) == (3, 300)
+    assert views[A].inflight_prefill_tokens == 100
+    assert r.tracker.counters(A) == (0, 0, 0)
+    r.set_peer_inflight(A, 0, 0, 0)
+    assert {v.id: v for v in r.views()}[A].inflight_requests == 0
+
+
 def test_plan_refuses_a_migration_out_of_the_pool() -> None:
     """The router is the last guard: a planner bug that names an endpoint of another pool
     raises instead of reaching the executor."""

@@ -16,6 +16,7 @@ import pytest
 
 from modelfleet.policy.baselines import policy_spec
 from modelfleet.policy.framework import Data
+from modelfleet.policy.from_api import migration_params_from_api, profile_spec_from_placement
 from modelfleet.policy.learn import LatencyLearner, LearnedPerfModel
 from modelfleet.policy.migration import MigrationParams
 from modelfleet.policy.types import NoEndpointError
@@ -24,6 +25,7 @@ from modelfleet.sim.policies import POLICY_NAMES, PolicyFactory, policy_factory
 from modelfleet.sim.traces import Trace
 
 from .fake_scheduler import FakeScheduler
+from .live_scheduler import LiveScheduler, live_policy
 from .tiny import tiny_fleet, tiny_trace
 
 pytestmark = pytest.mark.unit
@@ -40,12 +42,17 @@ def _run(factory: PolicyFactory, trace: Trace, seed: int) -> tuple[ClusterSimula
 
 
 def _replay(
-    sim: ClusterSimulator, result: SimResult, factory: PolicyFactory, seed: int
+    sim: ClusterSimulator,
+    result: SimResult,
+    factory: PolicyFactory,
+    seed: int,
+    fake: FakeScheduler | LiveScheduler | None = None,
 ) -> tuple[int, int]:
     """Replay the recorded log into a fresh router; return (placements, plans) compared."""
-    # a live scheduler learns latencies as the simulator's routing host does (fresh learner)
-    learner = LatencyLearner(sim.config.learner) if sim.router.learner is not None else None
-    fake = FakeScheduler(factory, seed, sim.router.endpoints(), sim.router.pool, learner)
+    if fake is None:
+        # a live scheduler learns latencies as the simulator's routing host does (fresh learner)
+        learner = LatencyLearner(sim.config.learner) if sim.router.learner is not None else None
+        fake = FakeScheduler(factory, seed, sim.router.endpoints(), sim.router.pool, learner)
     by_id = {r.request_id: r for r in sim.trace.requests}
     placements = plans = 0
     for entry in result.decisions:
@@ -164,3 +171,49 @@ def test_replay_detects_a_lost_event(kind: str) -> None:
     del result.decisions[lost]
     with pytest.raises(AssertionError, match="differs"):
         _replay(sim, result, factory, seed=7)
+
+
+# -- the live scheduler's own wiring (modelfleet.scheduler.core) --------------------------------
+
+
+def _live_factory(name: str, prefix_source: str = "approximate") -> PolicyFactory:
+    """The simulator runs exactly what the live scheduler derives from its RoutingPolicy."""
+    spec = live_policy(name, prefix_source=prefix_source).spec
+    return policy_factory(
+        name,
+        spec=profile_spec_from_placement(spec.placement),
+        migration=migration_params_from_api(spec.migration),
+    )
+
+
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_simulator_and_live_scheduler_decide_identically(name: str) -> None:
+    """A recorded run replayed through SchedulerCore (RoutingPolicy → router, selector, the
+    core's scrape and KV-event entry points) gives the same snapshots, placements and plans."""
+    trace = tiny_trace().compressed(2.0)
+    sim, result = _run(_live_factory(name), trace, seed=7)
+    live = LiveScheduler(live_policy(name), 7, sim.router.endpoints())
+    placements, plans = _replay(sim, result, _live_factory(name), seed=7, fake=live)
+    assert placements == len(trace)
+    assert live.router.in_flight == 0
+    if name in ("llumnix", "modelfleet"):
+        assert plans > 0 and result.migrations_started > 0
+
+
+def test_live_scheduler_parity_with_kv_events() -> None:
+    factory = _live_factory("llm-d", "kv-events")
+    trace = tiny_trace().compressed(2.0)
+    sim, result = _run(factory, trace, seed=3)
+    live = LiveScheduler(live_policy("llm-d", prefix_source="kv-events"), 3, sim.router.endpoints())
+    assert Data.KV_EVENTS in live.router.consumes
+    placements, _ = _replay(sim, result, factory, seed=3, fake=live)
+    assert placements == len(trace)
+
+
+def test_live_replay_detects_a_different_seed() -> None:
+    trace = tiny_trace().compressed(2.0)
+    factory = _live_factory("power-of-two")
+    sim, result = _run(factory, trace, seed=7)
+    live = LiveScheduler(live_policy("power-of-two"), 8, sim.router.endpoints())
+    with pytest.raises(AssertionError, match="differs"):
+        _replay(sim, result, factory, seed=8, fake=live)

@@ -43,7 +43,9 @@ PROFILE: dict[str, Any] = {
     "metadata": {"name": "h100"},
     "spec": {"gpuProduct": "g", "memoryGiB": 80, "costPerHour": 1},
 }
-VALID_KINDS = "unknown kind; valid kinds: AcceleratorProfile, ModelPool, RoutingPolicy"
+VALID_KINDS = (
+    "unknown kind; valid kinds: AcceleratorProfile, ModelPool, RoutingPolicy, StaticEndpoints"
+)
 
 
 def _edit(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:

@@ -1,0 +1,579 @@
+"""The request path's I/O: admission waits, tokenisation, the engine call, the token stream.
+
+:class:`Proxy` takes a checked request through :class:`~modelfleet.scheduler.core.SchedulerCore`
+and relays the chosen engine's answer:
+
+1. **Place.** ``core.open`` (model, key, limits, class, selection), then ``core.place``;
+   while admission says *queue* the request waits here (re-asking every ``retry_after`` up to
+   4× its class's TTFT target, 0.5..30 s, then it is placed anyway). A pool whose profile
+   matches the engines' own block hashes (``prefixSource: kv-events``) needs the prompt's token
+   ids first: the proxy asks one of the pool's engines (``POST /tokenize``, the same template
+   and special-token flags the request carries).
+2. **Call.** The client's body goes to the engine with the pool's model name, the scheduler's
+   ``request_id`` (also ``X-Request-Id``) and ``return_token_ids: true``.
+3. **Until the first token** nothing reaches the client: events before it (chat's role chunk)
+   are held (one chunk). A refused connection, a 5xx or 429, a stream that ends or breaks
+   before its first token, and (cascade selection) no first token within
+   ``cascade.timeoutMs`` each end the attempt (``core.abandon``) and the request is placed
+   again, avoiding the endpoints it failed on, up to ``max_attempts``. Whether an endpoint
+   is down is the metrics poller's call (refused scrapes), not one request's: under load a
+   connection can fail while the engine is fine. An engine's other 4xx is the
+   client's fault and is passed through as it is.
+4. **Stream.** Each SSE event is forwarded as soon as it is complete (no buffering beyond one
+   event); its token ids are counted (``core.on_tokens``) and recorded.
+5. **End.** ``[DONE]`` → ``core.finish(ok)``. A client that goes away → the engine stream is
+   closed (the engine aborts the request within a step) and ``core.finish(aborted)``.
+
+**Migration seam.** A streamed request is a :class:`Relay`: it holds the prompt's token ids
+(from the engine's first chunk), every generated id in order, the current :class:`Upstream`
+and :class:`~modelfleet.scheduler.core.Attempt`. The relay loop reads events from
+``relay.upstream`` afresh on every iteration, so a migration executor can open a second
+upstream on another engine (prompt ids + generated ids as the prompt, ``max_tokens`` reduced
+by the ids generated, see ``shared/reference/vllm-migration.md``), and call
+:meth:`Relay.switch_to` when its first token matches; :meth:`Relay.upstream_lost` is where a
+stream that breaks after its first token ends today (an error event, then ``[DONE]``) and
+where a resume on another engine belongs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from modelfleet.policy.selection import Outcome
+from modelfleet.policy.types import RequestId
+from modelfleet.scheduler.core import Attempt, SchedulerCore, Ticket, Wait
+from modelfleet.scheduler.errors import ApiError, error_body
+from modelfleet.scheduler.protocol import RequestKind, parse_body
+
+__all__ = ["JsonResult", "Proxy", "Relay", "StreamResult", "Upstream"]
+
+log = logging.getLogger("modelfleet.scheduler.proxy")
+
+PATHS: dict[RequestKind, str] = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+DONE = b"[DONE]"
+
+
+@dataclass(frozen=True)
+class JsonResult:
+    """A complete answer: status, body bytes, headers."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+    media_type: str = "application/json"
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """A streamed answer (``text/event-stream``)."""
+
+    chunks: AsyncIterator[bytes]
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def error_result(e: ApiError, request_id: str | None = None) -> JsonResult:
+    headers = dict(e.headers())
+    if request_id:
+        headers["X-Request-Id"] = request_id
+    return JsonResult(e.status, json.dumps(e.body()).encode(), headers)
+
+
+class _Failed(Exception):
+    """An attempt ended before its first token (retryable unless ``passthrough``)."""
+
+    def __init__(
+        self,
+        reason: str,
+        outcome: Outcome,
+        *,
+        unhealthy: bool = False,
+        passthrough: JsonResult | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.outcome = outcome
+        self.unhealthy = unhealthy
+        self.passthrough = passthrough
+
+
+class Upstream:
+    """One open streaming response from an engine, read as SSE event payloads."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self._chunks = response.aiter_raw()
+        self._buf = b""
+        self.closed = False
+
+    def buffered_event(self) -> bytes | None:
+        """The next event's data payload if it has fully arrived already, else ``None``."""
+        while True:
+            cut = self._buf.find(b"\n\n")
+            if cut < 0:
+                return None
+            raw, self._buf = self._buf[:cut], self._buf[cut + 2 :]
+            data = [line[5:].lstrip(b" ") for line in raw.split(b"\n") if line.startswith(b"data:")]
+            if data:
+                return b"\n".join(data)
+
+    async def next_event(self) -> bytes | None:
+        """The next event's data payload (``None`` at the end of the body)."""
+        while True:
+            event = self.buffered_event()
+            if event is not None:
+                return event
+            try:
+                chunk = await self._chunks.__anext__()
+            except StopAsyncIteration:
+                return None
+            self._buf += chunk.replace(b"\r\n", b"\n")
+
+    def close_soon(self, tasks: set[asyncio.Task[None]]) -> None:
+        """Close the connection without awaiting here (safe inside a cancelled task)."""
+        if self.closed:
+            return
+        self.closed = True
+        task = asyncio.get_running_loop().create_task(self.response.aclose())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+
+@dataclass
+class _Event:
+    raw: bytes
+    tokens: int = 0
+    ids: list[int] | None = None
+    prompt_ids: list[int] | None = None
+    finished: bool = False
+    error: bool = False
+
+
+def _scan(payload: bytes) -> _Event:
+    """Token ids, prompt ids, finish and error of one SSE payload (vLLM's chunk shapes)."""
+    ev = _Event(payload)
+    try:
+        obj = json.loads(payload)
+    except ValueError:
+        return ev
+    if not isinstance(obj, dict):
+        return ev
+    if "error" in obj and not obj.get("choices"):
+        ev.error = True
+        return ev
+    prompt = obj.get("prompt_token_ids")
+    if isinstance(prompt, list):
+        ev.prompt_ids = prompt
+    for choice in obj.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        ids = choice.get("token_ids")
+        if isinstance(ids, list):
+            ev.ids = (ev.ids or []) + ids
+            ev.tokens += len(ids)
+        else:  # an engine that ignores return_token_ids: one token per non-empty delta
+            delta = choice.get("delta")
+            text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+            if text:
+                ev.tokens += 1
+        p = choice.get("prompt_token_ids")
+        if isinstance(p, list):
+            ev.prompt_ids = p
+        if choice.get("finish_reason"):
+            ev.finished = True
+    return ev
+
+
+class Relay:
+    """The state of one streamed request (the migration seam, see the module docstring)."""
+
+    def __init__(self, proxy: Proxy, attempt: Attempt, upstream: Upstream) -> None:
+        self.proxy = proxy
+        self.attempt = attempt
+        self.upstream = upstream
+        self.request_id = attempt.ticket.request_id
+        self.prompt_token_ids: list[int] | None = None
+        self.generated_ids: list[int] = []
+        self.held: list[bytes] = []
+        self.finished = False
+
+    def account(self, ev: _Event) -> None:
+        """Record the event's ids and report its tokens to the core."""
+        if ev.prompt_ids is not None and self.prompt_token_ids is None:
+            self.prompt_token_ids = ev.prompt_ids
+        if ev.ids:
+            self.generated_ids.extend(ev.ids)
+        if ev.tokens:
+            self.proxy.core.on_tokens(self.attempt, ev.tokens)
+
+    def switch_to(self, attempt: Attempt, upstream: Upstream) -> None:
+        """Continue the stream from another engine (a migration's switch-over).
+
+        The caller has checked that ``upstream``'s next token is the one after
+        ``generated_ids`` and reported the move to the router (``on_migrated``); the old
+        upstream is closed, which aborts the request on its engine.
+        """
+        old = self.upstream
+        self.attempt = attempt
+        self.upstream = upstream
+        old.close_soon(self.proxy.background)
+
+    def upstream_lost(self, reason: str) -> bytes:
+        """The engine's stream broke after the first token: today the client gets an error
+        event (then ``[DONE]``); a resume on another engine would continue here instead."""
+        self.proxy.core.finish(self.attempt, "error", 502)
+        body = error_body(
+            f"the engine serving this request failed mid-stream ({reason})",
+            err_type="server_error",
+            code="upstream_lost",
+        )
+        return b"data: " + json.dumps(body).encode() + b"\n\ndata: [DONE]\n\n"
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """The client's byte stream: held events, then every event as it arrives.
+
+        Each write carries every event that had fully arrived from the engine when it was
+        made: one event when the relay keeps up, several when the engine's stream got ahead
+        (a busy replica). Nothing waits for more to arrive, so no event is held back; but a
+        busy replica pays the per-write cost (Serve's proxy hop, the client's socket) once
+        per batch instead of once per token, which is what lets it catch up.
+        """
+        core = self.proxy.core
+        try:
+            if self.held:
+                yield b"".join(b"data: " + raw + b"\n\n" for raw in self.held)
+            self.held = []
+            if self.finished:
+                return
+            while True:
+                try:
+                    payload: bytes | None = await self.upstream.next_event()
+                except (httpx.HTTPError, OSError) as e:
+                    self.finished = True
+                    yield self.upstream_lost(type(e).__name__)
+                    return
+                out: list[bytes] = []
+                while payload is not None and payload != DONE:
+                    self.account(_scan(payload))
+                    out.append(b"data: " + payload + b"\n\n")
+                    payload = self.upstream.buffered_event()
+                    if payload is None:
+                        break
+                else:
+                    if payload is None:  # the body ended
+                        self.finished = True
+                        out.append(self.upstream_lost("stream ended without [DONE]"))
+                    else:
+                        core.finish(self.attempt, "ok")
+                        self.finished = True
+                        out.append(b"data: [DONE]\n\n")
+                yield b"".join(out)
+                if self.finished:
+                    return
+        finally:
+            if not self.finished:
+                core.finish(self.attempt, "aborted", 499)
+            self.upstream.close_soon(self.proxy.background)
+
+
+class Proxy:
+    """Relays requests for one :class:`SchedulerCore` (see the module docstring)."""
+
+    def __init__(
+        self,
+        core: SchedulerCore,
+        client: httpx.AsyncClient,
+        *,
+        max_attempts: int = 3,
+        max_body_bytes: int = 32 * 1024 * 1024,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.core = core
+        self.client = client
+        self.max_attempts = max_attempts
+        self.max_body_bytes = max_body_bytes
+        self.sleep = sleep
+        self.background: set[asyncio.Task[None]] = set()
+
+    @staticmethod
+    def new_request_id() -> RequestId:
+        return RequestId(f"mf-{uuid.uuid4().hex}")
+
+    # ------------------------------------------------------------------ entry
+    async def handle(
+        self, kind: RequestKind, raw: bytes, headers: Mapping[str, str]
+    ) -> JsonResult | StreamResult:
+        """Answer one request (never raises for anything a client can send)."""
+        rid = self.new_request_id()
+        ticket: Ticket | None = None
+        try:
+            parsed = parse_body(kind, raw)
+            ticket = self.core.open(parsed, headers, rid)
+            attempt = await self._place(ticket, frozenset())
+            if parsed.stream:
+                return await self._stream(ticket, attempt)
+            return await self._unary(ticket, attempt)
+        except ApiError as e:
+            self._count_error(ticket, e.status)
+            return error_result(e, rid)
+
+    def _count_error(self, ticket: Ticket | None, status: int) -> None:
+        tel = self.core.telemetry
+        if tel is None:
+            return
+        model = ticket.parsed.model if ticket is not None else ""
+        pool = ticket.pool_key[1] if ticket is not None else ""
+        tel.errors.labels(model, pool, str(status)).inc()
+
+    # ------------------------------------------------------------------ place
+    async def _place(self, ticket: Ticket, avoid: frozenset[str]) -> Attempt:
+        slo = ticket.slo
+        patience = 4.0 * (slo.ttft_ms / 1000.0 if slo is not None else 1.0)
+        deadline = self.core.clock() + min(30.0, max(0.5, patience))
+        tel = self.core.telemetry
+        waiting = False
+        try:
+            while True:
+                state = self.core.pool_of(ticket)
+                if (
+                    state.needs_token_ids
+                    and ticket.parsed.prompt_token_ids is None
+                    and ticket.tokenized_for != state.key
+                ):
+                    ticket.token_ids = await self._tokenize(state.served_model, ticket, avoid)
+                    ticket.tokenized_for = state.key
+                result = self.core.place(ticket, avoid=avoid, force=self.core.clock() >= deadline)
+                if not isinstance(result, Wait):
+                    return result
+                if not waiting and tel is not None:
+                    tel.queue_depth.labels(ticket.parsed.model).inc()
+                    waiting = True
+                await self.sleep(result.retry_after_s)
+        finally:
+            if waiting and tel is not None:
+                tel.queue_depth.labels(ticket.parsed.model).dec()
+
+    async def _tokenize(
+        self, model: str, ticket: Ticket, avoid: frozenset[str]
+    ) -> list[int] | None:
+        """The prompt's token ids from one of the pool's engines (``None`` if none answers)."""
+        state = self.core.pool_of(ticket)
+        body = ticket.parsed.body
+        req: dict[str, Any] = {"model": model}
+        if ticket.parsed.kind == "chat":
+            req["messages"] = body["messages"]
+            for k in ("add_generation_prompt", "continue_final_message", "add_special_tokens"):
+                if k in body:
+                    req[k] = body[k]
+            req.setdefault("add_special_tokens", False)
+        else:
+            req["prompt"] = ticket.parsed.prompt_text
+            if "add_special_tokens" in body:
+                req["add_special_tokens"] = body["add_special_tokens"]
+        for info in state.router.endpoints():
+            if not info.healthy or str(info.id) in avoid:
+                continue
+            url = state.endpoints[info.id].url + "/tokenize"
+            try:
+                r = await self.client.post(url, json=req, timeout=5.0)
+                data = r.json() if r.status_code == 200 else None
+            except (httpx.HTTPError, ValueError, OSError):
+                continue
+            if isinstance(data, dict) and isinstance(data.get("tokens"), list):
+                return [int(t) for t in data["tokens"]]
+            return None  # the engine refused the prompt: the call itself will say why
+        return None
+
+    def _upstream_body(self, ticket: Ticket, attempt: Attempt) -> bytes:
+        body = dict(ticket.parsed.body)
+        body["model"] = attempt.pool.served_model
+        body["request_id"] = str(ticket.request_id)
+        body["return_token_ids"] = True
+        return json.dumps(body).encode()
+
+    def _request(self, ticket: Ticket, attempt: Attempt) -> httpx.Request:
+        return self.client.build_request(
+            "POST",
+            attempt.endpoint.url + PATHS[ticket.parsed.kind],
+            content=self._upstream_body(ticket, attempt),
+            headers={"Content-Type": "application/json", "X-Request-Id": str(ticket.request_id)},
+        )
+
+    async def _retry(self, ticket: Ticket, attempt: Attempt, failed: _Failed) -> Attempt:
+        """End ``attempt`` and place the ticket again (``ApiError`` when nothing is left)."""
+        core = self.core
+        log.warning(
+            "request %s failed on %s before its first token (%s); placing it again",
+            ticket.request_id,
+            attempt.endpoint.id,
+            f"{failed.reason}: {failed.__cause__!r}" if failed.__cause__ else failed.reason,
+        )
+        core.abandon(attempt, failed.reason, unhealthy=failed.unhealthy)
+        ticket.failed_on.add(attempt.endpoint.id)
+        avoid = frozenset(ticket.failed_on)
+        if failed.outcome == Outcome.TIMEOUT:
+            nxt = ticket.policy.selector.next_pool(
+                ticket.selection,
+                attempt.pool.name,
+                Outcome.TIMEOUT,
+                tried=[p for _, p in ticket.tried_pools],
+            )
+            ticket.tried_pools.append(attempt.pool.key)
+            if nxt is None:
+                raise ApiError(
+                    504,
+                    f"no first token within the cascade's timeout on pool {attempt.pool.name}",
+                    err_type="server_error",
+                    code="timeout",
+                )
+            ticket.pool_key = (attempt.pool.key[0], nxt)
+        return await self._place(ticket, avoid)
+
+    def _first_token_timeout(self, ticket: Ticket) -> float | None:
+        sel = ticket.policy.spec.spec.selection
+        if sel.strategy == "cascade" and "timeout" in sel.cascade.fallback_on:
+            return sel.cascade.timeout_ms / 1000.0
+        return None
+
+    # ----------------------------------------------------------------- stream
+    async def _open(self, ticket: Ticket, attempt: Attempt) -> Upstream:
+        try:
+            response = await self.client.send(self._request(ticket, attempt), stream=True)
+        except httpx.ConnectError as e:
+            raise _Failed("connect", Outcome.ERROR) from e
+        except (httpx.HTTPError, OSError) as e:
+            raise _Failed(type(e).__name__, Outcome.ERROR) from e
+        status = response.status_code
+        if status == 200:
+            return Upstream(response)
+        try:
+            body = await response.aread()
+        except (httpx.HTTPError, OSError):
+            body = b""
+        finally:
+            await response.aclose()
+        if status == 429:
+            raise _Failed("engine-429", Outcome.OVERLOAD)
+        if status >= 500:
+            raise _Failed(f"engine-{status}", Outcome.ERROR)
+        media = response.headers.get("content-type", "application/json")
+        raise _Failed(
+            f"engine-{status}",
+            Outcome.CLIENT_ERROR,
+            passthrough=JsonResult(status, body, {}, media.split(";")[0]),
+        )
+
+    async def _first_token(self, relay: Relay) -> None:
+        """Read (and hold) events until one carries a token or ends the request."""
+        while True:
+            try:
+                payload = await relay.upstream.next_event()
+            except (httpx.HTTPError, OSError) as e:
+                raise _Failed(type(e).__name__, Outcome.ERROR) from e
+            if payload is None:
+                raise _Failed("eof-before-first-token", Outcome.ERROR)
+            if payload == DONE:
+                relay.held.append(payload)
+                relay.finished = True
+                self.core.finish(relay.attempt, "ok")
+                return
+            ev = _scan(payload)
+            relay.account(ev)
+            relay.held.append(payload)
+            if ev.tokens or ev.finished or ev.error:
+                return
+
+    async def _stream(self, ticket: Ticket, attempt: Attempt) -> JsonResult | StreamResult:
+        timeout = self._first_token_timeout(ticket)
+        for n in range(self.max_attempts):
+            upstream: Upstream | None = None
+            try:
+                upstream = await self._open(ticket, attempt)
+                relay = Relay(self, attempt, upstream)
+                if timeout is None:
+                    await self._first_token(relay)
+                else:
+                    try:
+                        await asyncio.wait_for(self._first_token(relay), timeout)
+                    except TimeoutError:
+                        raise _Failed("first-token-timeout", Outcome.TIMEOUT) from None
+            except _Failed as failed:
+                if upstream is not None:
+                    upstream.close_soon(self.background)
+                if failed.passthrough is not None:
+                    self.core.finish(attempt, "client_error", failed.passthrough.status)
+                    return failed.passthrough
+                if n + 1 >= self.max_attempts:
+                    self.core.finish(attempt, "error", 502)
+                    raise ApiError(
+                        502,
+                        f"the request failed on {n + 1} engine(s) before its first token "
+                        f"(last: {failed.reason})",
+                        err_type="server_error",
+                        code="upstream_failed",
+                    ) from None
+                attempt = await self._retry(ticket, attempt, failed)
+                continue
+            except BaseException:
+                if upstream is not None:
+                    upstream.close_soon(self.background)
+                self.core.finish(attempt, "aborted", 499)
+                raise
+            headers = {**SSE_HEADERS, "X-Request-Id": str(ticket.request_id)}
+            return StreamResult(relay.stream(), headers)
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ unary
+    async def _unary(self, ticket: Ticket, attempt: Attempt) -> JsonResult:
+        for n in range(self.max_attempts):
+            try:
+                try:
+                    response = await self.client.send(self._request(ticket, attempt))
+                except httpx.ConnectError as e:
+                    raise _Failed("connect", Outcome.ERROR) from e
+                except (httpx.HTTPError, OSError) as e:
+                    raise _Failed(type(e).__name__, Outcome.ERROR) from e
+                status = response.status_code
+                if status == 429:
+                    raise _Failed("engine-429", Outcome.OVERLOAD)
+                if status >= 500:
+                    raise _Failed(f"engine-{status}", Outcome.ERROR)
+            except _Failed as failed:
+                if n + 1 >= self.max_attempts:
+                    self.core.finish(attempt, "error", 502)
+                    raise ApiError(
+                        502,
+                        f"the request failed on {n + 1} engine(s) (last: {failed.reason})",
+                        err_type="server_error",
+                        code="upstream_failed",
+                    ) from None
+                attempt = await self._retry(ticket, attempt, failed)
+                continue
+            except BaseException:
+                self.core.finish(attempt, "aborted", 499)
+                raise
+            body = response.content
+            if status == 200:
+                self.core.on_tokens(attempt, _completion_tokens(body), streamed=False)
+                self.core.finish(attempt, "ok")
+            else:
+                self.core.finish(attempt, "client_error", status)
+            media = response.headers.get("content-type", "application/json").split(";")[0]
+            return JsonResult(status, body, {"X-Request-Id": str(ticket.request_id)}, media)
+        raise AssertionError("unreachable")
+
+
+def _completion_tokens(body: bytes) -> int:
+    try:
+        usage = json.loads(body).get("usage") or {}
+        return int(usage.get("completion_tokens") or 0)
+    except (ValueError, AttributeError, TypeError):
+        return 0
