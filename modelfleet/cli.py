@@ -185,6 +185,14 @@ def _subcommands() -> dict[str, tuple[str, Handler]]:
             "start a local fleet (engine simulators + the scheduler) from manifests",
             _lazy("modelfleet.local.up", "local"),
         ),
+        "top": (
+            "live view of a running scheduler's pools, variants and instances",
+            _lazy("modelfleet.local.top", "local"),
+        ),
+        "load": (
+            "replay a trace against an OpenAI endpoint; summary table and latency CDF plots",
+            _lazy("modelfleet.local.load", "local"),
+        ),
         "simulate": (
             "policy benchmark: compare placement policies on a simulated fleet in virtual time",
             _lazy("modelfleet.sim.cli", "bench"),
