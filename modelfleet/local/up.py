@@ -7,12 +7,14 @@ Composition root of the local default::
 1. Check, before anything starts (one line on stderr, exit 2): the manifests
    (:mod:`modelfleet.local.plan`), the scheduler's port, the simulator's support of every model.
 2. Start one engine simulator per replica of each variant, with the variant's accelerator
-   timing (:func:`modelfleet.scheduler.launch.launch_engines`, on free loopback ports).
-3. Run the scheduler in this process with static discovery over the fleet folder
+   timing (:func:`modelfleet.scheduler.launch.launch_engines`, on free loopback ports), in a
+   thread, while
+3. the scheduler runs in this process with static discovery over the fleet folder
    (:func:`modelfleet.scheduler.cli.run`): a private local Ray (its files under this run's
    temporary folder) and Ray Serve, or uvicorn with ``--no-ray``. Edits of the manifest files
    apply live through the scheduler's file watcher.
-4. Print the OpenAI base URL and a ready line once ``/v1/models`` answers.
+4. Print the OpenAI base URL and a ready line once ``/v1/models`` answers and the scheduler
+   sees every engine healthy.
 
 Ctrl-C, SIGTERM and the death of the parent process (Linux: ``PR_SET_PDEATHSIG`` turns it
 into a SIGTERM) stop the scheduler, Ray and the engines; the engines also die with this
@@ -98,29 +100,92 @@ def _interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+class _EngineThread:
+    """Starts the engines while the scheduler (and Ray) start, and owns them.
+
+    ``PR_SET_PDEATHSIG`` ties each engine to the *thread* that forked it, so this thread
+    lives until :meth:`stop`. A launch that fails prints why and SIGTERMs this process, which
+    stops the scheduler like Ctrl-C would.
+    """
+
+    def __init__(self, snapshot: Any, time_scale: float) -> None:
+        self.engines: list[Any] = []
+        self.error = ""
+        self.launched = threading.Event()
+        self._release = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(snapshot, time_scale), name="modelfleet-up-engines"
+        )
+        self._thread.start()
+
+    def _run(self, snapshot: Any, time_scale: float) -> None:
+        from modelfleet.scheduler.launch import launch_engines
+
+        try:
+            self.engines = launch_engines(snapshot, time_scale)
+            for le in self.engines:
+                ep = le.endpoint
+                print(f"  engine {ep.pool}/{ep.variant} at {ep.url}", flush=True)
+        except (ValueError, RuntimeError) as e:
+            self.error = str(e)
+            print(f"modelfleet up: {e}", file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        finally:
+            self.launched.set()
+        self._release.wait()
+
+    def stop(self) -> None:
+        """Stop the engines (after a launch in progress has finished) and the thread."""
+        from modelfleet.scheduler.launch import stop_engines
+
+        self.launched.wait()
+        if self.engines:
+            stop_engines(self.engines)
+        self._release.set()
+        self._thread.join()
+
+
 def _announce_when_ready(
-    host: str, port: int, models: list[str], started: float, done: threading.Event
+    host: str,
+    port: int,
+    models: list[str],
+    engines: _EngineThread,
+    n_engines: int,
+    started: float,
+    done: threading.Event,
 ) -> Callable[[], None]:
-    """A thread body printing the ready lines once ``/v1/models`` answers."""
+    """A thread body printing the ready lines once the engines run, ``/v1/models`` answers and
+    the scheduler sees every engine healthy (``modelfleet_endpoint_up``)."""
     import httpx
 
+    from modelfleet.local.top import parse_scheduler
+
     local = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-    base = f"http://{local}:{port}/v1"
+    base = f"http://{local}:{port}"
 
     def watch() -> None:
+        while not engines.launched.wait(0.2):
+            if done.is_set():
+                return
+        if engines.error:
+            return
         while not done.wait(0.2):
             try:
-                r = httpx.get(f"{base}/models", timeout=2.0)
-            except httpx.HTTPError:
+                if httpx.get(f"{base}/v1/models", timeout=2.0).status_code != 200:
+                    continue
+                m = httpx.get(f"{base}/metrics", timeout=2.0)
+                up = parse_scheduler(m.text, 0.0).up.values() if m.status_code == 200 else []
+            except (httpx.HTTPError, ValueError):
                 continue
-            if r.status_code == 200:
-                print(f"modelfleet up: OpenAI base URL {base}", flush=True)
-                print(
-                    f"modelfleet up: ready in {time.monotonic() - started:.1f} s; models "
-                    f"{', '.join(models)}; Ctrl-C stops everything",
-                    flush=True,
-                )
-                return
+            if sum(ok for *_, ok in up) < n_engines:
+                continue
+            print(f"modelfleet up: OpenAI base URL {base}/v1", flush=True)
+            print(
+                f"modelfleet up: ready in {time.monotonic() - started:.1f} s; models "
+                f"{', '.join(models)}; Ctrl-C stops everything",
+                flush=True,
+            )
+            return
 
     return watch
 
@@ -153,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         paths = [str(found)]
     folder = Path(tempfile.mkdtemp(prefix="modelfleet-up-"))
-    engines: list[Any] = []
+    engines: _EngineThread | None = None
     done = threading.Event()
     try:
         try:
@@ -165,7 +230,6 @@ def run(args: argparse.Namespace) -> int:
         except UpError as e:
             return _fail(e.problems, paths)
         from modelfleet.scheduler import cli as scheduler_cli
-        from modelfleet.scheduler.launch import launch_engines
 
         gpus = {
             v.accelerator_profile
@@ -178,33 +242,26 @@ def run(args: argparse.Namespace) -> int:
             f"{len(gpus)} GPU types) from {', '.join(paths)}",
             flush=True,
         )
-        try:
-            engines = launch_engines(snapshot, args.time_scale)
-        except (ValueError, RuntimeError) as e:
-            print(f"modelfleet up: {e}", file=sys.stderr, flush=True)
-            return 1
-        for le in engines:
-            ep = le.endpoint
-            print(f"  engine {ep.pool}/{ep.variant} at {ep.url}", flush=True)
+        engines = _EngineThread(snapshot, args.time_scale)
         os.environ.setdefault("RAY_TMPDIR", str(folder))  # this run's Ray files, removed below
         models = sorted(snapshot.public_models())
         threading.Thread(
-            target=_announce_when_ready(args.host, args.port, models, started, done),
+            target=_announce_when_ready(
+                args.host, args.port, models, engines, len(plan), started, done
+            ),
             name="modelfleet-up-ready",
             daemon=True,
         ).start()
         code: int = scheduler_cli.run(_scheduler_args(folder / "fleet", args))
-        return code
+        return 1 if engines.error else code
     except KeyboardInterrupt:
-        return 0
+        return 1 if engines is not None and engines.error else 0
     finally:
         done.set()
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, signal.SIG_IGN)  # no second signal mid-cleanup
-        if engines:
-            from modelfleet.scheduler.launch import stop_engines
-
-            stop_engines(engines)
+        if engines is not None:
+            engines.stop()
             print("modelfleet up: stopped", flush=True)
         with contextlib.suppress(OSError):
             shutil.rmtree(folder)
