@@ -28,7 +28,7 @@ url="http://127.0.0.1:$port/v1"
 "$venv/bin/modelfleet" validate --check-refs examples/
 
 log="$(mktemp)"
-"$venv/bin/modelfleet" up --port "$port" "${args[@]}" > >(tee "$log") 2>&1 &
+"$venv/bin/modelfleet" up --port "$port" "${args[@]}" > >(trap '' INT; tee "$log") 2>&1 &
 up=$!
 stop() {
   trap - EXIT INT TERM

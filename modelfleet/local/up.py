@@ -47,10 +47,10 @@ QUICKSTART = Path("examples") / "quickstart"
 
 def default_manifests() -> Path | None:
     """``examples/quickstart`` of the working directory, else of the source checkout."""
-    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        if (root / QUICKSTART).is_dir():
-            return root / QUICKSTART
-    return None
+    if QUICKSTART.is_dir():
+        return QUICKSTART
+    source = Path(__file__).resolve().parents[2] / QUICKSTART
+    return source if source.is_dir() else None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
