@@ -181,8 +181,20 @@ def _subcommands() -> dict[str, tuple[str, Handler]]:
             "run the OpenAI-compatible scheduler over a fleet (Ray Serve)",
             _lazy("modelfleet.scheduler.cli", "scheduler"),
         ),
+        "up": (
+            "start a local fleet (engine simulators + the scheduler) from manifests",
+            _lazy("modelfleet.local.up", "local"),
+        ),
+        "top": (
+            "live view of a running scheduler's pools, variants and instances",
+            _lazy("modelfleet.local.top", "local"),
+        ),
+        "load": (
+            "replay a trace against an OpenAI endpoint; summary table and latency CDF plots",
+            _lazy("modelfleet.local.load", "local"),
+        ),
         "simulate": (
-            "compare placement policies on a local simulated fleet (no cluster needed)",
+            "policy benchmark: compare placement policies on a simulated fleet in virtual time",
             _lazy("modelfleet.sim.cli", "bench"),
         ),
         "dev-cluster": (
@@ -192,7 +204,9 @@ def _subcommands() -> dict[str, tuple[str, Handler]]:
     }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command``, only that subcommand's arguments are built (and its module
+    imported), so a command does not pay for importing every other one."""
     parser = argparse.ArgumentParser(
         prog="modelfleet",
         description="Kubernetes operator and cluster scheduler for multi-model LLM serving.",
@@ -200,13 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, (add, run)) in _subcommands().items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        add(p)
+        if command is None or command == name:
+            add(p)
         p.set_defaults(_run=run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in _subcommands() else None
+    args = build_parser(command).parse_args(argv)
     code: int = args._run(args)
     return code
 

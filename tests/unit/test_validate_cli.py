@@ -44,7 +44,7 @@ def test_invalid_manifest_refused_naming_the_field(
 def test_validate_all_examples_at_once(capsys: pytest.CaptureFixture[str]) -> None:
     files = [str(p) for p in sorted((ROOT / "examples").rglob("*.yaml"))]
     assert main(["validate", "--check-refs", *files]) == 0
-    assert "ok: 16 object(s)" in capsys.readouterr().out
+    assert "ok: 23 object(s) in 10 file(s)" in capsys.readouterr().out
 
 
 def test_check_refs_reports_missing_pool(
