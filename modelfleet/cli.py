@@ -181,6 +181,10 @@ def _subcommands() -> dict[str, tuple[str, Handler]]:
             "compare placement policies on a local simulated fleet (no cluster needed)",
             _lazy("modelfleet.sim.cli", "bench"),
         ),
+        "operator": (
+            "run the operator: ModelPools become vLLM Deployments (kopf)",
+            _lazy("modelfleet.operator.cli", "operator"),
+        ),
         "dev-cluster": (
             "a local Kubernetes control plane with simulated GPU nodes (up|down|kubeconfig)",
             _lazy("modelfleet.testing.cluster_cli", "testing"),
