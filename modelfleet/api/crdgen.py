@@ -38,7 +38,7 @@ PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
     "ModelPool": [
         {"name": "Model", "type": "string", "jsonPath": ".spec.servedModelName"},
         {"name": "Ready", "type": "string", "jsonPath": ".status.ready"},
-        {"name": "Variants", "type": "string", "jsonPath": ".spec.variants[*].name"},
+        {"name": "Variants", "type": "string", "jsonPath": ".status.variantSummary"},
         {"name": "Mode", "type": "string", "jsonPath": ".spec.scaling.mode"},
         {"name": "Cost/h", "type": "number", "jsonPath": ".status.estimatedCostPerHour"},
         {

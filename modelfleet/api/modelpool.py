@@ -388,6 +388,11 @@ class ModelPoolStatus(ApiModel):
     ready_replicas: int = Field(default=0, ge=0, description="Total Ready pods.")
     desired_replicas: int = Field(default=0, ge=0, description="Total target.")
     ready: str = Field(default="", max_length=32, description="'ready/desired', for kubectl.")
+    variant_summary: str = Field(
+        default="",
+        max_length=1024,
+        description="'<variant>:<ready>/<desired>,...' in spec order, for kubectl.",
+    )
     selector: str = Field(default="", max_length=1024, description="Label selector of pods.")
     variants: list[VariantStatus] = Field(default_factory=list, max_length=16)
     estimated_cost_per_hour: float = Field(

@@ -112,12 +112,7 @@ def run(args: argparse.Namespace) -> int:
         level=getattr(logging, str(args.log_level).upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from modelfleet.operator.runtime import (
-        LeaderElector,
-        OperatorThread,
-        api_client,
-        build_operator,
-    )
+    from modelfleet.operator.runtime import LeaderElector, api_client, build_operator
 
     try:
         token = _token(args)
@@ -150,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
                 return 0
             op.metrics.leader.set(1)
         liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
-        kopf_thread = OperatorThread(op.registry, args.namespaces, liveness_endpoint=liveness)
+        kopf_thread = op.thread(args.namespaces, liveness_endpoint=liveness)
         kopf_thread.start()
         lost = threading.Event()
         renewer = None

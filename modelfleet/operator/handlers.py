@@ -7,25 +7,30 @@ as an import side effect), for one :class:`~modelfleet.operator.reconcile.Reconc
 watch                                        does
 ============================================ =============================================
 ModelPool resume / create / update           full reconcile of the pool
-ModelPool timer (every resync period)        full reconcile (autoscaling, drift, status)
 ModelPool ADDED / DELETED events             re-resolve the namespace's RoutingPolicies
 engine Deployments, Pods (any event)         status refresh of their pool; a pod starting to
                                              terminate is drained through the scheduler
-RoutingPolicy resume / create / update,      Accepted / ResolvedRefs
-timer
+RoutingPolicy resume / create / update       Accepted / ResolvedRefs
 AcceleratorProfile resume / create / update, status (matching nodes, GPUs), re-render the
 DELETED                                      pools that use it
 ============================================ =============================================
 
+Every resync period, :meth:`~modelfleet.operator.reconcile.Reconciler.resync` reconciles
+every pool and policy again (autoscaling, drift, status); it runs in its own thread
+(:class:`~modelfleet.operator.runtime.OperatorThread`), not as a kopf timer, because kopf puts
+a finalizer on every object a timer watches, and then a pool could not be deleted while no
+operator runs. Nothing the operator does on deletion needs a finalizer: children go by owner
+references, their pods drain on the way out.
+
 Handlers are synchronous: kopf runs them in its thread pool, where the blocking Kubernetes and
 gRPC clients belong. kopf keeps its own bookkeeping in annotations under ``modelfleet.io/``
-(the status is the operator's alone) and adds no finalizer: nothing the operator does on
-deletion needs one (children go by owner references; their pods drain on the way out).
+(the status is the operator's alone).
 """
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -71,13 +76,12 @@ def _plain(body: Any) -> dict[str, Any]:
 def build_registry(
     reconciler: Reconciler,
     connection: kopf.ConnectionInfo,
-    *,
-    max_workers: int = 16,
+    executor: ThreadPoolExecutor,
 ) -> kopf.OperatorRegistry:
-    """The operator's handlers (module docstring) on a new registry."""
+    """The operator's handlers (module docstring) on a new registry. Synchronous handlers run
+    in ``executor``, which the caller owns (and shuts down after kopf stops)."""
     registry = kopf.OperatorRegistry()
     rec = reconciler
-    resync = rec.config.resync_s
     pools_seen: dict[str, set[str]] = {}
 
     @kopf.on.startup(registry=registry)
@@ -90,7 +94,7 @@ def build_registry(
         )
         settings.persistence.finalizer = "modelfleet.io/operator"
         settings.posting.level = logging.WARNING
-        settings.execution.max_workers = max_workers
+        settings.execution.executor = executor
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         settings.networking.request_timeout = 60
@@ -105,10 +109,6 @@ def build_registry(
     @kopf.on.create(GROUP, VERSION, "modelpools", registry=registry)
     @kopf.on.update(GROUP, VERSION, "modelpools", registry=registry)
     def pool_changed(namespace: str | None, name: str, **_: Any) -> None:
-        rec.reconcile_pool(str(namespace), name)
-
-    @kopf.timer(GROUP, VERSION, "modelpools", interval=resync, registry=registry)
-    def pool_tick(namespace: str | None, name: str, **_: Any) -> None:
         rec.reconcile_pool(str(namespace), name)
 
     @kopf.on.event(GROUP, VERSION, "modelpools", registry=registry)
@@ -147,7 +147,6 @@ def build_registry(
     @kopf.on.resume(GROUP, VERSION, "routingpolicies", registry=registry)
     @kopf.on.create(GROUP, VERSION, "routingpolicies", registry=registry)
     @kopf.on.update(GROUP, VERSION, "routingpolicies", registry=registry)
-    @kopf.timer(GROUP, VERSION, "routingpolicies", interval=resync, registry=registry)
     def policy_changed(namespace: str | None, name: str, **_: Any) -> None:
         rec.reconcile_policy(str(namespace), name)
 

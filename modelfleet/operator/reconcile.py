@@ -164,6 +164,21 @@ def _parse(raw: JSON, source: str) -> tuple[Any, list[Problem]]:
     return validate_object({k: v for k, v in raw.items() if k != "status"}, source)
 
 
+def _raw_pool_refs(spec: Any) -> set[str]:
+    """Pool names an unparsable RoutingPolicy spec names (best effort, for ResolvedRefs)."""
+    if not isinstance(spec, dict):
+        return set()
+    targets = list(spec.get("defaultTargets") or [])
+    for rule in spec.get("rules") or []:
+        if isinstance(rule, dict):
+            targets += rule.get("targets") or []
+    names = {str(t["pool"]) for t in targets if isinstance(t, dict) and t.get("pool")}
+    for c in spec.get("sloClasses") or []:
+        if isinstance(c, dict) and c.get("downgradePool"):
+            names.add(str(c["downgradePool"]))
+    return names
+
+
 def _ts(text: Any) -> float | None:
     if not text:
         return None
@@ -623,6 +638,43 @@ class Reconciler:
         self.metrics.forget_pool(namespace, name)
         self.events.forget(uid)
 
+    # ================================================================== resync
+
+    def resync(self, executor: ThreadPoolExecutor | None = None) -> int:
+        """Reconcile every pool and policy of the watched namespaces once (what a resync
+        period does); returns how many objects it visited. Objects are reconciled in
+        ``executor`` when given (the caller waits for all), else one after the other; an
+        error on one object is logged and does not stop the others."""
+        work: list[tuple[str, str, str]] = []
+        for kind in ("ModelPool", "RoutingPolicy"):
+            namespaces = self.config.namespaces
+            objs = (
+                [o for ns in namespaces for o in self.kube.list_objects(kind, ns)]
+                if namespaces
+                else self.kube.list_all_namespaces(kind)
+            )
+            for o in objs:
+                meta = o.get("metadata") or {}
+                work.append((kind, str(meta.get("namespace")), str(meta.get("name"))))
+
+        def one(item: tuple[str, str, str]) -> None:
+            kind, namespace, name = item
+            try:
+                if kind == "ModelPool":
+                    self.reconcile_pool(namespace, name)
+                else:
+                    self.reconcile_policy(namespace, name)
+            except Exception:
+                log.exception("resync of %s %s/%s failed", kind, namespace, name)
+
+        if executor is None:
+            for item in work:
+                one(item)
+        else:
+            for f in [executor.submit(one, item) for item in work]:
+                f.result()
+        return len(work)
+
     # ================================================================== RoutingPolicy
 
     def reconcile_policy(self, namespace: str, name: str) -> None:
@@ -645,13 +697,15 @@ class Reconciler:
         missing: list[str] = []
         if problems or not isinstance(parsed, RoutingPolicy):
             invalid = _problems_text(problems) or "the object does not parse"
+            refs = _raw_pool_refs(raw.get("spec"))
         else:
             invalid, reason = self._policy_problem(parsed)
-            pools = {
-                str((p.get("metadata") or {}).get("name"))
-                for p in self.kube.list_objects("ModelPool", namespace)
-            }
-            missing = sorted(parsed.referenced_pools() - pools)
+            refs = parsed.referenced_pools()
+        pools = {
+            str((p.get("metadata") or {}).get("name"))
+            for p in self.kube.list_objects("ModelPool", namespace)
+        }
+        missing = sorted(refs - pools)
         conditions = st.policy_conditions(
             generation=generation, invalid=invalid, invalid_reason=reason, missing_pools=missing
         )

@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,8 +68,23 @@ class Operator:
     metrics: OperatorMetrics
     reconciler: Reconciler
     registry: kopf.OperatorRegistry
+    executor: ThreadPoolExecutor
+
+    def thread(
+        self, namespaces: Sequence[str] = (), *, liveness_endpoint: str | None = None
+    ) -> OperatorThread:
+        """kopf and the resync loop for this operator (not started)."""
+        return OperatorThread(
+            self.registry,
+            namespaces,
+            liveness_endpoint=liveness_endpoint,
+            resync=lambda: self.reconciler.resync(self.executor),
+            resync_s=self.reconciler.config.resync_s,
+        )
 
     def close(self) -> None:
+        """Release everything (after kopf has stopped)."""
+        self.executor.shutdown(wait=True, cancel_futures=True)
         self.reconciler.close()
         if self.scheduler is not None:
             self.scheduler.close()
@@ -84,21 +100,26 @@ def build_operator(
     scheduler_token: str = "",
     metrics: OperatorMetrics | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    handler_threads: int = 16,
 ) -> Operator:
     """The composition root's objects for one process."""
     kube = Kube(client)
     scheduler = SchedulerClient(scheduler_address, scheduler_token) if scheduler_address else None
     metrics = metrics or OperatorMetrics()
     reconciler = Reconciler(kube, scheduler, metrics, config, clock=clock)
-    registry = build_registry(reconciler, connection_info(client.configuration))
-    return Operator(client, kube, scheduler, metrics, reconciler, registry)
+    executor = ThreadPoolExecutor(
+        max_workers=handler_threads, thread_name_prefix="modelfleet-handler"
+    )
+    registry = build_registry(reconciler, connection_info(client.configuration), executor)
+    return Operator(client, kube, scheduler, metrics, reconciler, registry, executor)
 
 
 class OperatorThread:
-    """kopf for ``registry`` in a thread of its own (module docstring).
+    """kopf for ``registry`` in a thread of its own, and the resync loop (module docstring).
 
-    ``namespaces`` empty = cluster-wide. :meth:`start` returns once kopf is watching;
-    :meth:`stop` asks kopf to stop and joins the thread.
+    ``namespaces`` empty = cluster-wide. :meth:`start` returns once kopf is watching and the
+    loop runs ``resync()`` every ``resync_s`` seconds in a second thread; :meth:`stop` stops
+    both and joins them.
     """
 
     def __init__(
@@ -107,15 +128,30 @@ class OperatorThread:
         namespaces: Sequence[str] = (),
         *,
         liveness_endpoint: str | None = None,
+        resync: Callable[[], object] | None = None,
+        resync_s: float = 15.0,
         name: str = "modelfleet-operator",
     ) -> None:
         self.registry = registry
         self.namespaces = tuple(namespaces)
         self.liveness_endpoint = liveness_endpoint
+        self.resync = resync
+        self.resync_s = resync_s
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._resync_thread = threading.Thread(
+            target=self._resync_loop, name=f"{name}-resync", daemon=True
+        )
+
+    def _resync_loop(self) -> None:
+        assert self.resync is not None
+        while not self._stop.wait(self.resync_s):
+            try:
+                self.resync()
+            except Exception:  # the API may be briefly unreachable; try again next period
+                log.exception("resync failed")
 
     def _run(self) -> None:
         try:
@@ -142,12 +178,16 @@ class OperatorThread:
             raise RuntimeError(f"kopf did not become ready within {timeout} s")
         if self._error is not None:
             raise RuntimeError(f"kopf failed to start: {self._error!r}") from self._error
+        if self.resync is not None:
+            self._resync_thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
+        if self._resync_thread.is_alive():
+            self._resync_thread.join(timeout)
         self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise RuntimeError(f"kopf did not stop within {timeout} s")
+        if self._thread.is_alive() or self._resync_thread.is_alive():
+            raise RuntimeError(f"the operator did not stop within {timeout} s")
 
     def join(self) -> None:
         """Wait until kopf exits (a stop, a signal, or a failure, which is re-raised)."""

@@ -101,7 +101,16 @@ def pool_conditions(
     want = sum(desired.values())
     ready = {v: (deployments[v].ready if v in deployments else 0) for v in desired}
     all_ready = all(ready[v] >= n for v, n in desired.items())
-    if want == 0 and all_ready:
+    if missing_profiles:
+        detail = ", ".join(f"{v} {ready[v]}/{n}" for v, n in sorted(desired.items()))
+        ready_cond = condition(
+            "Ready",
+            False,
+            "MissingAcceleratorProfile",
+            f"ready: {detail}; {degraded_msg}",
+            generation,
+        )
+    elif want == 0 and all_ready:
         ready_cond = condition("Ready", True, "ScaledToZero", "no replica is wanted", generation)
     elif all_ready:
         ready_cond = condition(
@@ -208,6 +217,9 @@ def pool_status(
         "readyReplicas": ready_total,
         "desiredReplicas": want,
         "ready": f"{ready_total}/{want}",
+        "variantSummary": ",".join(
+            f"{r['name']}:{r['readyReplicas']}/{r['desiredReplicas']}" for r in rows
+        ),
         "selector": f"modelfleet.io/pool={pool_name}",
         "variants": rows,
         "estimatedCostPerHour": round(cost, 4),

@@ -42,6 +42,8 @@ from modelfleet.testing.cluster_manifests import load_manifests
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "crds"
+#: kwok hands pod IPs out of this loopback range (see Cluster's pod_cidr).
+POD_CIDR = "127.1.0.0/16"
 
 _BINARIES = pytest.StashKey[Binaries]()
 _BINARIES_ERROR = pytest.StashKey[str]()
@@ -147,7 +149,8 @@ def cluster(
             client.close()
         return
     log_dir = tmp_path_factory.mktemp("controlplane-logs")
-    c = Cluster(binaries, log_dir=log_dir)
+    # Pod IPs on loopback, so engine simulators can stand in for pods (tests/cluster/e2e).
+    c = Cluster(binaries, log_dir=log_dir, pod_cidr=POD_CIDR)
     try:
         c.start()
     except ClusterError as err:
