@@ -1,7 +1,14 @@
 """Placement benchmark: every policy on the same trace, fleet, load and seeds, in the simulator.
 
-    .venv/bin/python bench/placement.py                 # the committed run (see --help)
+    .venv/bin/python bench/placement.py --matrix        # the scenario matrix (placement-matrix.md)
+    .venv/bin/python bench/placement.py                 # one cell at length (placement.md)
     .venv/bin/python bench/placement.py --calibrate     # round-robin p99 TTFT vs compression
+
+The matrix (``--matrix``, see :data:`MATRIX` and ``placement_matrix.py``) runs every baseline,
+the modelfleet default (latency model learned online from a deliberately wrong prior) and its
+labelled variants over fleets (homogeneous, mixed GPUs) x traces (Mooncake, Azure conversation
+and code) x load (steady, bursty) x pools (one, two of different model sizes), at least 3 seeds
+per cell, and reports every goal as met or not.
 
 Runs the modelfleet default profile and every baseline (round-robin, least-request,
 power-of-two, cache-aware, llm-d, llumnix) through :class:`modelfleet.sim.cluster.ClusterSimulator`
@@ -31,6 +38,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 from modelfleet.sim.cli import parse_fleet as _parse_fleet  # noqa: E402
 from modelfleet.sim.cluster import ClusterSimulator, SimConfig  # noqa: E402
@@ -94,6 +102,8 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         metrics_refresh_s=job["refresh"],
         seed=job["seed"],
         compute_bounds=job["bounds"],
+        front_end=job.get("front_end", True),
+        perf_model=job.get("perf_model", "learned"),
     )
     t0 = time.perf_counter()
     result = ClusterSimulator(trace, fleet, policy_factory(job["policy"]), config).run()
@@ -240,6 +250,11 @@ def speed(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    if "--matrix" in args_list or "--calibrate-matrix" in args_list:
+        from placement_matrix import matrix_main
+
+        return matrix_main(args_list)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--trace", default=DEFAULT_TRACE, help="Mooncake JSONL or Azure CSV (.gz ok)")
     ap.add_argument(
@@ -269,6 +284,17 @@ def main(argv: list[str] | None = None) -> int:
         help="engine-metrics scrape period (staleness), seconds",
     )
     ap.add_argument("--jitter-ms", type=float, default=50.0)
+    ap.add_argument(
+        "--no-front-end",
+        action="store_true",
+        help="engines without the front-end latency of timing model v2 (the v1 timing)",
+    )
+    ap.add_argument(
+        "--perf-model",
+        default="learned",
+        choices=["learned", "prior", "oracle"],
+        help="what the policies know of latencies (default learned, as a live scheduler)",
+    )
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="bench/results/placement")
     ap.add_argument("--calibrate", action="store_true")
@@ -302,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
             bounds=(s == args.seeds[0]),
             keep=(s == args.seeds[0]),
             policy=p,
+            front_end=not args.no_front_end,
+            perf_model=args.perf_model,
         )
         for s in args.seeds
         for p in args.policies
@@ -419,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
         + f", arrival compression ×{args.compression:g}, seeds {args.seeds} (policy RNG + "
         f"arrival jitter < {args.jitter_ms:g} ms)",
         f"- Fleet: {fleet} × {args.model}, engine metrics scraped every {args.metrics_refresh:g} s",
+        f"- Engines {'without' if args.no_front_end else 'with'} the front-end latency of timing "
+        f"model v2; policies' latency model: {args.perf_model} (declarations honest)",
         f"- SLO: TTFT ≤ {args.ttft_slo:g} s and TPOT ≤ {args.tpot_slo:g} s",
         f"- Best baseline by mean p99 TTFT: **{best}**; by goodput: **{best_good}**",
         f"- modelfleet p99 TTFT / best baseline: **{main_ratio:.2f}** (aim ≤ 0.5)",

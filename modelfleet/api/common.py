@@ -105,7 +105,7 @@ class ApiModel(BaseModel):
         validate_default=False,
         frozen=True,
         strict=True,
-        json_schema_extra=lambda schema, cls: _add_cel_rules(schema, cls),
+        json_schema_extra=lambda schema, cls: _schema_extra(schema, cls),
     )
 
     #: Cross-field rules of this model (see :class:`Rule`).
@@ -125,11 +125,27 @@ class ApiModel(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-def _add_cel_rules(schema: dict[str, Any], cls: type[Any]) -> None:
+def _schema_extra(schema: dict[str, Any], cls: type[Any]) -> None:
+    """Add the model's CEL rules, and the defaults pydantic leaves out of the JSON schema.
+
+    pydantic omits a ``default_factory`` value from the schema; for a list or a mapping (e.g.
+    ``triggers`` defaulting to ``["drain"]``) the CRD must still carry it, or the API server
+    would store an object without it and every reader would see a different default than the
+    Python model's. (Nested objects get their fully defaulted value from the CRD generator.)
+    """
     rules: tuple[Rule, ...] = getattr(cls, "cel_rules", ())
     cel = [r.to_cel() for r in rules if r.cel]
     if cel:
         schema["x-kubernetes-validations"] = cel
+    properties = schema.get("properties", {})
+    for name, info in cls.model_fields.items():
+        factory = info.default_factory
+        prop = properties.get(info.alias or name)
+        if factory is None or prop is None or "default" in prop:
+            continue
+        value = factory()
+        if isinstance(value, list | dict):
+            prop["default"] = value
 
 
 def unique(values: list[str]) -> bool:

@@ -13,7 +13,11 @@ translation is mechanical and lossless for the constructs the API uses:
   so the API server fills in the inner defaults as the Python models do (and CEL rules, which
   the server checks against defaults, see every field they read);
 * titles are dropped; descriptions, defaults, enums, bounds and the models' CEL rules
-  (``x-kubernetes-validations``) are kept.
+  (``x-kubernetes-validations``) are kept;
+* a fractional bound on a number (``ge=0.1``) is also emitted as a CEL rule on the field
+  (``self >= 0.1``): the API server checks ``minimum``/``maximum`` against an *integer* value
+  with the bound truncated to an integer, so ``0`` would pass ``minimum: 0.1`` while
+  ``modelfleet validate`` refuses it. CEL compares the value as a double.
 
 The output is deterministic (sorted keys, stable order), so a test can regenerate and compare.
 """
@@ -109,6 +113,10 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
             out[key] = {k: _resolve(v, defs) for k, v in value.items()}
         else:
             out[key] = _resolve(value, defs)
+    if out.get("type") == "number":
+        rules = _fractional_bound_rules(out)
+        if rules:
+            out["x-kubernetes-validations"] = [*out.get("x-kubernetes-validations", []), *rules]
     if out.get("type") == "object" or "properties" in out:
         out["type"] = "object"
         extra = node.get("additionalProperties")
@@ -122,11 +130,8 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
             optional = prop.pop(_OPTIONAL, False)
             if name in required or "default" in prop or optional:
                 continue
-            if prop.get("type") == "array":
-                # Lists default to empty in the models; CEL rules may then read them safely.
-                prop["default"] = []
-            elif prop.get("x-kubernetes-preserve-unknown-fields") or "additionalProperties" in prop:
-                prop["default"] = {}
+            # (Lists and maps already carry their default: ApiModel's schema hook adds the
+            # value of every default_factory, so CEL rules may read them safely.)
             # A nested object with every field defaulted defaults to that object, so the API
             # server applies the inner defaults exactly as the Python model does.
             if (
@@ -137,6 +142,23 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
             ):
                 prop["default"] = _defaults_of(prop)
     return out
+
+
+def _fractional_bound_rules(node: dict[str, Any]) -> list[dict[str, str]]:
+    """CEL rules repeating the non-integer bounds of a number schema (see the module doc)."""
+    rules = []
+    for key, op, exclusive_op, words in (
+        ("minimum", ">=", ">", "greater than"),
+        ("maximum", "<=", "<", "less than"),
+    ):
+        bound = node.get(key)
+        if bound is None or float(bound).is_integer():
+            continue
+        exclusive = node.get("exclusive" + key.capitalize(), False)
+        rule_op = exclusive_op if exclusive else op
+        text = words if exclusive else f"{words} or equal to"
+        rules.append({"rule": f"self {rule_op} {bound!r}", "message": f"must be {text} {bound!r}"})
+    return rules
 
 
 def openapi_schema(model: type[Any]) -> dict[str, Any]:

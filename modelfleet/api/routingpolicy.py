@@ -65,6 +65,7 @@ ProfileName = Literal[
     "modelfleet",
     "round-robin",
     "least-request",
+    "least-load-speed",
     "power-of-two",
     "cache-aware",
     "llm-d",
@@ -408,8 +409,8 @@ class PlacementSpec(ApiModel):
         default="modelfleet",
         description=(
             "Built-in profile: modelfleet (SLO headroom + prefix cache + load, bounded load), "
-            "or a baseline (round-robin, least-request, power-of-two, cache-aware, llm-d, "
-            "llumnix); custom = the filters, scorers and picker below."
+            "or a baseline (round-robin, least-request, least-load-speed, power-of-two, "
+            "cache-aware, llm-d, llumnix); custom = the filters, scorers and picker below."
         ),
     )
     filters: list[FilterSpec] = Field(

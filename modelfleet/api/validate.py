@@ -53,9 +53,7 @@ def _loc(error: Any) -> str:
     if error["type"] == "rule":
         field = error.get("ctx", {}).get("field", "")
         loc.extend(f for f in field.split(".") if f)
-    if error["type"] == "extra_forbidden":
-        pass  # loc already ends with the unknown field's name
-    return format_loc(loc) or "<root>"
+    return format_loc(loc) or "<root>"  # an unknown field's loc already ends with its name
 
 
 def _message(error: Any) -> str:

@@ -11,8 +11,10 @@ One `step()` is one iteration of vLLM V1's scheduler plus the model forward pass
 2. If nothing was preempted, waiting requests are admitted in FCFS order while budget and
    `max_num_seqs` allow: first the longest prefix of their full blocks found in the prefix
    cache (at most all tokens but the last, which must be recomputed to produce logits), then
-   as many new tokens as the budget allows (chunked prefill). A request that does not fit
-   stops admission (no skipping: FCFS).
+   as many new tokens as the budget allows (chunked prefill). Like vLLM 0.32
+   (`scheduler_reserve_full_isl`), a request is admitted only if the free blocks hold its
+   whole prompt (plus what it generated before a preemption), not just its first chunk. A
+   request that does not fit stops admission (no skipping: FCFS).
 3. The step's duration comes from `timing.StepTimer` (prefill tokens and attended context,
    decoding sequences and their total context). Every request whose tokens are now all
    computed samples one token from the injected `next_token(context)`; stop conditions
@@ -443,6 +445,18 @@ class EngineCore:
                 r.num_cached_blocks = full
         return True
 
+    def _fits_whole(self, r: _Req, hit_blocks: Sequence[int]) -> bool:
+        """vLLM 0.32's admission check (``scheduler_reserve_full_isl``, on by default): a
+        waiting or preempted request is admitted only if the free blocks hold its whole
+        sequence so far, not just the first chunk, so chunked prefill cannot over-admit and
+        thrash the cache with preemptions."""
+        pool = self.pool
+        total = min(len(r.all_ids), self.config.max_model_len)
+        need = -(-total // self.block_size) - len(r.blocks) - len(hit_blocks)
+        ref = pool.ref_cnt
+        evictable = [ref[b] for b in hit_blocks].count(0) if hit_blocks else 0
+        return need <= pool.num_free - evictable
+
     def _preempt(self, r: _Req) -> None:
         self.pool.free_blocks(r.blocks)
         r.blocks = []
@@ -504,7 +518,7 @@ class EngineCore:
                 if r.num_computed == 0:
                     hit, num_hit = self._computed_blocks(r)
                 n = min(len(r.all_ids) - num_hit, budget)
-                if not self._allocate(r, n, hit, num_hit):
+                if not self._fits_whole(r, hit) or not self._allocate(r, n, hit, num_hit):
                     break
                 waiting.popleft()
                 r.state = _RUNNING

@@ -270,15 +270,21 @@ class ZmqEventPublisher:
         self._pub: zmq.Socket[bytes] = self._ctx.socket(zmq.PUB)
         self._pub.set_hwm(config.hwm)
         self._pub.setsockopt(zmq.LINGER, 0)
-        if _binds(config.endpoint):
-            self._pub.bind(config.endpoint)
-        else:
-            self._pub.connect(config.endpoint)
         self._replay: zmq.asyncio.Socket | None = None
-        if config.replay_endpoint is not None:
-            self._replay = zmq.asyncio.Context.shadow(self._ctx).socket(zmq.ROUTER)
-            self._replay.setsockopt(zmq.LINGER, 0)
-            self._replay.bind(config.replay_endpoint)
+        endpoint = config.endpoint
+        try:  # a busy port is an OSError naming the endpoint, and nothing stays open
+            if _binds(endpoint):
+                self._pub.bind(endpoint)
+            else:
+                self._pub.connect(endpoint)
+            if config.replay_endpoint is not None:
+                endpoint = config.replay_endpoint
+                self._replay = zmq.asyncio.Context.shadow(self._ctx).socket(zmq.ROUTER)
+                self._replay.setsockopt(zmq.LINGER, 0)
+                self._replay.bind(endpoint)
+        except zmq.ZMQError as e:
+            self._ctx.destroy(linger=0)
+            raise OSError(e.errno, f"KV-event socket {endpoint}: {e.strerror}") from e
         self._topic = config.topic.encode("utf-8")
         self._seq = 0
         self._rank = data_parallel_rank

@@ -19,6 +19,7 @@ Every family carries ``model_name`` and ``engine`` labels (``engine="0"``: no da
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -47,9 +48,15 @@ REQUEST_LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
+# vLLM's buckets without CUDA graphs (``--enforce-eager``, the CPU backend); with CUDA graphs
+# vLLM adds its capture sizes, which depend on the deployment.
 ITERATION_TOKEN_BUCKETS = (
-    1, 8, 16, 24, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384,
+    1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384,
 )  # fmt: skip
+PREEMPTION_BUCKETS = (1, 2, 3, 4, 5, 10, 20)
+CACHED_SOURCES = ("device", "host", "p2p", "disk", "external_unspecified")
+"""Cache tiers of ``vllm:prompt_tokens_cached_by_source``; the simulator has only ``device``."""
+ADMISSION_REJECTION_REASONS = ("max_num_queued_reqs", "max_num_queued_tokens")
 
 
 def _token_buckets(max_model_len: int) -> tuple[float, ...]:
@@ -88,6 +95,8 @@ class _StatsCollector(Collector):
         self._stats = stats
         self._names = list(labels)
         self._values = list(labels.values())
+        self._created = time.time()  # the counters' ``_created`` sample, as vLLM's counters
+        self._model_name = labels["model_name"]
 
     def _gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
         g = GaugeMetricFamily(name, doc, labels=self._names)
@@ -96,7 +105,7 @@ class _StatsCollector(Collector):
 
     def _counter(self, name: str, doc: str, value: float) -> CounterMetricFamily:
         c = CounterMetricFamily(name, doc, labels=self._names)
-        c.add_metric(self._values, value)
+        c.add_metric(self._values, value, created=self._created)
         return c
 
     def collect(self) -> Iterable[Metric]:
@@ -157,9 +166,16 @@ class _StatsCollector(Collector):
              "External prefix cache hits from KV connector cross-instance cache sharing."),
             ("vllm:mm_cache_queries", "Multi-modal cache queries, in terms of number of items."),
             ("vllm:mm_cache_hits", "Multi-modal cache hits, in terms of number of items."),
-            ("vllm:admission_rejections", "Number of admission attempts rejected."),
         ):  # fmt: skip
             yield self._counter(name, doc, 0)
+        # vLLM labels this one by reason and, unlike the others, not by engine.
+        rejections = CounterMetricFamily(
+            "vllm:admission_rejections", "Number of admission attempts rejected.",
+            labels=["model_name", "reason"],
+        )  # fmt: skip
+        for reason in ADMISSION_REJECTION_REASONS:
+            rejections.add_metric([self._model_name, reason], 0, created=self._created)
+        yield rejections
         by_source = CounterMetricFamily(
             "vllm:prompt_tokens_by_source", "Number of prompt tokens by source.",
             labels=[*self._names, "source"],
@@ -170,17 +186,15 @@ class _StatsCollector(Collector):
             ("local_cache_hit", s.prefix_cache_hits),
             ("external_kv_transfer", 0),
         ):
-            by_source.add_metric([*self._values, source], value)
+            by_source.add_metric([*self._values, source], value, created=self._created)
         yield by_source
         cached_by_source = CounterMetricFamily(
             "vllm:prompt_tokens_cached_by_source", "Number of cached prompt tokens by source.",
             labels=[*self._names, "source"],
         )  # fmt: skip
-        for source, value in (
-            ("local_cache_hit", s.prefix_cache_hits),
-            ("external_kv_transfer", 0),
-        ):
-            cached_by_source.add_metric([*self._values, source], value)
+        for source in CACHED_SOURCES:
+            value = s.prefix_cache_hits if source == "device" else 0
+            cached_by_source.add_metric([*self._values, source], value, created=self._created)
         yield cached_by_source
         yield self._counter(
             "vllm:prompt_tokens", "Number of prefill tokens processed.", s.prompt_tokens_total
@@ -289,7 +303,7 @@ class EngineMetrics:
         ).labels(*self._label_values)
         self.request_preemptions = hist(
             "vllm:request_num_preemptions", "Number of preemptions per request.",
-            (0, 1, 2, 5, 10, 20, 50, 100),
+            PREEMPTION_BUCKETS,
         ).labels(*self._label_values)  # fmt: skip
         self.prefill_kv_computed = hist(
             "vllm:request_prefill_kv_computed_tokens",

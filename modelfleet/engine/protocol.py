@@ -26,6 +26,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = [
+    "REUSED_IDS_PARAM",
     "ChatCompletionRequest",
     "CompletionRequest",
     "DetokenizeRequest",
@@ -42,6 +43,7 @@ NonNegInt = Annotated[int, Field(ge=0)]
 
 MAX_STOP_STRINGS = 4  # vLLM's VLLM_MAX_STOP_STRINGS default
 MAX_CACHE_SALT_CHARS = 128
+REUSED_IDS_PARAM = "kv_transfer_params.prompt_token_ids"
 MAX_JSON_DEPTH = 1000
 """About where Python's JSON parser hits its recursion limit; deeper bodies get a 400, as on
 vLLM (whose parser is the same), instead of the 500 an uncaught RecursionError would give."""
@@ -331,9 +333,9 @@ class ChatCompletionRequest(_GenerationFields):
             or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids)
         ):
             raise ProtocolError(
-                "kv_transfer_params.prompt_token_ids must be a non-empty list of "
-                "non-negative integers",
-                param="kv_transfer_params",
+                f"`kv_transfer_params['prompt_token_ids']` must be a non-empty list of "
+                f"non-negative integers. (parameter={REUSED_IDS_PARAM})",
+                param=REUSED_IDS_PARAM,
             )
         return list(ids)
 

@@ -48,6 +48,7 @@ from modelfleet.engine.kv_events import KVEventsConfig, ZmqEventPublisher
 from modelfleet.engine.kvcache import KVEvent
 from modelfleet.engine.metrics import EngineMetrics
 from modelfleet.engine.protocol import (
+    REUSED_IDS_PARAM,
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
@@ -179,9 +180,17 @@ class EngineServer:
             self.publisher = ZmqEventPublisher(self.config.kv_events)
             self.publisher.start()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="engine-loop")
+        self._task.add_done_callback(self._on_loop_exit)
+
+    def _on_loop_exit(self, task: asyncio.Task[None]) -> None:
+        """The engine loop ended by an error: fail every request it held (none may hang)."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("engine loop died: %r", task.exception())
+        self._fail_all("error")
 
     async def _on_cleanup(self, _app: web.Application) -> None:
-        if self._task is not None:
+        if self._task is not None and not self._task.done():  # a dead loop was handled already
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -347,11 +356,14 @@ class EngineServer:
             )
         return requested
 
-    def _check_ids(self, ids: list[int]) -> None:
+    def _check_ids(self, ids: list[int], param: str | None = None) -> None:
+        """Every id in the vocabulary, else a 400 worded like vLLM's (which names the
+        parameter only for ``kv_transfer_params.prompt_token_ids``)."""
         try:
             self.tokenizer.validate_ids(ids)
         except ValueError as e:
-            raise ProtocolError(str(e), param="prompt") from None
+            where = "" if param is None else f" (parameter={param})"
+            raise ProtocolError(f"{e}{where}", param=param) from None
 
     @staticmethod
     def _request_id(request: web.Request, body_id: str | None) -> str:
@@ -363,6 +375,10 @@ class EngineServer:
         prompt_ids: list[int],
         internal_id: str,
     ) -> tuple[RequestStream, EngineRequest]:
+        if self._task is None or self._task.done():
+            raise ProtocolError(
+                "engine loop is not running", status=503, err_type="ServiceUnavailable"
+            )
         max_tokens = resolve_max_tokens(
             req.max_tokens,
             len(prompt_ids),
@@ -445,6 +461,7 @@ class EngineServer:
         reused = req.reused_prompt_token_ids()
         if reused is not None:  # vLLM skips templating; the messages are only validated
             prompt_ids = reused
+            self._check_ids(prompt_ids, REUSED_IDS_PARAM)
         else:
             prompt_ids = await self._chat_ids(
                 req.message_dicts(), req.add_generation_prompt, req.continue_final_message

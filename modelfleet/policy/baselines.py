@@ -5,6 +5,8 @@ name               what (source of the published behaviour, ``reference/anchors.
 =================  =====================================================================
 round-robin        cycle through healthy endpoints (production-stack / Dynamo default)
 least-request      fewest in-flight requests sent by this router (AIBrix ``least-request``)
+least-load-speed   fewest in-flight tokens per unit of declared relative speed: the simple
+                   speed-aware least-load baseline (what a mixed-GPU fleet needs at least)
 power-of-two       two random endpoints, the one with fewer in-flight wins (Ray Serve default)
 cache-aware        SGLang / vLLM router ``cache_aware``: radix tree + balance thresholds
                    (``cache_threshold`` 0.5, ``balance_abs_threshold`` 32,
@@ -41,6 +43,7 @@ from modelfleet.policy.plugins import default_registry
 POLICY_NAMES: tuple[str, ...] = (
     "round-robin",
     "least-request",
+    "least-load-speed",
     "power-of-two",
     "cache-aware",
     "llm-d",
@@ -67,6 +70,11 @@ def policy_spec(name: str) -> ProfileSpec:
         return ProfileSpec(
             filters=healthy,
             scorers=[PluginSpec(type="queue", parameters={"metric": "inflight-requests"})],
+        )
+    if name == "least-load-speed":
+        return ProfileSpec(
+            filters=healthy,
+            scorers=[PluginSpec(type="queue", parameters={"metric": "speed-weighted"})],
         )
     if name == "power-of-two":
         return ProfileSpec(filters=healthy, picker=PickerSpec(type="power-of-two"))

@@ -21,6 +21,16 @@ queue-length cache):
 * **What the policy consumes** (:attr:`Router.consumes`, keys of :class:`~.framework.Data`), so
   a host knows whether to subscribe to KV events or fit perf models without probing the
   profile's parts.
+* **Latency learning** (optional, ``learner=``): each endpoint's ``perf`` is then the *prior*
+  of its variant, and the views carry the :class:`~.learn.LatencyLearner`'s current snapshot
+  instead. The router feeds the learner from the same hooks: at ``route`` it records the
+  prior's TTFT prediction for the chosen endpoint's queue (and the streams it serves), at the
+  first token the observed TTFT, at completion (or switch-over) the observed TPOT of the
+  request on that endpoint against its batch. A live proxy gets this for free by calling the
+  hooks with the times it saw.
+* **Prefix-index sizing**: an endpoint's ``kv_capacity_tokens`` (from its declared memory,
+  model and ``gpuMemoryUtilization``, :func:`~.prior.kv_capacity_tokens`) is handed to the
+  profile's prefix index when the index can use it (``set_capacity``).
 
 Pools: one router serves one pool (a request may only go to an endpoint of its own pool, and a
 migration may only move it within the pool), like one endpoint picker per InferencePool; a
@@ -40,6 +50,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from modelfleet.policy.framework import Clock, Data, Profile
+from modelfleet.policy.learn import LatencyLearner
 from modelfleet.policy.load import InflightTracker
 from modelfleet.policy.migration import InflightView, Migration, MigrationPlanner
 from modelfleet.policy.perf import PerfModel
@@ -53,8 +64,10 @@ class EndpointInfo:
     """What a host knows about one endpoint from configuration and discovery, not from scrapes.
 
     ``relative_speed`` is the accelerator's capacity weight (finite, > 0); ``perf`` its latency
-    model (``None``: SLO terms are neutral for it); ``draining`` is set by the operator's drain
-    (no new requests; the planner moves the running ones out).
+    model (``None``: SLO terms are neutral for it; with a learning router, the prior it starts
+    from); ``draining`` is set by the operator's drain (no new requests; the planner moves the
+    running ones out). ``tensor_parallel_size`` completes the variant's identity;
+    ``kv_capacity_tokens`` (0 = unknown) sizes the approximate prefix index for it.
     """
 
     id: EndpointId
@@ -65,10 +78,17 @@ class EndpointInfo:
     perf: PerfModel | None = None
     healthy: bool = True
     draining: bool = False
+    tensor_parallel_size: int = 1
+    kv_capacity_tokens: int = 0
 
     def __post_init__(self) -> None:
         if not self.id:
             raise ValueError("EndpointInfo.id must not be empty")
+        if self.tensor_parallel_size < 1 or self.kv_capacity_tokens < 0:
+            raise ValueError(
+                f"EndpointInfo {self.id!r}: tensor_parallel_size must be >= 1 and "
+                f"kv_capacity_tokens >= 0"
+            )
         if not (math.isfinite(self.relative_speed) and self.relative_speed > 0):
             raise ValueError(
                 f"EndpointInfo {self.id!r}: relative_speed must be finite and > 0, "
@@ -127,7 +147,19 @@ class _Slot:
 class _Flight:
     """What the router observed of one in-flight request."""
 
-    __slots__ = ("endpoint", "first_token_s", "generated", "migrating_to", "request")
+    __slots__ = (
+        "batch",
+        "endpoint",
+        "first_token_s",
+        "generated",
+        "migrating_to",
+        "prior_ttft",
+        "request",
+        "routed_s",
+        "segment_s",
+        "segment_tokens",
+        "streams",
+    )
 
     def __init__(self, request: RequestView, endpoint: EndpointId) -> None:
         self.request = request
@@ -135,6 +167,14 @@ class _Flight:
         self.generated = 0  # tokens streamed to the client so far (all endpoints)
         self.first_token_s: float | None = None
         self.migrating_to: EndpointId | None = None  # a destination copy is being prepared
+        # latency learning: what the prior predicted at routing, and the current decode
+        # segment on one endpoint (first token or switch-over time, tokens before it, batch)
+        self.routed_s = 0.0
+        self.prior_ttft = 0.0
+        self.streams = 0
+        self.segment_s: float | None = None
+        self.segment_tokens = 0
+        self.batch = 0
 
     def view(self, now: float) -> InflightView:
         """The planner's view, from what a proxy can observe.
@@ -172,10 +212,12 @@ class Router:
         planner: MigrationPlanner | None = None,
         pool: str = "",
         endpoints: Iterable[EndpointInfo] = (),
+        learner: LatencyLearner | None = None,
     ) -> None:
         self.profile = profile
         self.planner = planner
         self.pool = pool
+        self.learner = learner
         self.tracker = InflightTracker()
         self._slots: dict[EndpointId, _Slot] = {}
         self._flights: dict[RequestId, _Flight] = {}
@@ -207,6 +249,16 @@ class Router:
         if info.id in self._slots:
             raise ValueError(f"endpoint {info.id!r} is already in pool {self.pool!r}")
         self._slots[info.id] = _Slot(info)
+        self._configure(info)
+
+    def _configure(self, info: EndpointInfo) -> None:
+        """Hand an endpoint's static info to the learner and the prefix index."""
+        if self.learner is not None:
+            self.learner.register(info.id, info.accelerator, info.model, info.perf)
+        index = self.profile.prefix_index
+        set_capacity = getattr(index, "set_capacity", None)
+        if set_capacity is not None and info.kv_capacity_tokens > 0:
+            set_capacity(info.id, info.kv_capacity_tokens)
 
     def update_endpoint(self, info: EndpointInfo) -> None:
         """Replace the static info of a known endpoint (its position and scrape are kept)."""
@@ -216,6 +268,7 @@ class Router:
                 f"endpoint {info.id!r} cannot move from pool {self.pool!r} to {info.pool!r}"
             )
         slot.info = info
+        self._configure(info)
 
     def set_draining(self, endpoint: EndpointId, draining: bool = True) -> None:
         """Mark an endpoint draining: no new requests; the next :meth:`plan` moves its own out."""
@@ -237,6 +290,8 @@ class Router:
         index = self.profile.prefix_index
         if index is not None:
             index.forget(endpoint)
+        if self.learner is not None:
+            self.learner.forget(endpoint)
 
     def endpoint(self, endpoint: EndpointId) -> EndpointInfo:
         return self._slot(endpoint).info
@@ -262,10 +317,14 @@ class Router:
         """One view per endpoint: static info, latest scrape (zeros before the first one) and
         the in-flight counters as of now, in the order the endpoints were added."""
         counters = self.tracker.counters
+        learned = self.learner.model_for if self.learner is not None else None
         out = []
         for ep, slot in self._slots.items():
             info, m = slot.info, slot.metrics
             reqs, toks, prefill = counters(ep)
+            perf = info.perf
+            if learned is not None and perf is not None:
+                perf = learned(ep) or perf
             out.append(
                 EndpointView(
                     id=ep,
@@ -281,7 +340,7 @@ class Router:
                     healthy=info.healthy,
                     draining=info.draining,
                     relative_speed=info.relative_speed,
-                    perf=info.perf,
+                    perf=perf,
                 )
             )
         return tuple(out)
@@ -316,12 +375,63 @@ class Router:
             )
         if request.id in self._flights:
             raise ValueError(f"request {request.id!r} is already in flight")
-        decision = self.profile.pick(request, self.views())
+        views = self.views()
+        decision = self.profile.pick(request, views)
         self.profile.on_routed(request, decision)
         endpoint = decision.endpoint
+        flight = _Flight(request, endpoint)
+        if self.learner is not None:
+            self._note_routing(flight, views, decision.cached_tokens)
         self.tracker.on_routed(request, endpoint)
-        self._flights[request.id] = _Flight(request, endpoint)
+        self._flights[request.id] = flight
         return decision
+
+    def _note_routing(
+        self, flight: _Flight, views: tuple[EndpointView, ...], cached_tokens: int
+    ) -> None:
+        """Record what the prior predicts for the request where it goes (the learner's x)."""
+        assert self.learner is not None
+        prior = self.learner.prior_for(flight.endpoint)
+        if prior is None:
+            return
+        view = next(v for v in views if v.id == flight.endpoint)
+        flight.routed_s = self.clock()
+        flight.streams = view.inflight_requests
+        flight.prior_ttft = prior.predict_ttft(
+            flight.request.prompt_tokens,
+            cached_tokens,
+            running=view.running,
+            waiting=view.waiting,
+            pending_prefill_tokens=view.inflight_prefill_tokens,
+        )
+
+    def _batch(self, endpoint: EndpointId) -> int:
+        """Sequences decoding on ``endpoint`` now: the scrape, or this router's own count."""
+        slot = self._slots.get(endpoint)
+        if slot is None:
+            return 0
+        reqs, _tok, _pre = self.tracker.counters(endpoint)
+        m = slot.metrics
+        active = reqs - m.waiting
+        return m.running if m.running > active else active
+
+    def _end_segment(self, flight: _Flight, at: float) -> None:
+        """Observe the TPOT of the request's decode segment on its current endpoint."""
+        learner = self.learner
+        start = flight.segment_s
+        if learner is None or start is None:
+            return
+        n = flight.generated - flight.segment_tokens
+        flight.segment_s = None
+        if n < 2 or at <= start:
+            return
+        prior = learner.prior_for(flight.endpoint)
+        if prior is None:
+            return
+        batch = (flight.batch + self._batch(flight.endpoint) + 1) // 2
+        learner.observe_tpot(
+            flight.endpoint, prior.predict_tpot(running=batch), (at - start) / (n - 1)
+        )
 
     def on_first_token(self, request_id: RequestId, *, at: float | None = None) -> None:
         """The first token reached the client (``at``: when, default the clock's now).
@@ -332,9 +442,18 @@ class Router:
         flight = self._flights.get(request_id)
         if flight is None or flight.first_token_s is not None:
             return
-        flight.first_token_s = self.clock() if at is None else at
+        now = self.clock() if at is None else at
+        flight.first_token_s = now
         self.profile.on_first_token(request_id, flight.endpoint)
         self.tracker.on_first_token(request_id)
+        learner = self.learner
+        if learner is not None and flight.prior_ttft > 0:
+            learner.observe_ttft(
+                flight.endpoint, flight.prior_ttft, flight.streams, now - flight.routed_s
+            )
+            flight.segment_s = now
+            flight.segment_tokens = flight.generated
+            flight.batch = self._batch(flight.endpoint)
 
     def on_tokens(self, request_id: RequestId, n: int = 1, *, at: float | None = None) -> None:
         """``n`` more tokens reached the client; the first ones also count as the first token.
@@ -349,11 +468,18 @@ class Router:
         flight.generated += n
         self.tracker.on_token(request_id, n)
 
-    def on_completed(self, request_id: RequestId) -> None:
-        """The request finished, failed or was aborted (also cancels a migration in progress)."""
-        flight = self._flights.pop(request_id, None)
+    def on_completed(self, request_id: RequestId, *, at: float | None = None) -> None:
+        """The request finished, failed or was aborted (also cancels a migration in progress).
+
+        ``at``: when its last token arrived (default the clock's now); a learning router
+        observes the request's TPOT on its endpoint from it.
+        """
+        flight = self._flights.get(request_id)
         if flight is None:
             return
+        if self.learner is not None:
+            self._end_segment(flight, self.clock() if at is None else at)
+        del self._flights[request_id]
         self.profile.on_completed(request_id, flight.endpoint)
         self.tracker.on_completed(request_id)
 
@@ -383,6 +509,12 @@ class Router:
         flight = self._flights.get(request_id)
         if flight is None:
             return
+        if self.learner is not None:
+            now = self.clock()
+            self._end_segment(flight, now)
+            flight.segment_s = now
+            flight.segment_tokens = flight.generated
+            flight.batch = self._batch(dst)
         src = flight.endpoint
         flight.endpoint = dst
         flight.migrating_to = None
@@ -411,4 +543,10 @@ class Router:
             f.request.id for f in self._flights.values() if f.migrating_to is not None
         )
         migrations = planner.plan(views, inflight, in_progress=in_progress)
+        for m in migrations:  # never out of this router's pool: raise, not assert (-O)
+            if m.dst not in self._slots or m.src not in self._slots:
+                raise AssertionError(
+                    f"planner proposed {m.request_id!r} {m.src!r} -> {m.dst!r}, outside pool "
+                    f"{self.pool!r}"
+                )
         return PlanRound(views, inflight, in_progress, tuple(migrations))

@@ -4,12 +4,31 @@
 an executor in the host carries them out (make-before-break: the destination re-prefills prompt
 + tokens generated so far, then the stream switches over).
 
-Cost model: moving a request costs its re-prefill on the destination — ``dst.perf`` predicting
-the TTFT of ``prompt + generated`` tokens minus the destination's prefix hit on the prompt,
-behind the prefill already queued there. The gain is the predicted remaining latency on the
-source minus (re-prefill + remaining latency) on the destination. A request is moved only if
-the gain exceeds ``min_gain_s`` (never to where it would be worse), except when its source is
-draining, where staying is not an option and the best destination is taken.
+Cost model (like with like): both sides of the comparison come from the same latency models,
+never an observation on one side and a clean prediction on the other.
+
+* Staying: the source's model predicts the request's remaining time — its wait for a first
+  token if it is still queued, then ``remaining tokens x TPOT`` at the source's batch.
+* Moving: the destination's model predicts the re-prefill of ``prompt + generated`` tokens
+  minus the destination's prefix hit, behind the prefill already queued there, then
+  ``remaining tokens x TPOT`` at the destination's batch plus this request.
+* The gain is staying minus moving. A move must gain more than ``min_gain_s`` and more than
+  ``min_gain_fraction`` of staying after subtracting ``confidence_z`` times its uncertainty:
+  the spread between each model's central and upper predictions
+  (:func:`~modelfleet.policy.perf.ttft_estimate`), combined in quadrature. A model that has
+  not seen the destination's variant work (a learned model with little evidence) cannot
+  justify a move.
+* Prefix locality: the tokens of the context the destination does not hold
+  (``lost_hit_tokens``) are recomputed there, and every request waiting on the destination
+  waits for that computation too; ``queue_externality`` times that delay is charged to the
+  move.
+
+Observed TPOT only *triggers* an SLO rescue (a request visibly missing its target); it never
+enters the gain. Except when its source is draining, where staying is not an option and the
+best destination is taken, a request is only moved where it is predicted to be better off.
+
+Pools and models: a migration never crosses them. Destinations of another pool or model are
+skipped, and committing such a move raises ``AssertionError`` (a defect, not a decision).
 
 Triggers, in priority order (each request moves at most once per plan):
 
@@ -34,12 +53,13 @@ above; a trigger stops as soon as the round's budget is spent.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from modelfleet.policy.framework import Data
-from modelfleet.policy.perf import PerfModel, predict_ttft
+from modelfleet.policy.perf import PerfModel, central_model, tpot_estimate, ttft_estimate
 from modelfleet.policy.prefix import PrefixIndex
 from modelfleet.policy.types import EndpointId, EndpointView, RequestId, RequestView
 
@@ -70,17 +90,28 @@ class InflightView:
 
 @dataclass(frozen=True, slots=True)
 class Migration:
+    """One planned move: ``est_cost_s`` is the predicted re-prefill on ``dst``, ``est_gain_s``
+    the central predicted gain (after the locality charge), ``lost_hit_tokens`` the context
+    tokens ``dst`` must recompute."""
+
     request_id: RequestId
     src: EndpointId
     dst: EndpointId
     reason: MigrationReason
     est_cost_s: float = 0.0
     est_gain_s: float = 0.0
+    lost_hit_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class MigrationParams:
-    """Planner knobs. Units: seconds, requests, requests per unit of relative speed."""
+    """Planner knobs. Units: seconds, requests, requests per unit of relative speed.
+
+    ``confidence_z`` (standard deviations of the predicted gain that must be cleared),
+    ``min_gain_fraction`` (share of the remaining time a move must save) and
+    ``queue_externality`` (weight of the delay a re-prefill imposes on the destination's
+    queue) make a move pay; see the module docstring.
+    """
 
     max_concurrent: int = 4
     max_per_endpoint: int = 2
@@ -91,12 +122,19 @@ class MigrationParams:
     imbalance_threshold: float = 4.0
     selection: Literal["SR", "LR"] = "SR"
     period_s: float = 0.5
+    confidence_z: float = 1.0
+    min_gain_fraction: float = 0.1
+    queue_externality: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_concurrent < 0 or self.max_per_endpoint < 1:
             raise ValueError("MigrationParams: max_concurrent >= 0 and max_per_endpoint >= 1")
         if self.min_gain_s < 0 or self.imbalance_threshold < 0 or self.period_s <= 0:
             raise ValueError("MigrationParams: min_gain_s, imbalance_threshold >= 0, period_s > 0")
+        if self.confidence_z < 0 or self.queue_externality < 0:
+            raise ValueError("MigrationParams: confidence_z and queue_externality must be >= 0")
+        if not 0 <= self.min_gain_fraction < 1:
+            raise ValueError("MigrationParams: min_gain_fraction must be in [0, 1)")
 
 
 @dataclass
@@ -111,6 +149,7 @@ class _Load:
     waiting: int
     inflight_prefill_tokens: int
     requests: float
+    inflight_requests: int = 0
 
 
 @dataclass
@@ -133,11 +172,18 @@ class _Round:
     def can_touch(self, ep: EndpointId) -> bool:
         return self.touched.get(ep, 0) < self.params.max_per_endpoint
 
-    def commit(
-        self, r: InflightView, dst: EndpointView, reason: MigrationReason, cost: float, gain: float
-    ) -> None:
+    def commit(self, r: InflightView, dst: EndpointView, reason: MigrationReason, m: _Move) -> None:
         """Record the move and update the virtual loads of its source and destination."""
-        self.out.append(Migration(r.request.id, r.src, dst.id, reason, cost, gain))
+        src = self.by_id.get(r.src)
+        if src is not None and (src.pool != dst.pool or src.model != dst.model):
+            raise AssertionError(
+                f"migration of {r.request.id!r} from {src.id!r} (pool {src.pool!r}, model "
+                f"{src.model!r}) to {dst.id!r} (pool {dst.pool!r}, model {dst.model!r}) "
+                "crosses pools or models"
+            )
+        self.out.append(
+            Migration(r.request.id, r.src, dst.id, reason, m.cost, m.gain, m.lost_hit_tokens)
+        )
         self.moved.add(r.request.id)
         touched = self.touched
         touched[r.src] = touched.get(r.src, 0) + 1
@@ -148,6 +194,7 @@ class _Round:
         ls, ld = self.loads.get(r.src), self.loads[dst.id]
         if ls is not None:
             ls.requests -= 1 / speed_src
+            ls.inflight_requests = max(0, ls.inflight_requests - 1)
             if r.phase == "decode":
                 ls.running = max(0, ls.running - 1)
             else:
@@ -156,8 +203,19 @@ class _Round:
                     0, ls.inflight_prefill_tokens - r.request.prompt_tokens
                 )
         ld.requests += 1 / speed_dst
+        ld.inflight_requests += 1
         ld.inflight_prefill_tokens += r.context_tokens
         ld.waiting += 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Move:
+    """A candidate move's predicted figures (central gain after the locality charge)."""
+
+    cost: float
+    total: float
+    gain: float
+    lost_hit_tokens: int = 0
 
 
 class MigrationPlanner:
@@ -183,28 +241,52 @@ class MigrationPlanner:
         return self.prefix_index.match(req) if self.prefix_index is not None else {}
 
     @staticmethod
-    def _wait_in_place(perf: PerfModel, r: InflightView, load: _Load) -> float:
-        """Predicted seconds until a queued request's first token if it stays where it is."""
-        return predict_ttft(perf, load, r.request.prompt_tokens, 0, queued_itself=True)
+    def _wait_in_place(perf: PerfModel, r: InflightView, load: _Load) -> tuple[float, float]:
+        """(central, upper) seconds until a queued request's first token where it is."""
+        return ttft_estimate(perf, load, r.request.prompt_tokens, 0, queued_itself=True)
 
-    def remaining_on_src(self, r: InflightView, src: EndpointView, load: _Load) -> float | None:
-        """Predicted seconds until the request finishes if it stays on ``src``."""
+    def stay_estimate(
+        self, r: InflightView, src: EndpointView, load: _Load
+    ) -> tuple[float, float] | None:
+        """(central, upper) predicted seconds until the request finishes on ``src``."""
         if src.perf is None:
             return None
-        if r.phase == "decode":
-            tpot = r.observed_tpot_s or src.perf.predict_tpot(running=load.running)
-            return tpot * r.remaining_tokens
-        ttft = self._wait_in_place(src.perf, r, load)
-        return ttft + src.perf.predict_tpot(running=load.running) * r.remaining_tokens
+        mid, up = tpot_estimate(src.perf, max(load.running, 1))
+        mid, up = mid * r.remaining_tokens, up * r.remaining_tokens
+        if r.phase != "decode":
+            w_mid, w_up = self._wait_in_place(src.perf, r, load)
+            mid, up = mid + w_mid, up + w_up
+        return mid, up
+
+    def move_estimate(
+        self, r: InflightView, dst: EndpointView, load: _Load, cached: int
+    ) -> tuple[float, float, float, float] | None:
+        """(re-prefill central, total central, total upper, locality charge) on ``dst``."""
+        if dst.perf is None:
+            return None
+        ctx = r.context_tokens
+        c_mid, c_up = ttft_estimate(dst.perf, load, ctx, cached)
+        t_mid, t_up = tpot_estimate(dst.perf, load.running + 1)
+        charge = 0.0
+        if load.waiting and self.params.queue_externality:
+            compute = central_model(dst.perf).predict_ttft(
+                ctx, cached, running=load.running, waiting=0, pending_prefill_tokens=0
+            )
+            charge = self.params.queue_externality * compute * load.waiting
+        n = r.remaining_tokens
+        return c_mid, c_mid + t_mid * n, c_up + t_up * n, charge
+
+    def remaining_on_src(self, r: InflightView, src: EndpointView, load: _Load) -> float | None:
+        """Central predicted seconds until the request finishes if it stays on ``src``."""
+        est = self.stay_estimate(r, src, load)
+        return None if est is None else est[0]
 
     def remaining_on_dst(
         self, r: InflightView, dst: EndpointView, load: _Load, cached: int
     ) -> tuple[float, float] | None:
-        """(re-prefill seconds, total remaining seconds) if the request moves to ``dst``."""
-        if dst.perf is None:
-            return None
-        cost = predict_ttft(dst.perf, load, r.context_tokens, cached)
-        return cost, cost + dst.perf.predict_tpot(running=load.running + 1) * r.remaining_tokens
+        """(central re-prefill seconds, central total remaining seconds) if it moves to ``dst``."""
+        est = self.move_estimate(r, dst, load, cached)
+        return None if est is None else (est[0], est[1])
 
     def _violating(self, r: InflightView, src: EndpointView, load: _Load) -> bool:
         """The request is predicted to miss its TTFT target, or observed missing its TPOT."""
@@ -212,44 +294,63 @@ class MigrationPlanner:
         if src.perf is None:
             return False
         if r.phase == "queued" and req.ttft_slo_s is not None:
-            return self._wait_in_place(src.perf, r, load) > req.ttft_slo_s - r.age_s
+            return self._wait_in_place(src.perf, r, load)[0] > req.ttft_slo_s - r.age_s
         if r.phase == "decode" and req.tpot_slo_s is not None:
             tpot = r.observed_tpot_s or src.perf.predict_tpot(running=load.running)
             return tpot > req.tpot_slo_s
         return False
 
+    def _move(
+        self,
+        rnd: _Round,
+        r: InflightView,
+        d: EndpointView,
+        stay: tuple[float, float] | None,
+        cached: int,
+        require_gain: bool,
+    ) -> _Move | None:
+        """The move of ``r`` to ``d`` if it qualifies (see the module docstring)."""
+        est = self.move_estimate(r, d, rnd.loads[d.id], cached)
+        if est is None:
+            return None
+        cost, total, total_up, charge = est
+        lost = max(0, r.context_tokens - cached)
+        if stay is None:
+            return None if require_gain else _Move(cost, total, 0.0, lost)
+        gain = stay[0] - total - charge
+        if require_gain:
+            p = self.params
+            spread = math.hypot(stay[1] - stay[0], total_up - total)
+            sure = gain - p.confidence_z * spread
+            if sure <= p.min_gain_s or sure <= p.min_gain_fraction * stay[0]:
+                return None
+        return _Move(cost, total, gain, lost)
+
     def _best_dst(
         self, rnd: _Round, r: InflightView, require_gain: bool
-    ) -> tuple[EndpointView, float, float] | None:
-        """(destination, re-prefill cost, gain) with the lowest predicted remaining time.
+    ) -> tuple[EndpointView, _Move] | None:
+        """The destination with the lowest predicted remaining time, and its figures.
 
-        With ``require_gain`` only destinations that beat staying by more than ``min_gain_s``
-        qualify; without it (drain) the best destination is taken and the gain may be 0.
+        With ``require_gain`` only destinations whose gain clears the margin qualify; without
+        it (drain) the best destination is taken and the gain may be 0.
         """
         src = rnd.by_id.get(r.src)
         stay = None
         if src is not None and not src.draining and src.healthy:
-            stay = self.remaining_on_src(r, src, rnd.loads[r.src])
+            stay = self.stay_estimate(r, src, rnd.loads[r.src])
             if stay is None:
                 return None
         hits = self._hits(r.request)
-        best: tuple[EndpointView, float, float] | None = None
+        best: tuple[EndpointView, _Move] | None = None
         for d in rnd.targets:
             if d.id == r.src or not rnd.can_touch(d.id):
                 continue
-            est = self.remaining_on_dst(r, d, rnd.loads[d.id], hits.get(d.id, 0))
-            if est is None:
+            if src is not None and (d.pool != src.pool or d.model != src.model):
                 continue
-            cost, total = est
-            gain = (stay - total) if stay is not None else 0.0
-            if require_gain and (stay is None or gain <= self.params.min_gain_s):
-                continue
-            if best is None or total < best[2]:
-                best = (d, cost, total)
-        if best is None:
-            return None
-        d, cost, total = best
-        return d, cost, ((stay - total) if stay is not None else 0.0)
+            m = self._move(rnd, r, d, stay, hits.get(d.id, 0), require_gain)
+            if m is not None and (best is None or m.total < best[1].total):
+                best = (d, m)
+        return best
 
     # -- planning --------------------------------------------------------------------------
     def plan(
@@ -273,6 +374,7 @@ class MigrationPlanner:
                     e.waiting,
                     e.inflight_prefill_tokens,
                     max(e.inflight_requests, e.running + e.waiting) / max(e.relative_speed, 1e-9),
+                    e.inflight_requests,
                 )
                 for e in endpoints
             },
@@ -324,7 +426,7 @@ class MigrationPlanner:
                 continue
             found = self._best_dst(rnd, r, require_gain)
             if found is not None:
-                rnd.commit(r, found[0], reason, found[1], found[2])
+                rnd.commit(r, found[0], reason, found[1])
 
     def _plan_load_balance(self, rnd: _Round, candidates: Sequence[InflightView]) -> None:
         """Pair the most with the least loaded endpoint while they differ by the threshold."""
@@ -337,7 +439,8 @@ class MigrationPlanner:
             if len(movable) < 2:
                 return
             hi = max(movable, key=lambda e: (loads[e.id].requests, e.id))
-            lo = min(movable, key=lambda e: (loads[e.id].requests, e.id))
+            peers = [e for e in movable if e.pool == hi.pool and e.model == hi.model]
+            lo = min(peers, key=lambda e: (loads[e.id].requests, e.id))
             if loads[hi.id].requests - loads[lo.id].requests <= p.imbalance_threshold:
                 return
             pool = [
@@ -347,15 +450,12 @@ class MigrationPlanner:
             ] or [r for r in candidates if r.src == hi.id and r.request.id not in rnd.moved]
             pool.sort(key=lambda r: (r.context_tokens, r.request.id), reverse=p.selection == "LR")
             for r in pool:
-                stay = self.remaining_on_src(r, hi, loads[hi.id])
-                est = self.remaining_on_dst(
-                    r, lo, loads[lo.id], self._hits(r.request).get(lo.id, 0)
-                )
-                if stay is None or est is None:
+                stay = self.stay_estimate(r, hi, loads[hi.id])
+                if stay is None:
                     continue
-                cost, total = est
-                if stay - total > p.min_gain_s:
-                    rnd.commit(r, lo, "load-balance", cost, stay - total)
+                m = self._move(rnd, r, lo, stay, self._hits(r.request).get(lo.id, 0), True)
+                if m is not None:
+                    rnd.commit(r, lo, "load-balance", m)
                     break
             else:
                 return

@@ -1,9 +1,19 @@
 """Latency models used by SLO-aware scoring, admission and migration.
 
-The policy layer never imports the engine: a host fits the coefficients of
-:class:`ParametricPerfModel` from the engine's timing model (simulator) or from observed
-latencies (live scheduler) and puts one instance per (accelerator, model, TP) on each
-:class:`~modelfleet.policy.types.EndpointView`.
+The policy layer never imports the engine. A host puts one :class:`PerfModel` per (accelerator,
+model, TP) on each :class:`~modelfleet.policy.types.EndpointView`:
+
+* a *prior* built from what configuration declares
+  (:func:`~modelfleet.policy.prior.prior_perf_model`: the AcceleratorProfile's
+  ``prefillSpeed``/``decodeSpeed`` relative to an H100 and the model's size), which the
+  routing host refines online from observed latencies (:mod:`modelfleet.policy.learn`), or
+* any fixed model (benchmarks use one fitted to the simulator's timing model as a labelled
+  upper bound; no default component does).
+
+A model may carry its own uncertainty: :func:`ttft_estimate` and :func:`tpot_estimate` return a
+(central, upper) pair, where ``predict_*`` is the upper one (what decisions use, so a model that
+has seen no evidence is not trusted) and ``central`` the best guess (what the migration
+planner compares, with the gap as the margin it demands). A model without one has no gap.
 """
 
 from __future__ import annotations
@@ -25,8 +35,13 @@ class PerfModel(Protocol):
         running: int,
         waiting: int,
         pending_prefill_tokens: int,
+        streams: int = 0,
     ) -> float:
-        """Seconds from arrival to first token, including the prefill queued ahead of it."""
+        """Seconds from arrival to first token, including the prefill queued ahead of it.
+
+        ``streams`` is the number of requests the endpoint's front end already serves (the
+        API server's per-request work waits behind them); 0 when unknown.
+        """
         ...
 
     def predict_tpot(self, *, running: int) -> float:
@@ -45,6 +60,9 @@ class ParametricPerfModel:
     batch-full ahead. Decode steps interleave with prefill chunks, so each chunk of
     ``chunk_tokens`` also costs ``decode_s_per_seq * running``. TPOT is
     ``decode_base_s + decode_s_per_seq * running`` (batch capped at ``max_num_seqs``).
+    The front end (HTTP, tokenisation) adds ``front_end_s + front_end_per_stream_s * streams``
+    to the TTFT, ``streams`` being the requests it already serves (vLLM's API server does its
+    per-request work on the same event loop as every stream it relays).
 
     Why linear: vLLM's step time is close to affine in prefill tokens and in batch size in the
     regimes a router cares about, and an affine model costs a handful of float operations per
@@ -60,6 +78,8 @@ class ParametricPerfModel:
     chunk_tokens: int = 8192
     max_num_seqs: int = 256
     mean_decode_s_per_request: float = 2.0
+    front_end_s: float = 0.0
+    front_end_per_stream_s: float = 0.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -68,6 +88,8 @@ class ParametricPerfModel:
             "decode_base_s",
             "decode_s_per_seq",
             "mean_decode_s_per_request",
+            "front_end_s",
+            "front_end_per_stream_s",
         ):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
@@ -83,6 +105,7 @@ class ParametricPerfModel:
         running: int,
         waiting: int,
         pending_prefill_tokens: int,
+        streams: int = 0,
     ) -> float:
         # plain conditionals instead of min/max: this runs once per candidate per decision
         own = prompt_tokens - cached_tokens if cached_tokens < prompt_tokens else 0
@@ -95,6 +118,8 @@ class ParametricPerfModel:
         overflow = running + waiting + 1 - self.max_num_seqs
         if overflow > 0:
             ttft += -(-overflow // self.max_num_seqs) * self.mean_decode_s_per_request
+        if self.front_end_s or self.front_end_per_stream_s:
+            ttft += self.front_end_s + self.front_end_per_stream_s * streams
         return ttft
 
     def predict_tpot(self, *, running: int) -> float:
@@ -108,8 +133,9 @@ class QueueState(Protocol):
     """The queue a new request joins on one endpoint, as a policy sees it.
 
     :class:`~modelfleet.policy.types.EndpointView` is one (scraped ``running``/``waiting``,
-    this scheduler's ``inflight_prefill_tokens``); the migration planner passes its running
-    estimate of the same three numbers while it plans moves.
+    this scheduler's ``inflight_prefill_tokens`` and ``inflight_requests``, the streams its
+    front end serves); the migration planner passes its running estimate of the same numbers
+    while it plans moves.
     """
 
     @property
@@ -120,6 +146,9 @@ class QueueState(Protocol):
 
     @property
     def inflight_prefill_tokens(self) -> int: ...
+
+    @property
+    def inflight_requests(self) -> int: ...
 
 
 def predict_ttft(
@@ -141,13 +170,48 @@ def predict_ttft(
     """
     waiting = queue.waiting
     pending = queue.inflight_prefill_tokens
+    streams = queue.inflight_requests
     if queued_itself:
         waiting = max(0, waiting - 1)
         pending = max(0, pending - prompt_tokens)
+        streams = max(0, streams - 1)
     return perf.predict_ttft(
         prompt_tokens,
         cached_tokens,
         running=queue.running,
         waiting=waiting,
         pending_prefill_tokens=pending,
+        streams=streams,
     )
+
+
+def central_model(perf: PerfModel) -> PerfModel:
+    """The model's best guess: ``perf.central`` when it carries one, else ``perf`` itself."""
+    central: PerfModel | None = getattr(perf, "central", None)
+    return perf if central is None else central
+
+
+def ttft_estimate(
+    perf: PerfModel,
+    queue: QueueState,
+    prompt_tokens: int,
+    cached_tokens: int = 0,
+    *,
+    queued_itself: bool = False,
+) -> tuple[float, float]:
+    """(central, upper) predicted TTFT, as :func:`predict_ttft`; equal without uncertainty."""
+    upper = predict_ttft(perf, queue, prompt_tokens, cached_tokens, queued_itself=queued_itself)
+    central = central_model(perf)
+    if central is perf:
+        return upper, upper
+    mid = predict_ttft(central, queue, prompt_tokens, cached_tokens, queued_itself=queued_itself)
+    return mid, upper
+
+
+def tpot_estimate(perf: PerfModel, running: int) -> tuple[float, float]:
+    """(central, upper) predicted TPOT at batch ``running``; equal without uncertainty."""
+    upper = perf.predict_tpot(running=running)
+    central = central_model(perf)
+    if central is perf:
+        return upper, upper
+    return central.predict_tpot(running=running), upper

@@ -183,11 +183,22 @@ def walk_chain(
 
 
 class ApproxPrefixIndex(Plugin):
-    """Router-learned index, LRU-bounded at ``capacity_blocks`` per endpoint.
+    """Router-learned index, bounded per endpoint by that endpoint's KV-cache capacity.
 
     Learns the prompt chain of every routed request on its endpoint (and on the destination of a
-    migration). ``capacity_blocks`` should approximate the engine's prefix-cache capacity in
-    blocks of ``hasher.block_size`` (llm-d's default is 31,250 blocks of 64 tokens = 2 M tokens).
+    migration) and forgets like the engine's cache: each endpoint holds at most its capacity in
+    tokens, counting the blocks it learned (``block_size`` tokens each) plus the decode room of
+    the requests in flight there (their ``max_tokens``, pinned while they run, as the engine
+    keeps a running sequence's blocks), and evicts least recently used blocks first. Blocks of
+    a chain are touched tail first, so the head of a prefix, the part most requests share, is
+    evicted last, as vLLM frees a sequence's blocks tail first.
+
+    Capacity: :meth:`set_capacity` per endpoint (the routing host passes
+    ``EndpointInfo.kv_capacity_tokens``, derived from the endpoint's declared memory, model and
+    ``gpuMemoryUtilization``); endpoints without one get ``capacity_blocks`` blocks of the
+    hasher's block size (llm-d's default: 31,250 blocks of 64 tokens = 2 M tokens). Sizing the
+    index from the real capacity is what keeps its predicted hits close to the hits the
+    engines deliver (``bench/results/placement-matrix.md`` reports both per run).
     """
 
     def __init__(self, hasher: BlockHasher, *, capacity_blocks: int = 31_250) -> None:
@@ -197,45 +208,107 @@ class ApproxPrefixIndex(Plugin):
         self.hasher = hasher
         self.capacity_blocks = capacity_blocks
         self._holders = HolderMap()
-        self._lru: dict[EndpointId, OrderedDict[BlockKey, None]] = {}
+        self._lru: dict[EndpointId, OrderedDict[BlockKey, int]] = {}
+        self._used: dict[EndpointId, int] = {}  # tokens in the endpoint's LRU
+        self._capacity: dict[EndpointId, int] = {}  # tokens, from set_capacity
+        self._pinned: dict[EndpointId, int] = {}  # decode room of the requests in flight
+        self._pins: dict[RequestId, tuple[EndpointId, int]] = {}
 
     def match(self, request: RequestView) -> dict[EndpointId, int]:
         # blocks are touched tail-first, so an endpoint's blocks of a chain are always a
         # prefix of it (the LRU evicts deeper blocks first): the binary-search walk is exact
         return self._holders.walk_prefix_closed(request.chain(self.hasher), request.prompt_tokens)
 
-    def insert(self, endpoint: EndpointId, hashes: Iterable[BlockKey]) -> None:
-        """Record ``hashes`` (a chain, head first) as cached on ``endpoint``."""
+    def set_capacity(self, endpoint: EndpointId, tokens: int) -> None:
+        """Bound ``endpoint``'s share of the index at ``tokens`` KV tokens (> 0)."""
+        if tokens <= 0:
+            raise ValueError(f"capacity of {endpoint!r} must be > 0 tokens, got {tokens}")
+        self._capacity[endpoint] = tokens
+        self._evict(endpoint)
+
+    def capacity_tokens(self, endpoint: EndpointId) -> int:
+        found = self._capacity.get(endpoint)
+        return found if found is not None else self.capacity_blocks * self.hasher.block_size
+
+    def insert(
+        self, endpoint: EndpointId, hashes: Iterable[BlockKey], block_size: int | None = None
+    ) -> None:
+        """Record ``hashes`` (a chain, head first, ``block_size`` tokens each) on ``endpoint``."""
+        size = block_size or self.hasher.block_size
         lru = self._lru.get(endpoint)
         if lru is None:
             lru = self._lru[endpoint] = OrderedDict()
         masks = self._holders.masks
         bit = self._holders.bit(endpoint)
+        added = 0
         for h in reversed(list(hashes)):
             if h in lru:
                 lru.move_to_end(h)
                 continue
-            lru[h] = None
+            lru[h] = size
+            added += size
             masks[h] = masks.get(h, 0) | bit
-        while len(lru) > self.capacity_blocks:
-            old, _ = lru.popitem(last=False)
-            self._holders.discard(old, endpoint)
+        self._used[endpoint] = self._used.get(endpoint, 0) + added
+        self._evict(endpoint)
+
+    def _evict(self, endpoint: EndpointId) -> None:
+        lru = self._lru.get(endpoint)
+        if not lru:
+            return
+        limit = self.capacity_tokens(endpoint) - self._pinned.get(endpoint, 0)
+        used = self._used.get(endpoint, 0)
+        discard = self._holders.discard
+        # keep at least the most recent chain's head: a request larger than the cache still
+        # leaves its first blocks behind, as the engine keeps what fits
+        while used > limit and len(lru) > 1:
+            old, size = lru.popitem(last=False)
+            used -= size
+            discard(old, endpoint)
+        self._used[endpoint] = used
 
     def forget(self, endpoint: EndpointId) -> None:
         """Drop everything known about ``endpoint`` (it left the pool or was restarted)."""
         for h in self._lru.pop(endpoint, OrderedDict()):
             self._holders.discard(h, endpoint)
+        self._used.pop(endpoint, None)
+        self._pinned.pop(endpoint, None)
+        for rid in [r for r, (ep, _n) in self._pins.items() if ep == endpoint]:
+            del self._pins[rid]
 
     def blocks(self, endpoint: EndpointId) -> int:
         return len(self._lru.get(endpoint, ()))
 
+    def tokens(self, endpoint: EndpointId) -> int:
+        """Tokens of learned blocks held for ``endpoint`` (not counting pinned decode room)."""
+        return self._used.get(endpoint, 0)
+
+    def _pin(self, request: RequestView, endpoint: EndpointId) -> None:
+        self._unpin(request.id)
+        n = max(0, request.max_tokens)
+        if n:
+            self._pins[request.id] = (endpoint, n)
+            self._pinned[endpoint] = self._pinned.get(endpoint, 0) + n
+
+    def _unpin(self, request_id: RequestId) -> None:
+        found = self._pins.pop(request_id, None)
+        if found is not None:
+            ep, n = found
+            self._pinned[ep] = self._pinned.get(ep, 0) - n
+
     def on_routed(self, request: RequestView, decision: Decision) -> None:
-        self.insert(decision.endpoint, request.chain(self.hasher).hashes)
+        chain = request.chain(self.hasher)
+        self._pin(request, decision.endpoint)
+        self.insert(decision.endpoint, chain.hashes, chain.block_size)
+
+    def on_completed(self, request_id: RequestId, endpoint: EndpointId) -> None:
+        self._unpin(request_id)
 
     def on_migrated(
         self, request: RequestView, src: EndpointId, dst: EndpointId, generated_tokens: int
     ) -> None:
-        self.insert(dst, request.chain(self.hasher).hashes)
+        chain = request.chain(self.hasher)
+        self._pin(request, dst)
+        self.insert(dst, chain.hashes, chain.block_size)
 
 
 def _event_kind(event: object) -> str:

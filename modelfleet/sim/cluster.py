@@ -8,7 +8,14 @@ KV events. Events:
 
 - ``ARRIVAL``: build the :class:`RequestView` a scheduler would build, refresh stale scrapes
   (engine gauges at most ``metrics_refresh_s`` old; the router's in-flight counters are always
-  fresh), ``router.route`` it, then hand the request to the chosen engine.
+  fresh), ``router.route`` it (the router of the request's pool), then hand the request to the
+  chosen engine's front end.
+- ``CORE_ARRIVAL(engine)``: the engine's API server has done its per-request work (timing
+  model v2: ``timer.front_end_latency(streams)``, growing with the streams it already serves,
+  as the live engine computes it) and the request reaches the engine core, which queues it or
+  refuses it (too long). A refused request is *failed*, never dropped: it counts in attainment
+  and as an unserved request in the latency percentiles. Migration copies go through the same
+  front end.
 - ``STEP_END(engine)``: the engine's step (or fused decode burst) started at ``t`` ends; its
   tokens are streamed then (first token and tokens -> ``router.on_first_token/on_tokens``;
   finish -> ``on_completed``), its buffered KV events go to ``router.on_kv_event``, and the
@@ -33,22 +40,22 @@ Scrape staleness: an engine's gauges are re-read when the cached scrape is older
 ``metrics_refresh_s`` whose phase is set by the traffic; the age seen by a decision is in
 ``[0, metrics_refresh_s)`` like with a free-running poller.
 
-Block hashes: by default the engines run ``prefix_caching_hash_algo="builtin"`` (Python's tuple
-hash chained like vLLM's recipe: the same equality structure at a fraction of sha256's cost,
-``bench/results/sim-speed.md``; tested to give the same run). Policies that consume KV events
-(``Data.KV_EVENTS`` in ``router.consumes``) get the engines' own chain per request.
+Block hashes and what the policy is told of each engine (declared hardware only, unless the
+run asks for the oracle): :func:`~modelfleet.sim.inputs.engine_configs` and
+:func:`~modelfleet.sim.inputs.endpoint_infos`.
 
-One pool: the fleet's engines must all be in one pool (the router serves one pool).
+Pools: one :class:`Router` (and one policy instance, planner, learner) per pool of the fleet,
+as a live scheduler keeps one per pool. A request names its pool (``TraceRequest.pool``, see
+:func:`~modelfleet.sim.traces.assign_pools` and :func:`pool_shares`); with one pool it may name
+none. It is only routed, and only migrated, among the engines of its pool.
 
-Invariants checked at the end (:meth:`SimResult.check_conservation`): every request finished
-exactly once (or was shed), every finished request delivered exactly ``output_tokens`` tokens
-with no index delivered twice, and each engine is empty.
+Invariants checked at the end (:meth:`SimResult.check_conservation`): requests in = served +
+failed + shed, every served request delivered exactly ``output_tokens`` tokens with no index
+delivered twice, and each engine is empty.
 """
 
 from __future__ import annotations
 
-import bisect
-import dataclasses
 import heapq
 import math
 import random
@@ -59,20 +66,41 @@ from modelfleet.engine.core import EngineCore, EngineRequest
 from modelfleet.engine.kvcache import event_hash
 from modelfleet.engine.virtual import start_work
 from modelfleet.policy.framework import Data
-from modelfleet.policy.host import EndpointInfo, EndpointMetrics, Router
-from modelfleet.policy.perf import PerfModel
-from modelfleet.policy.types import EndpointId, NoEndpointError, RequestId, RequestView
-from modelfleet.sim.fleet import EngineSpec, fit_perf_model, relative_speeds
+from modelfleet.policy.host import EndpointMetrics, Router
+from modelfleet.policy.learn import LatencyLearner
+from modelfleet.policy.types import (
+    NoEndpointError,
+    RequestView,
+)
+from modelfleet.sim.fleet import (
+    EngineSpec,
+)
 from modelfleet.sim.handover import MigrationExecutor
+from modelfleet.sim.inputs import (
+    build_request_view,
+    endpoint_infos,
+    engine_configs,
+    pool_models,
+    pool_rng_seed,
+    pool_shares,
+    sim_next_token,
+)
 from modelfleet.sim.metrics import (
     LoadSample,
+    PrefixBounds,
     RequestRecord,
-    RunMetrics,
-    compute_metrics,
     prefix_bounds,
 )
+from modelfleet.sim.outcome import (
+    engine_load,
+    run_counters,
+    run_metrics,
+    served_predictions,
+    ttft_prediction,
+)
 from modelfleet.sim.run import DecisionLogEntry, SimConfig, SimResult
-from modelfleet.sim.state import Handover, LiveRequest, SimEngine
+from modelfleet.sim.state import LiveRequest, SimEngine
+from modelfleet.sim.streams import ClientStreams
 from modelfleet.sim.traces import Trace, TraceRequest, prompt_token_ids
 
 __all__ = [
@@ -81,63 +109,21 @@ __all__ = [
     "SimConfig",
     "SimResult",
     "build_request_view",
+    "pool_rng_seed",
+    "pool_shares",
     "sim_next_token",
 ]
 
-_ARRIVAL, _STEP_END, _PLAN, _SAMPLE = 0, 1, 2, 3
-_VOCAB_SPAN = 127_000
+_ARRIVAL, _STEP_END, _PLAN, _SAMPLE, _CORE_ARRIVAL = 0, 1, 2, 3, 4
 
 
-def sim_next_token(context: Sequence[int]) -> int:
-    """Greedy 'model' of the simulator: a pure O(1) function of the context (last id, length).
-
-    It is a function of the full context in the sense the migration needs (a continuation from
-    any cut point reproduces the same tokens) and never produces the ids below 1000.
-    """
-    return 1_000 + (context[-1] * 2_654_435_761 + len(context) * 40_503) % _VOCAB_SPAN
-
-
-def build_request_view(
-    req: TraceRequest,
-    chain: Sequence[int],
-    chain_block_size: int,
-    config: SimConfig,
-    *,
-    pool: str,
-    model: str,
-) -> RequestView:
-    """The RequestView a scheduler would build for a trace request.
-
-    ``block_hashes`` is the given chain (trace block ids, or the engine's vLLM chain when the
-    policy reads KV events); ``token_ids`` carries the trace block ids as coarse "tokens" for
-    policies that match raw prompts (the cache-aware radix tree), one symbol per
-    ``chain_block_size``-token trace block — materialising 145 M real token ids as text would
-    dominate the run time.
-    """
-    return RequestView(
-        id=RequestId(req.request_id),
-        pool=pool,
-        model=model,
-        prompt_tokens=req.input_tokens,
-        token_ids=req.block_ids,
-        block_hashes=tuple(chain),
-        block_size=chain_block_size,
-        session_id=req.session_id,
-        headers={"x-session-id": req.session_id} if req.session_id else {},
-        slo_class=config.slo_class,
-        ttft_slo_s=config.ttft_slo_s,
-        tpot_slo_s=config.tpot_slo_s,
-        max_tokens=req.output_tokens,
-        arrival_s=req.arrival_s,
-    )
-
-
-class ClusterSimulator:
+class ClusterSimulator(ClientStreams):
     """Runs one trace through one policy on one fleet. Use once: ``ClusterSimulator(...).run()``.
 
     ``policy_factory(clock, rng)`` returns what :func:`modelfleet.policy.baselines.build_policy`
     returns (``.profile``, ``.planner``), so the simulator can inject its virtual clock and the
-    seeded RNG; the simulator wraps them in its :class:`Router` (``self.router``).
+    seeded RNG; the simulator wraps them in one :class:`Router` per pool (``self.routers``;
+    ``self.router`` is the first pool's).
     """
 
     def __init__(
@@ -149,81 +135,63 @@ class ClusterSimulator:
     ) -> None:
         self.config = config or SimConfig()
         self.config.validate()
-        if not fleet:
-            raise ValueError("fleet must contain at least one engine")
-        ids = [s.id for s in fleet]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"engine ids must be unique, got {ids}")
-        pools = sorted({s.pool for s in fleet})
-        if len(pools) > 1:
-            raise ValueError(f"the simulator runs one pool; the fleet has pools {pools}")
         self.trace = trace
         self.fleet = tuple(fleet)
+        self.pool_model = pool_models(trace, self.fleet)
+        self.pools: tuple[str, ...] = tuple(self.pool_model)
         self.now = 0.0
-        self.policy = policy_factory(lambda: self.now, random.Random(self.config.seed))
-        planner = self.policy.planner if self.config.enable_migration else None
-        self.router = Router(self.policy.profile, planner=planner, pool=self.fleet[0].pool)
+        cfg = self.config
+        self.policies: dict[str, Any] = {}
+        self.routers: dict[str, Router] = {}
+        for i, pool in enumerate(self.pools):
+            policy = policy_factory(lambda: self.now, random.Random(pool_rng_seed(cfg.seed, i)))
+            planner = policy.planner if cfg.enable_migration else None
+            learner = LatencyLearner(cfg.learner) if cfg.perf_model == "learned" else None
+            self.policies[pool] = policy
+            self.routers[pool] = Router(policy.profile, planner=planner, pool=pool, learner=learner)
+        self.policy = self.policies[self.pools[0]]
+        self.router = self.routers[self.pools[0]]
 
-        speeds = relative_speeds(self.fleet)
         mean_out = trace.total_output_tokens() / max(1, len(trace))
-        perf_cache: dict[tuple[object, ...], PerfModel] = {}
-        configs = []
-        for spec in self.fleet:
-            cfg = spec.engine_config()
-            if self.config.fast_block_hash:
-                cfg = dataclasses.replace(cfg, prefix_caching_hash_algo="builtin")
-            key = (
-                cfg.accelerator,
-                cfg.model,
-                cfg.tensor_parallel_size,
-                cfg.max_num_batched_tokens,
-                cfg.max_num_seqs,
-            )
-            if key not in perf_cache:
-                perf_cache[key] = fit_perf_model(cfg, mean_output_tokens=mean_out)
-            configs.append(cfg)
-            self.router.add_endpoint(
-                EndpointInfo(
-                    id=EndpointId(spec.id),
-                    pool=spec.pool,
-                    model=spec.model,
-                    accelerator=spec.accelerator,
-                    relative_speed=speeds[spec.id],
-                    perf=perf_cache[key],
-                )
-            )
+        configs = engine_configs(self.fleet, cfg)
+        for info in endpoint_infos(self.fleet, configs, cfg, mean_output_tokens=mean_out):
+            self.routers[info.pool].add_endpoint(info)
 
-        feed = self.config.feed_kv_events
+        feed = cfg.feed_kv_events
         if feed is None:
-            feed = Data.KV_EVENTS in self.router.consumes
+            feed = any(Data.KV_EVENTS in r.consumes for r in self.routers.values())
         self.feed_kv = feed
-        chain = self.config.prefix_chain
+        chain = cfg.prefix_chain
         self.chain_kind = ("engine" if feed else "trace") if chain == "auto" else chain
         self.engines: list[SimEngine] = []
-        for i, (spec, cfg) in enumerate(zip(self.fleet, configs, strict=True)):
-            events: list[object] = []
-            core = EngineCore(
-                cfg, next_token=sim_next_token, kv_event_sink=events.append if feed else None
-            )
+        for i, (spec, ecfg) in enumerate(zip(self.fleet, configs, strict=True)):
+            events: list[object] = []  # a step's KV events go out with the step's tokens
+            sink = events.append if feed else None
+            core = EngineCore(ecfg, next_token=sim_next_token, kv_event_sink=sink)
             self.engines.append(SimEngine(i, spec, core, events))
         self.block_size = self.engines[0].core.stats().block_size
         self.by_id = {e.id: e for e in self.engines}
+        self.pool_engines = {p: [e for e in self.engines if e.pool == p] for p in self.pools}
         self.heap: list[tuple[float, int, int, Any]] = []
         self.seq = 0
         self.live: dict[str, LiveRequest] = {}
         self.erid_owner: dict[str, str] = {}  # engine request id -> request id
+        self.stream_engine: dict[str, SimEngine] = {}  # engine request id -> serving front end
         self.migrations = MigrationExecutor(
-            self.engines, self._submit, self.erid_owner, self.trace.block_tokens
+            self.engines, self._submit, self.erid_owner, self.trace.block_tokens, self._release
         )
         self.records: list[RequestRecord] = []
         self.samples: list[LoadSample] = []
         self.decisions: list[DecisionLogEntry] = []
+        self.predicted_hits: dict[str, int] = {}
+        self.predictions: dict[str, tuple[str, float, float]] = {}
+        self.learning: list[dict[str, object]] = []
         self.rejected = 0
         self.steps = 0
         self.next_arrival_i = 0
         self.next_tick = math.inf
         self.outstanding = 0
-        self.log = self.config.record_decisions
+        self.log = cfg.record_decisions
 
     # ------------------------------------------------------------------ event plumbing
     def _push(self, t: float, kind: int, data: Any) -> None:
@@ -237,26 +205,38 @@ class ClusterSimulator:
             t = min(t, self.trace.requests[self.next_arrival_i].arrival_s)
         return t
 
-    def _record(self, entry: DecisionLogEntry) -> None:
+    def _log(self, entry: DecisionLogEntry) -> None:
         self.decisions.append(entry)
 
     # ------------------------------------------------------------------ snapshots
-    def _refresh(self) -> None:
-        """Deliver everything that happened up to now, then re-scrape every stale engine."""
+    def _flush_all(self) -> None:
+        """Deliver everything that happened on every engine up to now."""
         now = self.now
         for eng in self.engines:
             if eng.work is not None:
                 self._flush(eng, now)
+
+    def _refresh(self, pool: str) -> None:
+        """Deliver everything up to now, then re-scrape the pool's stale engines.
+
+        Only the pool about to decide is scraped, and its scrapes go in the decision log, so a
+        replay of one pool's log feeds its router exactly the scrapes the simulator's got.
+        """
+        self._flush_all()
+        now = self.now
         refresh = self.config.metrics_refresh_s
-        for eng in self.engines:
+        for eng in self.pool_engines[pool]:
             if refresh == 0 or now - eng.scrape_s >= refresh:
                 st = eng.core.stats()
                 eng.scrape = EndpointMetrics(st.num_running, st.num_waiting, st.kv_cache_usage)
                 eng.scrape_s = now
-                self.router.update_metrics(eng.id, eng.scrape)
+                self.routers[eng.pool].update_metrics(eng.id, eng.scrape)
 
-    def _scrapes(self) -> tuple[EndpointMetrics, ...]:
-        return tuple(e.scrape for e in self.engines)
+    def _scrapes(self, pool: str) -> tuple[EndpointMetrics, ...]:
+        return tuple(e.scrape for e in self.pool_engines[pool])
+
+    def _pool_of(self, req: TraceRequest) -> str:
+        return req.pool if req.pool is not None else self.pools[0]
 
     def _request_view(self, req: TraceRequest) -> RequestView:
         if self.chain_kind == "trace":
@@ -266,8 +246,9 @@ class ClusterSimulator:
         else:
             chain = self._engine_chain(req)
             size = self.block_size
+        pool = self._pool_of(req)
         return build_request_view(
-            req, chain, size, self.config, pool=self.fleet[0].pool, model=self.fleet[0].model
+            req, chain, size, self.config, pool=pool, model=self.pool_model[pool]
         )
 
     def _engine_chain(self, req: TraceRequest) -> tuple[int, ...]:
@@ -282,7 +263,8 @@ class ClusterSimulator:
     def run(self) -> SimResult:
         reqs = self.trace.requests
         self.outstanding = len(reqs)
-        period = self.router.plan_period_s
+        periods = [p for r in self.routers.values() if (p := r.plan_period_s) is not None]
+        period = min(periods) if periods else None
         if reqs:
             self.now = reqs[0].arrival_s
             self._push(self.now, _ARRIVAL, 0)
@@ -298,6 +280,8 @@ class ClusterSimulator:
                 eng = self.engines[data]
                 self._flush(eng, t)
                 self._start_step(eng)
+            elif kind == _CORE_ARRIVAL:
+                self._on_core_arrival(*data)
             elif kind == _ARRIVAL:
                 self.next_arrival_i = data + 1
                 if data + 1 < len(reqs):
@@ -315,6 +299,15 @@ class ClusterSimulator:
                 self._update_tick()
         leftovers = sum(1 for e in self.engines if e.core.has_unfinished())
         mig = self.migrations
+        metrics, per_pool = run_metrics(
+            self.trace,
+            self.records,
+            self.samples,
+            self.engines,
+            migrations=mig.done,
+            bounds_of=self._bounds,
+            extra_of=self._extra,
+        )
         return SimResult(
             records=self.records,
             samples=self.samples,
@@ -326,8 +319,14 @@ class ClusterSimulator:
             token_gaps=mig.gaps,
             engine_leftovers=leftovers,
             decisions=self.decisions,
-            metrics=self._metrics(),
+            metrics=metrics,
             steps=self.steps,
+            extra={
+                "learning": self.learning,
+                "ttft_predictions": served_predictions(self.records, self.predictions),
+            },
+            arrived=len(reqs),
+            pool_metrics=per_pool,
         )
 
     def _update_tick(self) -> None:
@@ -341,6 +340,8 @@ class ClusterSimulator:
     # ------------------------------------------------------------------ arrivals
     def _on_arrival(self, req: TraceRequest) -> None:
         view = self._request_view(req)
+        pool = self._pool_of(req)
+        router = self.routers[pool]
         rec = RequestRecord(
             request_id=req.request_id,
             arrival_s=req.arrival_s,
@@ -351,29 +352,33 @@ class ClusterSimulator:
             slo_class=self.config.slo_class,
         )
         self.records.append(rec)
-        self._refresh()
-        views = self.router.views() if self.log else ()
+        self._refresh(pool)
+        views = router.views() if self.log or self.config.track_predictions else ()
         try:
-            decision = self.router.route(view)
+            decision = router.route(view)
         except NoEndpointError:
-            rec.shed = True
-            self.outstanding -= 1
-            if self.log:
-                self._record(
-                    DecisionLogEntry(
-                        self.now, "pick", req.request_id, "", view, self._scrapes(), views
-                    )
-                )
-            return
-        chosen = decision.endpoint
+            decision = None
+        chosen = "" if decision is None else decision.endpoint
         if self.log:
-            self._record(
+            scrapes = self._scrapes(pool)
+            self._log(
                 DecisionLogEntry(
-                    self.now, "pick", req.request_id, "", view, self._scrapes(), views, chosen
+                    self.now, "pick", req.request_id, "", view, scrapes, views, chosen, pool=pool
                 )
             )
-        eng = self.by_id[chosen]
-        live = LiveRequest(req, view, rec)
+        if decision is None:
+            rec.shed = True
+            self.outstanding -= 1
+            return
+        self.predicted_hits[req.request_id] = decision.cached_tokens
+        if self.config.track_predictions:
+            found = ttft_prediction(
+                views, decision.endpoint, req.input_tokens, decision.cached_tokens
+            )
+            if found is not None:
+                self.predictions[req.request_id] = found
+        eng = self.by_id[decision.endpoint]
+        live = LiveRequest(req, view, rec, pool)
         self.live[req.request_id] = live
         live.engine = eng.index
         live.erid = req.request_id
@@ -381,38 +386,80 @@ class ClusterSimulator:
         prompt = prompt_token_ids(req, block_tokens=self.trace.block_tokens)
         try:
             self._submit(eng, live.erid, req.request_id, prompt, req.output_tokens)
-        except ValueError:  # can never run there (too long): the engine rejects it
-            rec.shed = True
-            del self.live[req.request_id]
-            self.erid_owner.pop(live.erid, None)
-            self.router.on_completed(view.id)
-            if self.log:
-                self._record(DecisionLogEntry(self.now, "completed", req.request_id, chosen))
-            self.rejected += 1
-            self.outstanding -= 1
+        except ValueError:  # can never run there (too long): the engine refuses it at once
+            self._fail(live)
 
     def _submit(
         self, eng: SimEngine, erid: str, rid: str, prompt: list[int], max_tokens: int
     ) -> None:
-        eng.core.add_request(
-            EngineRequest(
-                request_id=erid,
-                prompt_token_ids=prompt,
-                max_tokens=max_tokens,
-                ignore_eos=True,
-                arrival_time=self.now,
-            )
+        """Send an engine request to ``eng``'s front end; it reaches the core after the front
+        end's latency (at once without it: then a refusal raises ValueError here)."""
+        delay = eng.core.timer.front_end_latency(eng.streams) if self.config.front_end else 0.0
+        ereq = EngineRequest(
+            request_id=erid,
+            prompt_token_ids=prompt,
+            max_tokens=max_tokens,
+            ignore_eos=True,
+            arrival_time=self.now + delay,
         )
         self.erid_owner[erid] = rid
+        if delay <= 0:
+            self._core_add(eng, ereq)
+            return
+        t = self.now + delay
+        eng.pending.append(t)
+        self._push(t, _CORE_ARRIVAL, (eng.index, t, ereq))
+
+    def _core_add(self, eng: SimEngine, ereq: EngineRequest) -> None:
+        eng.core.add_request(ereq)  # ValueError: refused
+        eng.streams += 1
+        self.stream_engine[ereq.request_id] = eng
         if eng.work is None:
             self._start_step(eng)
+
+    def _release(self, erid: str) -> None:
+        """The engine request ended (finished or aborted): its front end stops serving it."""
+        eng = self.stream_engine.pop(erid, None)
+        if eng is not None:
+            eng.streams -= 1
+
+    def _on_core_arrival(self, index: int, t: float, ereq: EngineRequest) -> None:
+        """A request leaves an engine's front end and reaches its core (or is refused)."""
+        eng = self.engines[index]
+        eng.pending.remove(t)
+        erid = ereq.request_id
+        rid = self.erid_owner.get(erid)
+        if rid is None:  # given up while in the front end (a cancelled migration copy)
+            return
+        self._flush(eng, self.now)
+        try:
+            self._core_add(eng, ereq)
+        except ValueError:
+            self.erid_owner.pop(erid, None)
+            lv = self.live.get(rid)
+            if lv is None:
+                return
+            if erid == lv.erid:
+                self._fail(lv)
+            elif lv.mig is not None and erid == lv.mig.dst_erid:
+                self.migrations.refused(lv)
+                self.routers[lv.pool].on_migration_aborted(lv.view.id)
+                if self.log:
+                    self._log(
+                        DecisionLogEntry(
+                            self.now, "migration_aborted", rid, str(eng.id), pool=lv.pool
+                        )
+                    )
 
     # ------------------------------------------------------------------ engine steps
     def _start_step(self, eng: SimEngine) -> None:
         """Start the engine's next step (or fused burst) at ``now``; idle if nothing to do."""
         eng.work = None
         limit = self.config.max_fused_steps if eng.migrating_out == 0 else 1
-        work = start_work(eng.core, self.now, self._horizon(), limit)
+        horizon = self._horizon()
+        if eng.pending:  # a request reaching the core joins the step after it arrives
+            horizon = min(horizon, eng.next_pending())
+        work = start_work(eng.core, self.now, horizon, limit)
         if work is None:
             return
         if eng.events:
@@ -433,152 +480,81 @@ class ClusterSimulator:
         ends = work.ends
         if work.complete and work.events:
             for ev in work.events:
-                self.router.on_kv_event(eng.id, ev)
+                self.routers[eng.pool].on_kv_event(eng.id, ev)
                 if self.log:
-                    self._record(DecisionLogEntry(ends[-1], "kv", endpoint=eng.id, event=ev))
+                    self._log(
+                        DecisionLogEntry(ends[-1], "kv", endpoint=eng.id, event=ev, pool=eng.pool)
+                    )
             work.events = []
         for erid, a, b, reason, cached in runs:
             self._deliver(erid, b - a, reason is not None, ends[b - 1], cached)
 
-    def _deliver(self, erid: str, n: int, finished: bool, t: float, cached: int) -> None:
-        """``n`` new tokens of engine request ``erid`` (its last at time ``t``)."""
-        rid = self.erid_owner.get(erid)
-        if rid is None:
-            return
-        if finished:
-            del self.erid_owner[erid]
-        lv = self.live.get(rid)
-        if lv is None:
-            return
-        mig = lv.mig
-        if erid == lv.erid:
-            self._deliver_current(lv, n, finished, t, cached)
-        elif mig is not None and erid == mig.dst_erid:
-            self._deliver_dst(lv, mig, n, finished, t)
-
-    def _stream(self, lv: LiveRequest, t: float) -> None:
-        """Stream the serving copy's tokens whose stream index the client does not have yet.
-
-        The serving engine request's token j has stream index ``stream_base + j``; after a
-        switch-over the first ``delivered - stream_base`` of them are duplicates and dropped.
-        """
-        new = lv.stream_base + lv.produced - lv.delivered
-        if new <= 0:
-            return
-        rec = lv.rec
-        rid = lv.view.id
-        if lv.delivered == 0 and rec.first_token_s is None:
-            rec.first_token_s = t
-            self.router.on_first_token(rid, at=t)
-            if self.log:
-                self._record(DecisionLogEntry(t, "first_token", rid, rec.endpoint))
-        lv.delivered += new
-        rec.output_tokens = lv.delivered
-        self.router.on_tokens(rid, new, at=t)
-        if self.log:
-            self._record(DecisionLogEntry(t, "tokens", rid, rec.endpoint, n=new))
-
-    def _deliver_current(
-        self, lv: LiveRequest, n: int, finished: bool, t: float, cached: int
-    ) -> None:
-        if lv.produced == 0 and lv.stream_base == 0:
-            lv.rec.cached_tokens = cached
-        lv.produced += n
-        self._stream(lv, t)
-        if finished:
-            # the serving copy won the race against a migration: cancel the destination
-            self.migrations.cancel(lv)
-            self._complete(lv, t)
-
-    def _deliver_dst(
-        self, lv: LiveRequest, mig: Handover, n: int, finished: bool, t: float
-    ) -> None:
-        """The destination's first token switches the stream over (make-before-break)."""
-        mig.seen += n
-        self._flush(self.engines[lv.engine], t)  # the source may have finished first
-        if lv.mig is not mig or lv.rec.finish_s is not None:
-            return
-        src, dst = self.migrations.switch_over(lv, mig)
-        self.router.on_migrated(lv.view.id, dst)
-        if self.log:
-            self._record(DecisionLogEntry(t, "migrated", lv.view.id, dst, src=src, n=lv.delivered))
-        self._stream(lv, t)
-        if finished:
-            self._complete(lv, t)
-
-    def _complete(self, lv: LiveRequest, t: float) -> None:
-        rec = lv.rec
-        rec.finish_s = t
-        rec.output_tokens = lv.delivered
-        self.router.on_completed(lv.view.id)
-        if self.log:
-            self._record(DecisionLogEntry(t, "completed", rec.request_id, rec.endpoint))
-        del self.live[rec.request_id]
-        self.outstanding -= 1
-
     # ------------------------------------------------------------------ migration
     def _plan(self) -> None:
-        if self.router.planner is None or not self.live:
+        if not self.live:
             return
-        self._refresh()
-        rnd = self.router.plan()
-        if self.log:
-            self._record(
-                DecisionLogEntry(
-                    self.now,
-                    "plan",
-                    views=rnd.views,
-                    scrapes=self._scrapes(),
-                    inflight=rnd.inflight,
-                    in_progress=rnd.in_progress,
-                    migrations=rnd.migrations,
-                )
-            )
-        for m in rnd.migrations:
-            lv = self.live.get(str(m.request_id))
-            if lv is not None and self.migrations.start(lv, m, self.now):
-                self.router.on_migration_started(m.request_id, m.dst)
-                if self.log:
-                    self._record(
-                        DecisionLogEntry(
-                            self.now, "migration_started", m.request_id, m.dst, src=m.src
-                        )
+        self._flush_all()
+        for pool, router in self.routers.items():
+            if router.planner is None or router.in_flight == 0:
+                continue
+            self._refresh(pool)
+            rnd = router.plan()
+            if self.log:
+                self._log(
+                    DecisionLogEntry(
+                        self.now,
+                        "plan",
+                        views=rnd.views,
+                        scrapes=self._scrapes(pool),
+                        inflight=rnd.inflight,
+                        in_progress=rnd.in_progress,
+                        migrations=rnd.migrations,
+                        pool=pool,
                     )
+                )
+            for m in rnd.migrations:
+                lv = self.live.get(str(m.request_id))
+                if lv is not None and self.migrations.start(lv, m, self.now):
+                    router.on_migration_started(m.request_id, m.dst)
+                    if self.log:
+                        self._log(
+                            DecisionLogEntry(
+                                self.now,
+                                "migration_started",
+                                m.request_id,
+                                m.dst,
+                                src=m.src,
+                                pool=pool,
+                            )
+                        )
 
     # ------------------------------------------------------------------ sampling and metrics
     def _sample(self) -> None:
-        loads = []
-        for eng in self.engines:
-            st = eng.core.stats()
-            running = st.num_running
-            work = eng.work
-            if work is not None and work.participants and work.finished:
-                # Mid-burst the core is already past the sample time: put back the requests
-                # that finish in a later step than the one in progress now (single-step view).
-                j = bisect.bisect_right(work.ends, self.now) + 1
-                running += sum(
-                    1
-                    for erid, k in zip(work.participants, work.steps_run, strict=True)
-                    if k > j and erid in work.finished
+        loads = tuple(engine_load(eng, self.now) for eng in self.engines)
+        self.samples.append(LoadSample(self.now, loads))
+        for pool, router in self.routers.items():
+            learner = router.learner
+            if learner is None:
+                continue
+            for key, state in learner.variants().items():
+                self.learning.append(
+                    {"t": self.now, "pool": pool, "accelerator": key[0], **state.summary()}
                 )
-            loads.append(running + st.num_waiting)
-        self.samples.append(LoadSample(self.now, tuple(loads)))
 
-    def _metrics(self) -> RunMetrics:
-        bounds = None
-        if self.config.compute_bounds and self.trace.requests:
-            cap = sum(e.core.stats().num_gpu_blocks for e in self.engines)
-            bounds = prefix_bounds(self.trace, cap, engine_block=self.block_size)
-        return compute_metrics(
-            self.records,
-            self.samples,
-            [str(e.id) for e in self.engines],
-            migrations=self.migrations.done,
-            bounds=bounds,
-            extra={
-                "migrations_started": float(self.migrations.started),
-                "migrations_cancelled": float(self.migrations.cancelled),
-                "engine_steps": float(self.steps),
-                "rejected_by_engine": float(self.rejected),
-            },
+    def _bounds(self, trace: Trace, engines: Sequence[SimEngine]) -> PrefixBounds | None:
+        if not self.config.compute_bounds or not trace.requests:
+            return None
+        cap = sum(e.core.stats().num_gpu_blocks for e in engines)
+        return prefix_bounds(trace, cap, engine_block=self.block_size)
+
+    def _extra(self, records: Sequence[RequestRecord]) -> dict[str, float]:
+        mig = self.migrations
+        return run_counters(
+            records,
+            self.predicted_hits,
+            started=mig.started,
+            cancelled=mig.cancelled,
+            refused=mig.refused_count,
+            steps=self.steps,
+            rejected=self.rejected,
         )

@@ -13,7 +13,9 @@ does it the way a live proxy would:
    destination's tokens must equal the source's at the same stream indices; mismatches and
    gaps are counted (:meth:`SimResult.check_conservation` fails on any).
 3. **Cancel** (:meth:`~MigrationExecutor.cancel`): if the source finishes first, the
-   destination copy is aborted.
+   destination copy is aborted. **Refused** (:meth:`~MigrationExecutor.refused`): the
+   destination's engine refused the copy when it reached its core (after the front end); the
+   request keeps running where it is.
 
 A request moves at most once at a time; a plan entry that no longer applies (the request
 finished, moved or is already moving, or has at most one token left) is skipped.
@@ -29,8 +31,11 @@ from modelfleet.sim.state import Handover, LiveRequest, SimEngine
 from modelfleet.sim.traces import prompt_token_ids
 
 #: ``submit(engine, engine request id, request id, prompt ids, max tokens)``; ValueError if the
-#: engine refuses the request (too long for it).
+#: engine refuses the request at once (too long for it). With a front-end delay the refusal
+#: comes later, through :meth:`MigrationExecutor.refused`.
 Submit = Callable[[SimEngine, str, str, list[int], int], None]
+#: ``release(engine request id)``: a copy was aborted; the engine's front end stops serving it.
+Release = Callable[[str], None]
 
 
 class MigrationExecutor:
@@ -42,15 +47,18 @@ class MigrationExecutor:
         submit: Submit,
         erid_owner: dict[str, str],
         block_tokens: int,
+        release: Release | None = None,
     ) -> None:
         self.engines = engines
         self.by_id: Mapping[EndpointId, SimEngine] = {e.id: e for e in engines}
         self.submit = submit
+        self.release: Release = release or (lambda erid: None)
         self.erid_owner = erid_owner  # engine request id -> request id, shared with the loop
         self.block_tokens = block_tokens
         self.started = 0
         self.done = 0
         self.cancelled = 0
+        self.refused_count = 0
         self.mismatches = 0
         self.gaps = 0
 
@@ -70,6 +78,11 @@ class MigrationExecutor:
         dst = self.by_id.get(EndpointId(str(m.dst)))
         if dst is None or dst.index == lv.engine:
             return False
+        if dst.pool != self.engines[lv.engine].pool:
+            raise AssertionError(
+                f"migration of {lv.req.request_id} from pool {self.engines[lv.engine].pool!r} "
+                f"to {dst.pool!r}: migrations never cross pools"
+            )
         g = lv.delivered
         remaining = lv.req.output_tokens - g
         if remaining <= 1:
@@ -100,8 +113,18 @@ class MigrationExecutor:
         self.engines[lv.engine].migrating_out -= 1
         self.engines[mig.dst].core.abort_request(mig.dst_erid)
         self.erid_owner.pop(mig.dst_erid, None)
+        self.release(mig.dst_erid)
         lv.mig = None
         self.cancelled += 1
+
+    def refused(self, lv: LiveRequest) -> None:
+        """The destination refused the copy when it reached its core: give the move up."""
+        mig = lv.mig
+        if mig is None:
+            return
+        self.engines[lv.engine].migrating_out -= 1
+        lv.mig = None
+        self.refused_count += 1
 
     def switch_over(self, lv: LiveRequest, mig: Handover) -> tuple[EndpointId, EndpointId]:
         """Make the destination copy the serving one; returns (source, destination).
@@ -114,6 +137,7 @@ class MigrationExecutor:
         src.migrating_out -= 1
         src.core.abort_request(lv.erid)
         self.erid_owner.pop(lv.erid, None)
+        self.release(lv.erid)
         rec = lv.rec
         src_id = EndpointId(rec.endpoint)
         lv.erid = mig.dst_erid

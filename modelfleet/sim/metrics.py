@@ -5,7 +5,10 @@ Definitions follow ``shared/reference/bench-conventions.md``:
 - TTFT = first token time - arrival; TPOT = (finish - first token) / (output tokens - 1), the mean
   time per output token after the first, per request (undefined for 1-token outputs, which then
   meet any TPOT target); e2e = finish - arrival. Percentiles use linear interpolation between
-  order statistics (numpy's default), so p50 of [1, 2] is 1.5.
+  order statistics (numpy's default), so p50 of [1, 2] is 1.5. A request that never got its first
+  token (shed, refused or still waiting) counts as an *unserved* request with infinite TTFT and
+  e2e latency in the percentiles (so 2 % unserved requests make p99 TTFT infinite: a policy
+  cannot improve its tail by dropping requests); means and counts are over served requests.
 - Goodput = completed requests that met *both* their TTFT and TPOT targets, per second of run
   (first arrival to last finish). Attainment = those requests / all requests (unfinished = miss).
 - Prefix hit rate = prompt tokens served from the cache at the request's first placement /
@@ -21,6 +24,7 @@ Definitions follow ``shared/reference/bench-conventions.md``:
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +67,7 @@ class RequestRecord:
     cached_tokens: int = 0
     migrations: int = 0
     shed: bool = False
+    failed: bool = False  # refused by the engine it was sent to (too long, queue full)
 
     @property
     def finished(self) -> bool:
@@ -113,22 +118,48 @@ def percentile(values: Sequence[float] | np.ndarray, q: float) -> float:
 
 @dataclass(frozen=True)
 class LatencySummary:
-    """p50 / p90 / p99 / mean of one latency (seconds) over the requests that have it."""
+    """p50 / p90 / p99 of one latency (seconds) with unserved requests as infinite latencies;
+    mean and count over the requests that have the latency."""
 
     p50: float
     p90: float
     p99: float
     mean: float
     count: int
+    unserved: int = 0
 
     @classmethod
-    def of(cls, values: Sequence[float]) -> LatencySummary:
+    def of(cls, values: Sequence[float], unserved: int = 0) -> LatencySummary:
+        """Summary of `values` plus `unserved` requests that never got this latency (+inf)."""
+        if unserved < 0:
+            raise ValueError(f"unserved must be >= 0, got {unserved}")
         arr = np.asarray(values, dtype=float)
-        if arr.size == 0:
+        if arr.size + unserved == 0:
             nan = float("nan")
             return cls(nan, nan, nan, nan, 0)
-        p50, p90, p99 = (float(x) for x in np.percentile(arr, [50, 90, 99]))
-        return cls(p50, p90, p99, float(arr.mean()), int(arr.size))
+        mean = float(arr.mean()) if arr.size else float("nan")
+        if unserved:
+            p50, p90, p99 = (_percentile_with_inf(np.sort(arr), unserved, q) for q in (50, 90, 99))
+        else:
+            p50, p90, p99 = (float(x) for x in np.percentile(arr, [50, 90, 99]))
+        return cls(p50, p90, p99, mean, int(arr.size), unserved)
+
+
+def _percentile_with_inf(finite: np.ndarray, n_inf: int, q: float) -> float:
+    """The q-th percentile (linear interpolation) of sorted `finite` values plus `n_inf` +inf.
+
+    numpy's interpolation computes ``inf - inf`` (NaN) next to an infinite order statistic, so
+    the order statistics are read here: the result is infinite as soon as it interpolates
+    towards (or lands on) an infinite one.
+    """
+    n = finite.size + n_inf
+    pos = q / 100 * (n - 1)
+    lo = math.floor(pos)
+    frac = pos - lo
+    if lo >= finite.size or (frac > 0 and lo + 1 >= finite.size):
+        return math.inf
+    a = float(finite[lo])
+    return a if frac == 0 else a + (float(finite[lo + 1]) - a) * frac
 
 
 def load_imbalance(samples: Iterable[LoadSample]) -> float:
@@ -264,15 +295,24 @@ class RunMetrics:
     per_instance_requests: Mapping[str, int]
     bounds: PrefixBounds | None = None
     extra: Mapping[str, float] = field(default_factory=dict)
+    failed: int = 0
 
     def as_dict(self) -> dict[str, object]:
         def lat(s: LatencySummary) -> dict[str, float]:
-            return {"p50": s.p50, "p90": s.p90, "p99": s.p99, "mean": s.mean, "count": s.count}
+            return {
+                "p50": s.p50,
+                "p90": s.p90,
+                "p99": s.p99,
+                "mean": s.mean,
+                "count": s.count,
+                "unserved": s.unserved,
+            }
 
         out: dict[str, object] = {
             "requests": self.requests,
             "completed": self.completed,
             "shed": self.shed,
+            "failed": self.failed,
             "duration_s": self.duration_s,
             "ttft_s": lat(self.ttft),
             "tpot_s": lat(self.tpot),
@@ -305,6 +345,7 @@ def compute_metrics(
     """Summarise one run (see the module docstring for every definition)."""
     done = [r for r in records if r.finished]
     ttft = [t for r in records if (t := r.ttft_s) is not None]
+    unserved_ttft = len(records) - len(ttft)
     tpot = [t for r in done if (t := r.tpot_s) is not None]
     e2e = [t for r in done if (t := r.e2e_s) is not None]
     met = sum(1 for r in records if r.met_slo())
@@ -330,9 +371,9 @@ def compute_metrics(
         completed=len(done),
         shed=sum(1 for r in records if r.shed),
         duration_s=duration,
-        ttft=LatencySummary.of(ttft),
+        ttft=LatencySummary.of(ttft, unserved=unserved_ttft),
         tpot=LatencySummary.of(tpot),
-        e2e=LatencySummary.of(e2e),
+        e2e=LatencySummary.of(e2e, unserved=len(records) - len(e2e)),
         goodput_rps=met / duration if duration > 0 else 0.0,
         attainment=met / len(records) if records else 0.0,
         prefix_hit_rate=cached / sent if sent else 0.0,
@@ -343,4 +384,5 @@ def compute_metrics(
         per_instance_requests=per_req,
         bounds=bounds,
         extra=dict(extra or {}),
+        failed=sum(1 for r in records if r.failed),
     )

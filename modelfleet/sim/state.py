@@ -28,9 +28,12 @@ class SimEngine:
         "id",
         "index",
         "migrating_out",
+        "pending",
+        "pool",
         "scrape",
         "scrape_s",
         "spec",
+        "streams",
         "work",
     )
 
@@ -48,6 +51,15 @@ class SimEngine:
         self.migrating_out = 0
         self.scrape = EndpointMetrics()
         self.scrape_s = -math.inf
+        self.pool = spec.pool
+        # The front end (the API server): requests it serves (added to the core, not finished
+        # or aborted), and the times requests still in its per-request work reach the core.
+        self.streams = 0
+        self.pending: list[float] = []
+
+    def next_pending(self) -> float:
+        """When the next request now in the front end reaches the core (inf: none)."""
+        return min(self.pending) if self.pending else math.inf
 
 
 class Handover:
@@ -81,6 +93,7 @@ class LiveRequest:
         "engine",
         "erid",
         "mig",
+        "pool",
         "prefix_tokens",
         "produced",
         "rec",
@@ -89,10 +102,13 @@ class LiveRequest:
         "view",
     )
 
-    def __init__(self, req: TraceRequest, view: RequestView, rec: RequestRecord) -> None:
+    def __init__(
+        self, req: TraceRequest, view: RequestView, rec: RequestRecord, pool: str = ""
+    ) -> None:
         self.req = req
         self.view = view
         self.rec = rec
+        self.pool = pool
         self.delivered = 0  # tokens streamed to the client so far
         self.produced = 0  # tokens produced by the serving engine request
         self.stream_base = 0  # stream index of the serving engine request's first token

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
     "Trace",
     "TraceError",
     "TraceRequest",
+    "assign_pools",
     "block_token_ids",
     "check_prefix_consistency",
     "generate_shared_prefix",
@@ -63,7 +65,8 @@ class TraceRequest:
     """One request of a trace.
 
     ``arrival_s`` is seconds from trace start; ``block_ids`` covers the prompt with
-    ``ceil(input_tokens / block_tokens)`` ids (the last block may be partial).
+    ``ceil(input_tokens / block_tokens)`` ids (the last block may be partial). ``pool`` names
+    the pool (model) that serves it in a fleet of several pools (:func:`assign_pools`).
     """
 
     index: int
@@ -72,6 +75,7 @@ class TraceRequest:
     output_tokens: int
     block_ids: tuple[int, ...]
     session_id: str | None = None
+    pool: str | None = None
 
     @property
     def request_id(self) -> str:
@@ -124,6 +128,41 @@ class Trace:
         return replace(
             self, requests=reqs, notes=(*self.notes, f"window [{start_s:g}, {end_s:g}) s")
         )
+
+    def burst(self, start_s: float, length_s: float, factor: float) -> Trace:
+        """Arrivals in ``[start_s, start_s + length_s)`` come ``factor`` times faster.
+
+        The stretch is compressed into ``length_s / factor`` seconds and every later arrival
+        moves earlier by the time saved, so the same requests arrive, with a burst of
+        ``factor`` times the rate in the middle (the bursty load of the placement matrix).
+        """
+        if not factor >= 1 or not math.isfinite(factor) or length_s <= 0:
+            raise TraceError(f"burst: factor must be >= 1 and length > 0, got {factor}, {length_s}")
+        end = start_s + length_s
+        saved = length_s - length_s / factor
+
+        def moved(t: float) -> float:
+            if t < start_s:
+                return t
+            if t < end:
+                return start_s + (t - start_s) / factor
+            return t - saved
+
+        reqs = tuple(replace(r, arrival_s=moved(r.arrival_s)) for r in self.requests)
+        note = f"burst x{factor:g} over [{start_s:g}, {end:g}) s"
+        return replace(self, requests=reqs, notes=(*self.notes, note))
+
+    def max_request_tokens(self) -> int:
+        """The longest prompt + output of the trace (what ``max_model_len`` must admit)."""
+        return max((r.input_tokens + r.output_tokens for r in self.requests), default=0)
+
+    def pools(self) -> tuple[str, ...]:
+        """The pools the requests name, in order of first appearance (empty: none named)."""
+        seen: dict[str, None] = {}
+        for r in self.requests:
+            if r.pool is not None:
+                seen.setdefault(r.pool, None)
+        return tuple(seen)
 
     def total_input_tokens(self) -> int:
         return sum(r.input_tokens for r in self.requests)
@@ -418,6 +457,45 @@ def generate_shared_prefix(config: SharedPrefixConfig, *, seed: int) -> Trace:
         for i, (a, n_in, n_out, bids, sess) in enumerate(raw)
     )
     return Trace(f"shared-prefix-s{seed}", reqs, bt, source="generate_shared_prefix")
+
+
+def _conversation_key(r: TraceRequest) -> str:
+    """What keeps a conversation's turns together: its session, else its second prefix block
+    (the first past a preamble most requests share, as on Mooncake), else the request."""
+    if r.session_id is not None:
+        return f"s:{r.session_id}"
+    if len(r.block_ids) >= 2:
+        return f"b:{r.block_ids[1]}"
+    return f"r:{r.index}"
+
+
+def assign_pools(trace: Trace, shares: Mapping[str, float], *, seed: int = 0) -> Trace:
+    """Map every request to one pool, pool ``p`` getting a ``shares[p]`` share of them.
+
+    The map is a deterministic hash of each request's conversation (its session, else its
+    second prefix block): all turns of a conversation, and every request sharing a prefix past
+    the preamble, go to the same pool, so prefix reuse is kept within a pool. The shares need
+    not sum to 1. The simulator's ``pool_shares`` computes model-size-aware shares from a fleet
+    (each pool's declared prefill capacity over its model size), so a multi-pool run loads
+    every pool alike.
+    """
+    names = [p for p, w in shares.items() if w > 0]
+    if not names:
+        raise TraceError(f"assign_pools: no pool has a positive share in {dict(shares)}")
+    total = sum(shares[p] for p in names)
+    edges: list[float] = []
+    acc = 0.0
+    for p in names:
+        acc += shares[p] / total
+        edges.append(acc)
+    reqs = []
+    for r in trace.requests:
+        digest = hashlib.blake2b(f"{seed}/{_conversation_key(r)}".encode(), digest_size=8)
+        u = int.from_bytes(digest.digest(), "big") / 2**64
+        i = next((k for k, e in enumerate(edges) if u < e), len(names) - 1)
+        reqs.append(replace(r, pool=names[i]))
+    share_note = ", ".join(f"{p} {shares[p] / total:.0%}" for p in names)
+    return replace(trace, requests=tuple(reqs), notes=(*trace.notes, f"pools: {share_note}"))
 
 
 def trace_from_requests(name: str, requests: Sequence[TraceRequest], *, block_tokens: int) -> Trace:

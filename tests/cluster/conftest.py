@@ -12,6 +12,8 @@
 * ``namespace``: a fresh namespace per test, deleted afterwards; tests isolate themselves there.
 * ``kubectl``: ``cluster.kubectl`` (raises ``KubectlError`` with the output on failure).
 * ``installed_crds``: ``crds/*.yaml`` applied and Established, once per session.
+* ``try_create(doc, namespace)``: POST one object as kubectl does (strict field validation);
+  returns (status, body, text) and deletes an accepted object again (``keep=True`` keeps it).
 * ``no_leaked_processes`` (session): FAILS the run if any process of the control-plane
   binaries, or any process mentioning the cluster's temp dir, outlives the suite (and kills it,
   so the machine stays clean).
@@ -19,6 +21,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -189,3 +192,26 @@ def installed_crds(cluster: ClusterClient) -> list[dict[str, Any]]:
         name = crd["metadata"]["name"]
         cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
     return crds
+
+
+#: What the API server answered to one create: HTTP status, decoded body, raw text.
+Created = tuple[int, dict[str, Any], str]
+
+
+@pytest.fixture
+def try_create(cluster: ClusterClient) -> Callable[[dict[str, Any], str], Created]:
+    """POST an object as kubectl would (``fieldValidation=Strict``) into a namespace (dropped
+    for cluster-scoped kinds); an accepted object is deleted again. Returns the answer."""
+
+    def create(doc: dict[str, Any], namespace: str, *, keep: bool = False) -> Created:
+        doc = json.loads(json.dumps(doc))
+        doc.setdefault("metadata", {})["namespace"] = namespace
+        collection = cluster.resource_path(doc["apiVersion"], doc["kind"], namespace)
+        if "/namespaces/" not in collection:
+            doc["metadata"].pop("namespace")
+        resp = cluster.api("POST", f"{collection}?fieldValidation=Strict", doc)
+        if resp.status in (200, 201) and not keep:
+            cluster.api("DELETE", f"{collection}/{doc['metadata']['name']}")
+        return resp.status, resp.body, resp.text
+
+    return create  # type: ignore[return-value]

@@ -1,10 +1,11 @@
 """Every manifest in tests/data/invalid/ is refused by the real API server, which names the
 same field as ``modelfleet validate``.
 
-For each file, each object is POSTed as admin with ``fieldValidation=Strict`` (what kubectl
-does by default) into the test's namespace. The API server must refuse at least one object
-(HTTP 400/422) and name the field in its message. The fields it blames (``details.causes[].
-field``, or the quoted path of an unknown field) are compared with the fields
+For each file, each object is POSTed (``try_create`` fixture) as admin with
+``fieldValidation=Strict`` (what kubectl does by default) into the test's namespace. The API
+server must refuse at least one object (HTTP 400/422) and name the field in its message. The
+fields it blames (``details.causes[].field``, or the quoted path of an unknown field) are
+compared with the fields
 ``modelfleet validate FILE`` prints (``file: Kind/name: field.path: message``), and with the
 file's ``# expect-field:`` comment when it has one.
 
@@ -22,17 +23,16 @@ apart: a bug in one of them.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from modelfleet.testing.cluster import ClusterClient
 from modelfleet.testing.cluster_manifests import load_manifests, normalise_field, refused_fields
 
 pytestmark = pytest.mark.cluster
@@ -72,21 +72,6 @@ def validate_output() -> dict[str, list[str]]:
         if m := _VALIDATE_LINE.match(line):
             out.setdefault(m.group("file"), []).append(m.group("field"))
     return out
-
-
-def post(
-    cluster: ClusterClient, doc: dict[str, Any], namespace: str
-) -> tuple[int, dict[str, Any], str]:
-    """Create ``doc`` (moved into ``namespace`` if namespaced); delete it again if accepted."""
-    doc = json.loads(json.dumps(doc))
-    doc.setdefault("metadata", {})["namespace"] = namespace
-    collection = cluster.resource_path(doc["apiVersion"], doc["kind"], namespace)
-    if "/namespaces/" not in collection:
-        doc["metadata"].pop("namespace")
-    resp = cluster.api("POST", f"{collection}?fieldValidation=Strict", doc)
-    if resp.status in (200, 201):
-        cluster.api("DELETE", f"{collection}/{doc['metadata']['name']}")
-    return resp.status, resp.body, resp.text
 
 
 def agree(server_fields: list[str], offline_fields: list[str]) -> bool:
@@ -133,7 +118,7 @@ def test_invalid_directory_is_not_empty() -> None:
 
 @pytest.mark.parametrize("path", INVALID_FILES, ids=lambda p: p.stem)
 def test_invalid_manifest_is_refused_naming_the_same_field(
-    cluster: ClusterClient,
+    try_create: Callable[[dict[str, Any], str], tuple[int, dict[str, Any], str]],
     installed_crds: list[dict[str, Any]],
     validate_output: dict[str, list[str]],
     namespace: str,
@@ -141,7 +126,7 @@ def test_invalid_manifest_is_refused_naming_the_same_field(
 ) -> None:
     docs = load_manifests(path)
     assert docs, f"{path}: no Kubernetes objects"
-    refusals = [r for r in (post(cluster, d, namespace) for d in docs) if r[0] not in (200, 201)]
+    refusals = [r for r in (try_create(d, namespace) for d in docs) if r[0] not in (200, 201)]
     assert refusals, f"{path}: the API server accepted every object"
 
     server_fields: list[str] = []

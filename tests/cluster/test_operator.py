@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 import yaml
-from fake_control import FakeControl, endpoint, pool_stats
 from operator_harness import (
     InProcessOperator,
     OperatorProcess,
@@ -32,6 +31,7 @@ from operator_harness import (
     thread_names,
     wait_until,
 )
+from support.fake_control import FakeControl, endpoint, pool_stats
 
 from modelfleet.control import control_pb2 as pb
 from modelfleet.operator.metrics import OperatorMetrics

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from example_objects import example_pools, example_profiles, flag_values
+from support.example_objects import example_pools, example_profiles, flag_values
 
 from modelfleet.api import ModelPool
 from modelfleet.api.names import (

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from fake_control import FakeControl, endpoint, pool_stats
+from support.fake_control import FakeControl, endpoint, pool_stats
 
 from modelfleet.control import control_pb2 as pb
 from modelfleet.operator.control_client import SchedulerClient

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from example_objects import example_pools, example_profiles
+from support.example_objects import example_pools, example_profiles
 
 from modelfleet.api import ModelPool
 from modelfleet.operator.decisions import (

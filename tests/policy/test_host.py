@@ -294,3 +294,34 @@ def test_without_a_planner_plan_is_empty() -> None:
     assert r.plan_period_s is None
     rnd = r.plan()
     assert (rnd.views, rnd.inflight, rnd.migrations) == ((), (), ())
+
+
+def test_plan_refuses_a_migration_out_of_the_pool() -> None:
+    """The router is the last guard: a planner bug that names an endpoint of another pool
+    raises instead of reaching the executor."""
+
+    class Rogue(MigrationPlanner):
+        def plan(self, endpoints, inflight, in_progress=()):  # type: ignore[no-untyped-def]
+            from modelfleet.policy.migration import Migration
+
+            return [Migration(inflight[0].request.id, inflight[0].src, EndpointId("x"), "drain")]
+
+    r, _ = router(planner=Rogue())
+    r.route(rq("r1"))
+    with pytest.raises(AssertionError, match="outside pool 'p'"):
+        r.plan()
+
+
+def test_declared_kv_capacity_sizes_the_approximate_index() -> None:
+    spec = policy_spec("llm-d")
+    profile = build_profile(spec, default_registry(), FakeClock(), random.Random(0))
+    Router(
+        profile,
+        pool="p",
+        endpoints=[info("a", kv_capacity_tokens=1000), info("b"), info("c", kv_capacity_tokens=50)],
+    )
+    index = profile.prefix_index
+    assert index is not None
+    assert index.capacity_tokens(A) == 1000  # type: ignore[attr-defined]
+    assert index.capacity_tokens(C) == 50  # type: ignore[attr-defined]
+    assert index.capacity_tokens(B) == 31_250 * 64  # type: ignore[attr-defined]

@@ -143,6 +143,7 @@ def test_load_balance_moves_shortest_from_hot_to_cold() -> None:
         "load-balance",
         plan[0].est_cost_s,
         plan[0].est_gain_s,
+        1000 + 10,  # the whole context is recomputed on the cold endpoint (no index)
     )
     assert plan[0].request_id == "r0"  # SR: shortest first
     # virtual loads are updated: it stops once balanced (12 vs 0, threshold 4 -> moves 2..)
@@ -185,3 +186,82 @@ def test_params_are_validated() -> None:
         MigrationParams(max_per_endpoint=0)
     with pytest.raises(ValueError):
         MigrationParams(period_s=0)
+
+
+# -- pools and models ------------------------------------------------------------------------
+
+
+def test_drain_never_moves_a_request_to_another_pool_or_model() -> None:
+    eps = [
+        ep("old", perf=PERF, pool="8b", model="llama-3-8b", draining=True, running=1),
+        ep("other-pool", perf=PERF, pool="70b", model="llama-3-70b"),
+        ep("other-model", perf=PERF, pool="8b", model="llama-3-70b"),
+    ]
+    assert MigrationPlanner(ONLY_DRAIN).plan(eps, [inflight("r", "old")]) == []
+    eps.append(ep("peer", perf=PERF, pool="8b", model="llama-3-8b"))
+    plan = MigrationPlanner(ONLY_DRAIN).plan(eps, [inflight("r", "old")])
+    assert [m.dst for m in plan] == ["peer"]
+
+
+def test_rescue_and_balance_stay_within_the_pool() -> None:
+    hot = dict(perf=PERF, pool="8b", model="m8", running=40, inflight_requests=40)
+    eps = [
+        ep("hot", waiting=6, inflight_prefill_tokens=40_000, **hot),
+        ep("idle-70b", perf=PERF, pool="70b", model="m70"),
+    ]
+    flights = [inflight(f"r{i}", "hot", max_tokens=3000, ttft=0.5, age_s=0.4) for i in range(10)]
+    flights += [inflight("q", "hot", gen=0, phase="queued", ttft=0.5, age_s=0.4)]
+    eager = MigrationParams(imbalance_threshold=0.0, min_gain_s=0.0, min_gain_fraction=0.0)
+    assert MigrationPlanner(eager).plan(eps, flights) == []
+
+
+def test_committing_a_cross_pool_move_is_a_defect_not_a_decision() -> None:
+    from modelfleet.policy.migration import _Load, _Move, _Round
+
+    a = ep("a", perf=PERF, pool="8b", model="m")
+    b = ep("b", perf=PERF, pool="70b", model="m")
+    rnd = _Round(
+        params=MigrationParams(),
+        budget=4,
+        by_id={a.id: a, b.id: b},
+        loads={e.id: _Load(0, 0, 0, 0.0) for e in (a, b)},
+        targets=[a, b],
+        moved=set(),
+    )
+    with pytest.raises(AssertionError, match="crosses pools or models"):
+        rnd.commit(inflight("r", "a"), b, "drain", _Move(0.1, 1.0, 0.0))
+
+
+# -- moves that pay ----------------------------------------------------------------------
+
+
+def test_an_observed_tpot_never_enters_the_gain() -> None:
+    """Like with like: a slow observed TPOT triggers a look, but the gain compares the two
+    endpoints' models; with identical endpoints and loads nothing is gained, so nothing moves."""
+    eps = [ep("src", perf=PERF, running=5), ep("dst", perf=PERF, running=5)]
+    slow = inflight("slow", "src", gen=50, max_tokens=2000, observed_tpot_s=1.0, tpot=0.05)
+    assert MigrationPlanner(ONLY_RESCUE).plan(eps, [slow]) == []
+
+
+def test_an_uncertain_destination_needs_a_larger_gain() -> None:
+    """The same move is taken with a confident destination model and refused when the
+    destination's model has not seen evidence (its upper prediction is far above its central)."""
+    from modelfleet.policy.learn import LearnedPerfModel
+
+    sure = LearnedPerfModel(PERF, central=LearnedPerfModel(PERF))
+    unsure = LearnedPerfModel(PERF, (0.0, 2.0, 0.0), (0.0, 2.0), central=LearnedPerfModel(PERF))
+    flights = [inflight("late", "src", gen=0, phase="queued", age_s=0.5, ttft=1.0)]
+    src = ep("src", perf=sure, running=10, waiting=3, inflight_prefill_tokens=8_000)
+    assert MigrationPlanner(ONLY_RESCUE).plan([src, ep("dst", perf=sure)], flights)
+    assert MigrationPlanner(ONLY_RESCUE).plan([src, ep("dst", perf=unsure)], flights) == []
+
+
+def test_the_destination_queue_is_charged_for_the_re_prefill() -> None:
+    """Prefix locality: re-prefilling a long context delays everyone waiting on the
+    destination; with that externality counted, a crowded destination stops paying."""
+    flights = [inflight("late", "src", gen=0, phase="queued", age_s=0.5, ttft=1.0, prompt=6000)]
+    src = ep("src", perf=PERF, running=10, waiting=4, inflight_prefill_tokens=20_000)
+    dst = ep("dst", perf=PERF, waiting=6, inflight_prefill_tokens=1_000)
+    free = MigrationParams(enable_drain=False, enable_load_balance=False, queue_externality=0.0)
+    assert MigrationPlanner(free).plan([src, dst], flights)
+    assert MigrationPlanner(ONLY_RESCUE).plan([src, dst], flights) == []

@@ -278,3 +278,42 @@ def test_approx_index_keeps_chains_prefix_closed_under_eviction(seed: int) -> No
     for r in reqs:
         chain = r.chain(idx.hasher)
         assert idx.match(r) == idx._holders.walk(chain, r.prompt_tokens)
+
+
+def test_approx_index_holds_each_endpoint_to_its_own_capacity_in_tokens() -> None:
+    idx = ApproxPrefixIndex(ApproxTokenHasher(16))
+    idx.set_capacity(A, 64)
+    idx.set_capacity(B, 10_000)
+    r = req("r", prompt_tokens=128, token_ids=tokens(128))
+    idx.on_routed(r, routed(A))
+    idx.on_routed(r, routed(B))
+    assert idx.tokens(A) == 64 and idx.match(r) == {A: 64, B: 128}
+    with pytest.raises(ValueError, match="capacity"):
+        idx.set_capacity(A, 0)
+
+
+def test_approx_index_counts_given_chains_at_their_block_size() -> None:
+    """A trace chain of 512-token blocks uses 512 tokens of capacity per block, not one."""
+    idx = ApproxPrefixIndex(ApproxTokenHasher(64))
+    idx.set_capacity(A, 1024)
+    r = req("r", prompt_tokens=2048, block_hashes=(1, 2, 3, 4), block_size=512)
+    idx.on_routed(r, routed(A))
+    assert idx.tokens(A) == 1024 and idx.match(r) == {A: 1024}
+
+
+def test_running_requests_pin_their_decode_room_like_the_engine() -> None:
+    """Requests in flight hold KV for their output: the index evicts cached prefixes to make
+    room, and gives it back when they complete (as the engine's free queue does)."""
+    idx = ApproxPrefixIndex(ApproxTokenHasher(16))
+    idx.set_capacity(A, 128)
+    cached = req("c", prompt_tokens=96, token_ids=tokens(96, 7000))
+    idx.on_routed(cached, routed(A))
+    idx.on_completed(cached.id, A)
+    assert idx.match(cached) == {A: 96}
+    busy = req("b", prompt_tokens=16, token_ids=tokens(16, 9000), max_tokens=64)
+    idx.on_routed(busy, routed(A))  # 16 learned + 64 pinned: only 48 left for the old prefix
+    assert idx.match(cached) == {A: 48}
+    idx.on_completed(busy.id, A)
+    filler = req("f", prompt_tokens=16, token_ids=tokens(16, 11_000))
+    idx.on_routed(filler, routed(A))  # room is back: nothing more is evicted
+    assert idx.match(cached) == {A: 48} and idx.match(filler) == {A: 16}

@@ -15,6 +15,7 @@ import random
 from collections.abc import Sequence
 
 from modelfleet.policy.host import EndpointInfo, EndpointMetrics, PlanRound, Router
+from modelfleet.policy.learn import LatencyLearner
 from modelfleet.policy.types import EndpointId, EndpointView, RequestId, RequestView
 from modelfleet.sim.cluster import DecisionLogEntry
 from modelfleet.sim.policies import PolicyFactory
@@ -22,11 +23,16 @@ from modelfleet.sim.policies import PolicyFactory
 
 class FakeScheduler:
     def __init__(
-        self, factory: PolicyFactory, seed: int, endpoints: Sequence[EndpointInfo], pool: str
+        self,
+        factory: PolicyFactory,
+        seed: int,
+        endpoints: Sequence[EndpointInfo],
+        pool: str,
+        learner: LatencyLearner | None = None,
     ) -> None:
         self.now = 0.0
         policy = factory(lambda: self.now, random.Random(seed))
-        self.router = Router(policy.profile, planner=policy.planner, pool=pool)
+        self.router = Router(policy.profile, planner=policy.planner, pool=pool, learner=learner)
         for info in endpoints:
             self.router.add_endpoint(info)
 
@@ -52,6 +58,8 @@ class FakeScheduler:
             self.router.on_tokens(rid, entry.n)
         elif entry.kind == "completed":
             self.router.on_completed(rid)
+        elif entry.kind == "migration_aborted":
+            self.router.on_migration_aborted(rid)
         elif entry.kind == "migration_started":
             self.router.on_migration_started(rid, EndpointId(entry.endpoint))
         elif entry.kind == "migrated":

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from modelfleet.engine.timing import StepTimer
 from modelfleet.policy.migration import MigrationParams
 from modelfleet.sim.cluster import ClusterSimulator, SimConfig, SimResult, sim_next_token
 from modelfleet.sim.fleet import EngineSpec, fit_perf_model, mixed_fleet
@@ -117,7 +118,23 @@ def test_too_long_requests_are_rejected_not_lost() -> None:
     r = _run("round-robin", trace, fleet)
     too_long = {q.request_id for q in trace if q.input_tokens + q.output_tokens > 1200}
     assert too_long
-    assert {x.request_id for x in r.records if x.shed} == too_long
+    assert {x.request_id for x in r.records if x.failed} == too_long
+    assert not any(x.shed for x in r.records)
+    r.check_conservation()
+    counts = r.outcome_counts()
+    assert counts == {
+        "in": len(trace),
+        "served": len(trace) - len(too_long),
+        "failed": len(too_long),
+        "shed": 0,
+    }
+    m = r.metrics
+    assert m.failed == len(too_long) and m.extra["rejected_by_engine"] == len(too_long)
+    # failed requests are misses and unserved latencies, never quietly left out
+    assert m.attainment <= 1 - len(too_long) / len(trace)
+    assert m.ttft.unserved == len(too_long)
+    if len(too_long) / len(trace) > 0.01:
+        assert m.ttft.p99 == float("inf")
     r.check_conservation()
     assert r.metrics.extra["rejected_by_engine"] == len(too_long)
 
@@ -188,3 +205,48 @@ def test_load_samples_do_not_depend_on_step_fusion() -> None:
     single = _run("least-request", trace, tiny_fleet(), max_fused_steps=1, sample_period_s=0.1)
     assert fused.samples == single.samples
     assert fused.metrics.load_imbalance == single.metrics.load_imbalance
+
+
+# -- conservation ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda r: r.records.pop(), "arrived but"),
+        (lambda r: setattr(r.records[0], "failed", True), "2 outcomes"),
+        (lambda r: setattr(r.records[1], "finish_s", None), "never finished"),
+        (lambda r: setattr(r.records[2], "output_tokens", 1), "delivered 1 of"),
+    ],
+    ids=["lost-request", "served-and-failed", "unfinished", "lost-tokens"],
+)
+def test_conservation_fails_loudly(damage: object, message: str) -> None:
+    r = _run("modelfleet", tiny_trace().compressed(2.0), tiny_fleet())
+    r.check_conservation()
+    damage(r)  # type: ignore[operator]
+    with pytest.raises(AssertionError, match=message):
+        r.check_conservation()
+
+
+# -- the engines' front end (timing model v2) -------------------------------------------------
+
+
+def test_the_front_end_delays_each_request_as_the_live_engine_does() -> None:
+    """One request on an idle engine: its first token comes exactly the front end's
+    per-request latency later than without a front end; with streams in flight it waits
+    more (the live server's ``front_end_latency(len(streams))``)."""
+    one = tiny_trace().head(1)
+    fleet = mixed_fleet({"h100-80gb": 1}, overrides={"num_gpu_blocks": 600, "max_num_seqs": 16})
+    with_fe = _run("round-robin", one, fleet)
+    without = _run("round-robin", one, fleet, front_end=False)
+    timer = StepTimer("h100-80gb", "llama-3-8b")
+    delta = with_fe.records[0].first_token_s - without.records[0].first_token_s  # type: ignore[operator]
+    assert delta == pytest.approx(timer.front_end_latency(0))
+    busy = tiny_trace().compressed(4.0)
+    slow, fast = _run("round-robin", busy, fleet), _run("round-robin", busy, fleet, front_end=False)
+    extra = [
+        a.ttft_s - b.ttft_s  # type: ignore[operator]
+        for a, b in zip(slow.records, fast.records, strict=True)
+    ]
+    assert max(extra) > timer.front_end_latency(3)  # some requests arrived behind streams
+    slow.check_conservation()

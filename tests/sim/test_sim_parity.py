@@ -16,6 +16,7 @@ import pytest
 
 from modelfleet.policy.baselines import policy_spec
 from modelfleet.policy.framework import Data
+from modelfleet.policy.learn import LatencyLearner, LearnedPerfModel
 from modelfleet.policy.types import NoEndpointError
 from modelfleet.sim.cluster import ClusterSimulator, SimConfig, SimResult, build_request_view
 from modelfleet.sim.policies import POLICY_NAMES, PolicyFactory, policy_factory
@@ -41,7 +42,9 @@ def _replay(
     sim: ClusterSimulator, result: SimResult, factory: PolicyFactory, seed: int
 ) -> tuple[int, int]:
     """Replay the recorded log into a fresh router; return (placements, plans) compared."""
-    fake = FakeScheduler(factory, seed, sim.router.endpoints(), sim.router.pool)
+    # a live scheduler learns latencies as the simulator's routing host does (fresh learner)
+    learner = LatencyLearner(sim.config.learner) if sim.router.learner is not None else None
+    fake = FakeScheduler(factory, seed, sim.router.endpoints(), sim.router.pool, learner)
     by_id = {r.request_id: r for r in sim.trace.requests}
     placements = plans = 0
     for entry in result.decisions:
@@ -91,6 +94,14 @@ def test_simulator_and_fake_scheduler_decide_identically(name: str) -> None:
     sim, result = _run(policy_factory(name), trace, seed=7)
     placements, plans = _replay(sim, result, policy_factory(name), seed=7)
     assert placements == len(trace)
+    # the views carry the routing host's learned latency models, and they did learn
+    learned = [
+        v.perf.ttft_observations
+        for e in result.decisions
+        for v in e.views
+        if isinstance(v.perf, LearnedPerfModel)
+    ]
+    assert learned and max(learned) > 0
     if name in ("llumnix", "modelfleet"):
         assert plans > 0
         assert result.migrations_started > 0

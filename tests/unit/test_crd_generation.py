@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import Field
 
 from modelfleet.api import KINDS
-from modelfleet.api.crdgen import build_crd, crd_filename, render_crd
+from modelfleet.api.common import ApiModel
+from modelfleet.api.crdgen import build_crd, crd_filename, openapi_schema, render_crd
 from modelfleet.api.modelpool import EngineSpec, ModelSource
 from modelfleet.api.routingpolicy import PlacementSpec
 from modelfleet.cli import main
@@ -109,3 +111,69 @@ def test_nested_defaults_are_the_models_defaults() -> None:
     (rp,) = [k for k in KINDS if k.KIND == "RoutingPolicy"]
     rspec = build_crd(rp)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert rspec["properties"]["placement"]["default"] == PlacementSpec().to_wire()
+
+
+def _model_defaults_vs_schema(model: type[ApiModel], schema: dict[str, Any], path: str) -> None:
+    """Every field the model defaults (to a non-None value) has that default in the schema."""
+    for name, info in model.model_fields.items():
+        alias = info.alias or name
+        prop = schema["properties"][alias]
+        if info.is_required():
+            assert "default" not in prop, f"{path}.{alias}"
+            continue
+        value = info.get_default(call_default_factory=True)
+        if value is None:
+            assert "default" not in prop, f"{path}.{alias}: unset means None"
+            continue
+        wire = value.to_wire() if isinstance(value, ApiModel) else value
+        assert prop.get("default") == wire, f"{path}.{alias}: CRD {prop.get('default')} != {wire}"
+        nested = info.annotation
+        if isinstance(nested, type) and issubclass(nested, ApiModel):
+            _model_defaults_vs_schema(nested, prop, f"{path}.{alias}")
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.KIND)
+def test_every_model_default_is_the_crd_default(kind: Any) -> None:
+    """Found by the cluster tier: list defaults made by a factory (migration ``triggers``:
+    ["drain"], cascade ``fallbackOn``) were missing, so the API server stored ``[]``."""
+    spec = build_crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+    _model_defaults_vs_schema(kind.model_fields["spec"].annotation, spec["spec"], "spec")
+
+
+class _Bounds(ApiModel):
+    share: float = Field(default=0.5, ge=0.1, le=0.99)
+    speed: float = Field(default=1.0, gt=0.5, lt=2.5)
+    count: int = Field(default=1, ge=1, le=10)
+    weight: float = Field(default=1.0, ge=0, le=1000)
+    share_max: float = Field(default=0.5, ge=0, le=0.99)
+    ruled: float = Field(
+        default=0.5,
+        ge=0.25,
+        json_schema_extra={"x-kubernetes-validations": [{"rule": "self != 0.3", "message": "m"}]},
+    )
+
+
+def test_fractional_bounds_are_repeated_as_cel_rules() -> None:
+    """The API server truncates a fractional minimum/maximum for integer values; CEL does not."""
+    props = openapi_schema(_Bounds)["properties"]
+    assert props["share"]["x-kubernetes-validations"] == [
+        {"rule": "self >= 0.1", "message": "must be greater than or equal to 0.1"},
+        {"rule": "self <= 0.99", "message": "must be less than or equal to 0.99"},
+    ]
+    assert props["speed"]["x-kubernetes-validations"] == [
+        {"rule": "self > 0.5", "message": "must be greater than 0.5"},
+        {"rule": "self < 2.5", "message": "must be less than 2.5"},
+    ]
+    assert (props["speed"]["minimum"], props["speed"]["exclusiveMinimum"]) == (0.5, True)
+    assert (props["speed"]["maximum"], props["speed"]["exclusiveMaximum"]) == (2.5, True)
+    # an integer minimum needs no rule, the fractional maximum next to it still does
+    assert props["shareMax"]["x-kubernetes-validations"] == [
+        {"rule": "self <= 0.99", "message": "must be less than or equal to 0.99"}
+    ]
+    # a field's own rules are kept, the bound's rule comes after them
+    assert props["ruled"]["x-kubernetes-validations"] == [
+        {"rule": "self != 0.3", "message": "m"},
+        {"rule": "self >= 0.25", "message": "must be greater than or equal to 0.25"},
+    ]
+    assert "x-kubernetes-validations" not in props["count"]
+    assert "x-kubernetes-validations" not in props["weight"]

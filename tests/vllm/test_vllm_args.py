@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from example_objects import example_pools, example_profiles
+from support.example_objects import example_pools, example_profiles
 
 from modelfleet.operator.builders import build_deployment
 

@@ -287,3 +287,207 @@ def test_compaction_keeps_referenced_blocks_out_of_the_free_queue():
         pool.free_blocks(spare)
     assert len(pool.free_queue()) == 1 and not any(pool.is_free(b) for b in held)
     pool.check_invariants()
+
+
+# RFC 8949 appendix A (the examples of the CBOR standard), for the value set vLLM hashes.
+RFC8949 = [
+    (0, "00"), (1, "01"), (10, "0a"), (23, "17"), (24, "1818"), (25, "1819"), (100, "1864"),
+    (255, "18ff"), (256, "190100"), (1000, "1903e8"), (65535, "19ffff"), (65536, "1a00010000"),
+    (1000000, "1a000f4240"), (4294967295, "1affffffff"), (4294967296, "1b0000000100000000"),
+    (1000000000000, "1b000000e8d4a51000"), (18446744073709551615, "1bffffffffffffffff"),
+    (-1, "20"), (-10, "29"), (-24, "37"), (-25, "3818"), (-100, "3863"), (-1000, "3903e7"),
+    (-65537, "3a00010000"), (-4294967297, "3b0000000100000000"),
+    (-18446744073709551616, "3bffffffffffffffff"),
+    (False, "f4"), (True, "f5"), (None, "f6"),
+    ("", "60"), ("a", "6161"), ("IETF", "6449455446"), ("\u00fc", "62c3bc"),
+    (b"", "40"), (b"\x01\x02\x03\x04", "4401020304"),
+    ((), "80"), ((1, 2, 3), "83010203"), ([1, [2, 3], [4, 5]], "8301820203820405"),
+    (tuple(range(1, 26)), "98190102030405060708090a0b0c0d0e0f101112131415161718181819"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("value", "hexed"), RFC8949, ids=[h for _, h in RFC8949])
+def test_canonical_cbor_matches_the_rfc_examples(value: object, hexed: str) -> None:
+    assert canonical_cbor(value) == bytes.fromhex(hexed)
+
+
+def test_canonical_cbor_refuses_what_it_cannot_encode() -> None:
+    for too_big in (2**64, -(2**64) - 1):
+        with pytest.raises(
+            ValueError, match=f"^integer too large for CBOR: {abs(too_big) - (too_big < 0)}$"
+        ):
+            canonical_cbor(too_big)
+    with pytest.raises(TypeError, match=r"^cannot CBOR-encode float$"):
+        canonical_cbor((1, 2.5))
+
+
+def test_event_hash_of_int_digests_keeps_the_low_64_bits() -> None:
+    assert event_hash(5) == 5
+    assert event_hash((1 << 64) + 5) == 5
+    assert event_hash(-1) == (1 << 64) - 1
+    assert event_hash(b"\x00" * 24 + b"\x00" * 7 + b"\x01") == 1
+
+
+def test_hasher_arguments() -> None:
+    assert BlockHasher(1).hashes([7, 8]) == _expected_chain([7, 8], 1)
+    assert BlockHasher(16, "sha256_cbor").algo == "sha256_cbor"
+    with pytest.raises(ValueError, match=r"^block_size must be positive, got 0$"):
+        BlockHasher(0)
+    with pytest.raises(
+        ValueError,
+        match=r"^unknown prefix_caching_hash_algo 'x'; valid: sha256, sha256_cbor, builtin$",
+    ):
+        BlockHasher(16, "x")
+
+
+def test_builtin_hasher_chains_pythons_tuple_hash() -> None:
+    """'builtin': the recipe with hash() for sha256 and 0 for the seed's hash (ints)."""
+    ids = list(range(40))
+    got = BlockHasher(16, "builtin").hashes(ids, "salt")
+    first = hash((0, tuple(ids[:16]), (("cache_salt", "salt"),)))
+    assert got == [first, hash((first, tuple(ids[16:32]), None))]
+    assert all(isinstance(h, int) for h in got)
+
+
+@pytest.mark.parametrize("algo", ["sha256", "builtin"])
+def test_extend_in_any_steps_equals_hashing_at_once(algo: str) -> None:
+    ids = list(range(200))
+    h = BlockHasher(8, algo)
+    for salt in (None, "s"):
+        whole = h.hashes(ids, salt)
+        for steps in ([1, 9, 16, 17, 24, 100, 200], [8, 16, 24, 32, 200], [7, 200], [0, 5, 8]):
+            acc: list[object] = []
+            for n in steps:
+                h.extend(acc, ids[:n], salt)  # type: ignore[arg-type]
+                assert acc == whole[: n // 8]
+        assert h.hashes(ids[:7], salt) == []  # no full block: no hash, salted or not
+
+
+def test_hash_block_is_one_step_of_the_chain() -> None:
+    h = BlockHasher(4)
+    ids = [5, 6, 7, 8, 9, 10, 11, 12]
+    chain = h.hashes(ids, "s")
+    assert h.hash_block(None, ids[:4], (("cache_salt", "s"),)) == chain[0]
+    assert h.hash_block(chain[0], ids[4:], None) == chain[1]
+    assert h.hash_block(None, ids[:4], None) == h.hashes(ids)[0]
+
+
+def test_pool_arguments_and_exhaustion() -> None:
+    one = BlockPool(1, 16)
+    assert one.allocate(1) == [0] and one.usage() == 1.0
+    with pytest.raises(RuntimeError, match=r"^allocate\(1\) with only 0 free blocks$"):
+        one.allocate(1)
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match=f"^num_gpu_blocks must be positive, got {bad}$"):
+            BlockPool(bad, 16)
+    pool = BlockPool(8, 16)
+    pool.allocate(2)
+    assert pool.usage() == 0.25
+
+
+def _cached_pool(events: list[KVEvent], **kw: object) -> tuple[BlockPool, list[bytes]]:
+    """A pool with one request's 3 full blocks cached and freed."""
+    pool = BlockPool(6, 4, event_sink=events.append, **kw)  # type: ignore[arg-type]
+    ids = list(range(12))
+    digests = BlockHasher(4).hashes(ids)
+    blocks = pool.allocate(3)
+    pool.cache_full_blocks(blocks, digests, 0, 3, ids)
+    pool.free_blocks(blocks)
+    return pool, digests
+
+
+def test_a_prefix_hit_takes_the_block_out_of_the_free_queue() -> None:
+    events: list[KVEvent] = []
+    pool, digests = _cached_pool(events)
+    b = pool.lookup(digests[0])
+    assert b is not None and pool.is_free(b) and pool.num_free == 6
+    pool.touch([b])
+    assert not pool.is_free(b) and pool.num_free == 5 and b not in pool.free_queue()
+    pool.check_invariants()
+
+
+def test_cache_full_blocks_edges() -> None:
+    events: list[KVEvent] = []
+    pool, digests = _cached_pool(events)
+    assert len(events) == 1
+    # nothing new to cache: no event
+    pool.cache_full_blocks([0, 1, 2], digests, 3, 3, list(range(12)))
+    assert len(events) == 1
+    # a hit on the first block, then new blocks: every new block is cached
+    ids = [*range(4), 50, 51, 52, 53, 60, 61, 62, 63]
+    d2 = BlockHasher(4).hashes(ids)
+    hit = pool.lookup(d2[0])
+    assert hit is not None
+    pool.touch([hit])
+    new = pool.allocate(2)
+    pool.cache_full_blocks([hit, *new], d2, 0, 3, ids)
+    assert all(pool.lookup(d) is not None for d in d2)
+    stored = events[-1]
+    assert isinstance(stored, BlockStored)
+    # the event lists every block of the range, the hit one included (as vLLM's)
+    assert stored.block_hashes == [event_hash(d) for d in d2]
+    pool.check_invariants()
+
+
+def test_events_carry_ints_or_raw_digests_as_configured() -> None:
+    for int_hashes in (True, False):
+        events: list[KVEvent] = []
+        pool, digests = _cached_pool(events, int_hashes=int_hashes)
+        ids = list(range(12, 24))
+        more = BlockHasher(4).hashes(list(range(12)) + ids)
+        blocks = pool.allocate(6)  # evicts the 3 cached blocks
+        pool.cache_full_blocks(blocks, more, 3, 6, list(range(12)) + ids, "s")
+        first, *removed, last = events
+        assert isinstance(first, BlockStored) and isinstance(last, BlockStored)
+        want = [event_hash(d, as_int=int_hashes) for d in digests]
+        # freed tail first, so evicted last block first
+        assert [h for e in removed for h in e.block_hashes] == want[::-1]
+        assert all(isinstance(h, int if int_hashes else bytes) for h in first.block_hashes)
+        assert last.block_hashes == [event_hash(d, as_int=int_hashes) for d in more[3:]]
+        assert last.parent_block_hash == event_hash(more[2], as_int=int_hashes)
+        assert last.extra_keys == [None, None, None]  # the salt rides on block 0 only
+        assert last.token_ids == ids
+    events = []
+    salted = BlockPool(4, 4, event_sink=events.append)
+    d = BlockHasher(4).hashes(list(range(8)), "s")
+    salted.cache_full_blocks(salted.allocate(2), d, 0, 2, list(range(8)), "s")
+    assert isinstance(events[0], BlockStored) and events[0].extra_keys == [["s"], None]
+    assert events[0].parent_block_hash is None
+
+
+def test_no_caching_means_no_cache_and_no_events() -> None:
+    events: list[KVEvent] = []
+    pool = BlockPool(4, 4, enable_caching=False, event_sink=events.append)
+    ids = list(range(8))
+    pool.cache_full_blocks(pool.allocate(2), BlockHasher(4).hashes(ids), 0, 2, ids)
+    assert events == [] and pool.cached == {}
+
+
+def test_reset_then_reuse() -> None:
+    events: list[KVEvent] = []
+    pool, digests = _cached_pool(events)
+    assert pool.reset_prefix_cache()
+    assert pool.lookup(digests[0]) is None and isinstance(events[-1], AllBlocksCleared)
+    ids = list(range(12))
+    pool.cache_full_blocks(pool.allocate(3), digests, 0, 3, ids)
+    assert pool.lookup(digests[2]) is not None
+    pool.check_invariants()
+
+
+def test_check_invariants_notices_a_stray_duplicate() -> None:
+    pool, _ = _cached_pool([])
+    pool.dups[b"stray"] = [0]
+    with pytest.raises(AssertionError):
+        pool.check_invariants()
+
+
+def test_a_hit_right_after_the_queue_head_is_not_free() -> None:
+    """Taking a free block out of the queue marks it taken wherever the queue head is."""
+    pool = BlockPool(2, 4)
+    ids = [1, 2, 3, 4]
+    [b] = pool.allocate(1)  # the queue head moves past block 0
+    pool.cache_full_blocks([b], BlockHasher(4).hashes(ids), 0, 1, ids)
+    pool.free_blocks([b])
+    pool.touch([b])
+    assert not pool.is_free(b) and pool.num_free == 1 and pool.free_queue() == [1]
+    pool.check_invariants()

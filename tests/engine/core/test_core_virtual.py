@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from engine_core_helpers import make_engine, toy_next_token
+from support.engine_core import make_engine, toy_next_token
 
 from modelfleet.engine.core import EngineConfig, EngineCore, EngineRequest, KVEvent
 from modelfleet.engine.virtual import RequestRecord, VirtualCluster, VirtualEngine
@@ -13,28 +13,43 @@ from modelfleet.engine.virtual import RequestRecord, VirtualCluster, VirtualEngi
 pytestmark = pytest.mark.unit
 
 
-def trace(n: int, seed: int, engines: int, stop: bool = False) -> list[tuple[int, EngineRequest]]:
+def trace(
+    n: int, seed: int, engines: int, stop: bool = False, rich: bool = False, rate: float = 20.0
+) -> list[tuple[int, EngineRequest]]:
+    """Random requests; ``rich`` adds many stop ids, min_tokens and ignore_eos (with EOS=RICH_EOS
+    set on the engines), so every stop rule fires inside decode bursts."""
     rng = random.Random(seed)
     t = 0.0
     out = []
     for i in range(n):
-        t += rng.expovariate(20.0)
+        t += rng.expovariate(rate)
         shared = [rng.randrange(4) + 1] * rng.choice([0, 8, 16])
         prompt = shared + [rng.randrange(1, 900) for _ in range(rng.randrange(1, 60))]
         stops = frozenset({rng.randrange(3, 1000)}) if stop else frozenset()
+        min_tokens, ignore_eos = 0, False
+        if rich:
+            stops = frozenset(rng.sample(range(3, 1000), rng.choice([0, 5, 40])))
+            min_tokens = rng.choice([0, 0, 1, 3, 7])
+            ignore_eos = rng.random() < 0.3
+        max_tokens = rng.randrange(max(1, min_tokens), 80)
         out.append(
             (
                 i % engines,
                 EngineRequest(
                     f"r{i}",
                     prompt,
-                    max_tokens=rng.randrange(1, 80),
+                    max_tokens=max_tokens,
+                    min_tokens=min_tokens,
                     stop_token_ids=stops,
+                    ignore_eos=ignore_eos,
                     arrival_time=t,
                 ),
             )
         )
     return out
+
+
+RICH_EOS = 500
 
 
 def summary(recs: dict[str, RequestRecord]) -> list[tuple]:
@@ -53,28 +68,55 @@ def summary(recs: dict[str, RequestRecord]) -> list[tuple]:
     )
 
 
-def run(fast: bool, engines: int = 3, blocks: int = 60, seed: int = 7, stop: bool = False):
+def run(
+    fast: bool,
+    engines: int = 3,
+    blocks: int = 60,
+    seed: int = 7,
+    stop: bool = False,
+    rich: bool = False,
+    rate: float = 20.0,
+):
     events: list[list[KVEvent]] = [[] for _ in range(engines)]
+    eos = RICH_EOS if rich else None
     cores = [
-        make_engine(num_gpu_blocks=blocks, block_size=4, events=events[i]) for i in range(engines)
+        make_engine(num_gpu_blocks=blocks, block_size=4, events=events[i], eos_token_id=eos)
+        for i in range(engines)
     ]
     cluster = VirtualCluster([VirtualEngine(c, fast=fast) for c in cores])
-    recs = cluster.run_trace(trace(150, seed, engines, stop))
+    recs = cluster.run_trace(trace(150, seed, engines, stop, rich, rate))
     return summary(recs), events, [c.stats() for c in cores], cluster
 
 
 @pytest.mark.parametrize(
-    ("blocks", "stop"),
-    [(60, False), (45, False), (400, True)],
-    ids=["tight-cache-preempts", "very-tight", "roomy-with-stop-tokens"],
+    ("blocks", "stop", "rich", "engines", "rate"),
+    [
+        (60, False, False, 3, 20.0),
+        (45, False, False, 3, 20.0),
+        (400, True, False, 3, 20.0),
+        (400, False, True, 3, 20.0),
+        (400, False, True, 1, 0.5),
+        (40, False, True, 1, 0.5),
+    ],
+    ids=[
+        "tight-cache-preempts",
+        "very-tight",
+        "roomy-with-stop-tokens",
+        "every-stop-rule",
+        "lone-requests",
+        "lone-requests-out-of-blocks",
+    ],
 )
-def test_fast_path_identical_to_single_steps(blocks, stop):
-    fast, ev_fast, st_fast, _ = run(True, blocks=blocks, stop=stop)
-    slow, ev_slow, st_slow, _ = run(False, blocks=blocks, stop=stop)
+def test_fast_path_identical_to_single_steps(blocks, stop, rich, engines, rate):
+    kw = {"blocks": blocks, "stop": stop, "rich": rich, "engines": engines, "rate": rate}
+    fast, ev_fast, st_fast, _ = run(True, **kw)
+    slow, ev_slow, st_slow, _ = run(False, **kw)
     assert fast == slow
     assert ev_fast == ev_slow
     assert st_fast == st_slow
     assert all(r[2] is not None and r[4] is not None for r in fast)
+    if rich:  # the stop rules really fired inside the runs compared
+        assert {r[5] for r in fast} == {"stop", "length"}
 
 
 def test_fast_path_is_actually_used():
@@ -121,11 +163,12 @@ def test_idle_engine_jumps_and_mid_step_arrival_waits_for_step_end():
     rec = e.submit(EngineRequest("b", [1, 2, 3], max_tokens=1, arrival_time=5.0 + 2e-9))
     e.run_until_idle()
     assert rec.first_token_time is not None and rec.first_token_time > step_end
-    assert rec.ttft is not None and rec.ttft > 0
+    assert rec.ttft == pytest.approx(rec.first_token_time - (5.0 + 2e-9))
     a = e.records["a"]
     assert a.token_times[0] == a.first_token_time == step_end
     assert a.num_output_tokens == 3 and a.finish_reason == "length"
-    assert a.tpot is not None and a.tpot > 0
+    assert a.tpot == pytest.approx((a.token_times[-1] - a.token_times[0]) / 2)
+    assert a.token_times[0] < a.token_times[1] < a.token_times[2]
 
 
 def test_prefix_hit_shortens_virtual_ttft():

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 import pytest
-from engine_server_helpers import running_engine
+from support.engine_server import running_engine
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import openai
 import pytest
 import zmq
 import zmq.asyncio
-from engine_server_helpers import RunningEngine, engine_config, running_engine
+from support.engine_server import RunningEngine, engine_config, running_engine
 
 from modelfleet.engine.kv_events import KVEventsConfig, decode_message
 from modelfleet.engine.kvcache import BlockHasher, BlockStored, event_hash

@@ -6,10 +6,8 @@ from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
-from modelfleet.engine.core import EngineStats
 from modelfleet.engine.fallback_tokenizer import (
     BOS_TOKEN_ID,
     EOT_TOKEN_ID,
@@ -27,7 +25,6 @@ from modelfleet.engine.kv_events import (
     encode_batch,
 )
 from modelfleet.engine.kvcache import AllBlocksCleared, BlockRemoved, BlockStored
-from modelfleet.engine.metrics import EngineMetrics, RequestTimings
 from modelfleet.engine.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -316,95 +313,6 @@ def test_resolve_max_tokens_prompt_too_long() -> None:
     with pytest.raises(ProtocolError, match="cannot be greater than max_model_len=1024") as ei:
         resolve_max_tokens(100000, 10, 1024, default=16)
     assert ei.value.param == "max_tokens"
-
-
-# ------------------------------------------------------------------------------- metrics
-
-REQUIRED = {
-    "vllm:num_requests_running": "gauge",
-    "vllm:num_requests_waiting": "gauge",
-    "vllm:kv_cache_usage_perc": "gauge",
-    "vllm:prefix_cache_queries": "counter",
-    "vllm:prefix_cache_hits": "counter",
-    "vllm:num_preemptions": "counter",
-    "vllm:prompt_tokens": "counter",
-    "vllm:generation_tokens": "counter",
-    "vllm:request_success": "counter",
-    "vllm:cache_config_info": "gauge",
-    "vllm:time_to_first_token_seconds": "histogram",
-    "vllm:inter_token_latency_seconds": "histogram",
-    "vllm:e2e_request_latency_seconds": "histogram",
-    "vllm:request_queue_time_seconds": "histogram",
-    "vllm:num_requests_waiting_by_reason": "gauge",
-    "vllm:iteration_tokens_total": "histogram",
-}
-
-
-def _stats() -> EngineStats:
-    return EngineStats(
-        num_running=3, num_waiting=2, kv_cache_usage=0.25, prefix_cache_queries=1000,
-        prefix_cache_hits=480, num_preemptions=1, prompt_tokens_total=1000,
-        generation_tokens_total=77, num_gpu_blocks=100, block_size=16,
-    )  # fmt: skip
-
-
-def _metrics() -> EngineMetrics:
-    return EngineMetrics(
-        model_name="m1", stats=_stats, max_model_len=8192,
-        cache_config={"block_size": "16", "num_gpu_blocks": "100"},
-    )  # fmt: skip
-
-
-def test_metric_names_types_and_labels_match_vllm() -> None:
-    m = _metrics()
-    m.observe_finished(
-        "length",
-        RequestTimings(arrival=0.0, first_scheduled=0.01, first_token=0.05, finished=0.1,
-                       token_times=(0.05, 0.07, 0.1), prompt_tokens=10, generation_tokens=3,
-                       max_tokens=3),
-    )  # fmt: skip
-    text = m.render().decode()
-    fams = {f.name: f for f in text_string_to_metric_families(text)}
-    for name, kind in REQUIRED.items():
-        assert name in fams, name
-        assert fams[name].type == kind, name
-    sample_names = {s.name for f in fams.values() for s in f.samples}
-    for wire in (
-        "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total",
-        "vllm:num_preemptions_total", "vllm:prompt_tokens_total",
-        "vllm:generation_tokens_total", "vllm:request_success_total",
-        "vllm:time_to_first_token_seconds_bucket", "vllm:e2e_request_latency_seconds_sum",
-    ):  # fmt: skip
-        assert wire in sample_names, wire
-    assert "vllm:prefix_cache_hits_total_total" not in text
-    for f in fams.values():
-        if f.name.startswith("vllm:") and f.name != "vllm:cache_config_info":
-            for s in f.samples:
-                assert s.labels["model_name"] == "m1" and s.labels["engine"] == "0", s
-    values = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams.values()
-              for s in f.samples}  # fmt: skip
-    lab = (("engine", "0"), ("model_name", "m1"))
-    assert values[("vllm:num_requests_running", lab)] == 3
-    assert values[("vllm:kv_cache_usage_perc", lab)] == 0.25
-    capacity = (("engine", "0"), ("model_name", "m1"), ("reason", "capacity"))
-    assert values[("vllm:num_requests_waiting_by_reason", capacity)] == 2
-    assert values[("vllm:prefix_cache_hits_total", lab)] == 480
-    ok = (("engine", "0"), ("finished_reason", "length"), ("model_name", "m1"))
-    abort = (("engine", "0"), ("finished_reason", "abort"), ("model_name", "m1"))
-    assert values[("vllm:request_success_total", ok)] == 1
-    assert values[("vllm:request_success_total", abort)] == 0
-    assert values[("vllm:time_to_first_token_seconds_sum", lab)] == pytest.approx(0.05)
-    assert values[("vllm:inter_token_latency_seconds_count", lab)] == 2
-    info = [s for s in fams["vllm:cache_config_info"].samples]
-    assert info[0].labels["block_size"] == "16" and info[0].value == 1
-
-
-def test_each_server_has_its_own_registry() -> None:
-    a, b = _metrics(), _metrics()
-    assert a.registry is not b.registry
-    a.request_success.labels("m1", "0", "stop").inc()
-    assert 'finished_reason="stop",model_name="m1"} 1.0' in a.render().decode()
-    assert 'finished_reason="stop",model_name="m1"} 0.0' in b.render().decode()
 
 
 # ----------------------------------------------------------------------------- KV events

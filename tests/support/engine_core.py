@@ -1,4 +1,4 @@
-"""Shared helpers for the engine-core unit tests (imported by name; unique module name)."""
+"""A small `EngineCore` for the engine-core tests, and the pure toy model it runs."""
 
 from __future__ import annotations
 

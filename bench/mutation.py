@@ -1,0 +1,475 @@
+"""Mutation testing of the decision-critical code with mutmut 3, one module (target) at a time.
+
+    .venv/bin/python bench/mutation.py --module sim-metrics [--module api ...] [--label after]
+    .venv/bin/python bench/mutation.py --all --label before
+    .venv/bin/python bench/mutation.py --report        # rewrite the markdown from the JSON only
+
+Each target names the source files mutmut mutates and the test files it runs (only the tests
+that exercise a mutated function run for each mutant; mutmut finds them in a traced first run).
+mutmut 3 mutates a copy of the source in ``mutants/`` and imports it from there, so every run
+works in a scratch copy of the repository (``--workdir``, default ``$TMPDIR/modelfleet-mutation``;
+the files git tracks plus untracked, unignored ones) whose ``pyproject.toml`` gets the target's
+``[tool.mutmut]`` section; the worktree itself is never touched. The copy is made fresh for
+every run, so results never come from mutmut's cache. The editable install of the venv
+resolves ``modelfleet`` to the worktree only through a meta-path finder that comes after the
+path finder, so the mutated copy on ``sys.path`` wins.
+
+Results: the counts of every run are stored in ``bench/results/mutation.json`` under its label
+(``before`` = the first run, before the new tests; ``after`` = the current state), and
+``bench/results/mutation.md`` is rewritten from that file: score per target, and every surviving
+mutant of the latest run with its diff, either still open or listed in
+``bench/mutation_equivalent.toml`` as equivalent with a reason. An equivalence entry names the
+mutant and a fragment of its diff; if the fragment no longer appears (the code or mutmut's
+numbering changed), the entry does not apply and the mutant shows as open again.
+
+Score = killed / (mutants - equivalent). Killed includes timeouts (the mutant made the tests
+hang, which a real run notices); "no tests" mutants (code no selected test reaches) count as
+not killed. mutmut only mutates function and method bodies: module- and class-level code, and
+functions with decorators other than @staticmethod/@classmethod (properties, validators), are
+never mutated, which the report states per target.
+
+Two cores are shared with other work: runs go one after the other, ``--max-children`` workers
+each (default 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_JSON = ROOT / "bench" / "results" / "mutation.json"
+RESULTS_MD = ROOT / "bench" / "results" / "mutation.md"
+EQUIVALENT_TOML = ROOT / "bench" / "mutation_equivalent.toml"
+GOAL = 0.85
+
+
+@dataclass(frozen=True)
+class Target:
+    """Source files to mutate (globs relative to the repo) and the tests that judge them."""
+
+    mutate: tuple[str, ...]
+    tests: tuple[str, ...]
+    note: str = ""
+
+
+TARGETS: dict[str, Target] = {
+    "api": Target(
+        mutate=("modelfleet/api/*.py",),
+        tests=(
+            "tests/unit/test_api_models.py",
+            "tests/unit/test_crd_generation.py",
+            "tests/unit/test_validate_cli.py",
+            "tests/unit/test_api_rules.py",
+        ),
+        note=(
+            "the rules' predicates are class-level lambdas, which mutmut does not mutate; "
+            "tests/cluster/test_validate_agreement.py checks each against the API server (a "
+            "planted `<=` to `<` in Variant's rule fails it), and the unit tests pin every "
+            "rule's message and field. Many api equivalents are branches of the CRD generator "
+            "and the validator that no model of the API reaches today (each reason says which)"
+        ),
+    ),
+    "sim-metrics": Target(
+        mutate=("modelfleet/sim/metrics.py",),
+        tests=("tests/sim/test_sim_metrics.py", "tests/properties/test_sim_properties.py"),
+    ),
+    "sim-traces": Target(
+        mutate=("modelfleet/sim/traces.py",),
+        tests=("tests/sim/test_sim_traces.py",),
+    ),
+    "engine-kvcache": Target(
+        mutate=("modelfleet/engine/kvcache.py",),
+        tests=(
+            "tests/engine/core/test_core_kvcache.py",
+            "tests/properties/test_kv_properties.py",
+        ),
+    ),
+    "engine-core": Target(
+        mutate=("modelfleet/engine/core.py",),
+        tests=(
+            "tests/engine/core/test_core_engine.py",
+            "tests/engine/core/test_core_virtual.py",
+            "tests/properties/test_kv_properties.py",
+        ),
+        note="the scheduler: continuous batching, chunked prefill, preemption, stop rules",
+    ),
+    "engine-metrics": Target(
+        mutate=("modelfleet/engine/metrics.py",),
+        tests=(
+            "tests/engine/server/test_server_units.py",
+            "tests/engine/server/test_server_metrics.py",
+        ),
+    ),
+    "policy": Target(
+        mutate=("modelfleet/policy/*",),
+        tests=("tests/policy", "tests/selection", "tests/properties/test_prefix_properties.py"),
+        note="not run yet: waits for the routing-host refactor (issue 21)",
+    ),
+}
+
+STATUSES = (
+    "killed",
+    "timeout",
+    "survived",
+    "no tests",
+    "suspicious",
+    "segfault",
+    "skipped",
+    "caught by type check",
+    "not checked",
+)
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _repo_files() -> list[str]:
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return [f for f in out.splitlines() if f and (ROOT / f).is_file()]
+
+
+def _prepare(workdir: Path, target: Target, commit: str | None) -> list[str]:
+    """Fill ``workdir`` with the worktree (or ``commit``) and the target's mutmut config.
+
+    Returns the target's test paths that exist there.
+    """
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    if commit is None:
+        for rel in _repo_files():
+            dst = workdir / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dst)
+    else:
+        archive = subprocess.run(
+            ["git", "archive", "--format=tar", commit], cwd=ROOT, check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-xf", "-"], cwd=workdir, input=archive, check=True)
+    tests = [t for t in target.tests if (workdir / t).exists()]
+    if not tests:
+        raise SystemExit(f"none of the target's tests exist: {', '.join(target.tests)}")
+    section = {
+        "source_paths": ["modelfleet"],
+        "only_mutate": list(target.mutate),
+        "pytest_add_cli_args_test_selection": tests,
+        # No per-test timeout plugin: mutmut enforces its own CPU-time limit per mutant.
+        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-p", "no:timeout", "-m", "not cluster"],
+        # Tests read these at paths relative to the repository (now mutants/).
+        "also_copy": ["tests", "crds", "examples", "bench", "charts", "pyproject.toml"],
+    }
+    lines = ["", "[tool.mutmut]"]
+    for key, value in section.items():
+        lines.append(f"{key} = {json.dumps(value)}")
+    with (workdir / "pyproject.toml").open("a") as f:
+        f.write("\n".join(lines) + "\n")
+    return tests
+
+
+def _mutmut(workdir: Path, *args: str, log: Path | None = None) -> str:
+    env = {**os.environ, "HYPOTHESIS_PROFILE": "mutation"}
+    cmd = [sys.executable, "-m", "mutmut", *args]
+    if log is not None:
+        with log.open("w") as f:
+            proc = subprocess.run(cmd, cwd=workdir, env=env, stdout=f, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            tail = log.read_text(errors="replace")[-3000:]
+            raise SystemExit(f"mutmut {' '.join(args)} failed ({proc.returncode}):\n{tail}")
+        return ""
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"mutmut {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+def _parse_results(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        name, sep, status = line.strip().rpartition(": ")
+        if sep and name:
+            out[name] = status
+    return out
+
+
+def run_target(
+    name: str,
+    target: Target,
+    workdir: Path,
+    max_children: int,
+    command: str,
+    commit: str | None,
+    mutants: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Run mutmut on one target (only the mutants matching ``mutants`` globs, if given);
+    returns its counts and every survivor's diff."""
+    wd = workdir / name
+    tests = _prepare(wd, target, commit)
+    log = workdir / f"{name}.log"
+    t0 = time.perf_counter()
+    _mutmut(wd, "run", "--max-children", str(max_children), *mutants, log=log)
+    wall = time.perf_counter() - t0
+    statuses = _parse_results(_mutmut(wd, "results", "--all", "true"))
+    if mutants:
+        statuses = {
+            k: v for k, v in statuses.items() if any(fnmatch.fnmatch(k, g) for g in mutants)
+        }
+    survivors: dict[str, str] = {}
+    for mutant, status in sorted(statuses.items()):
+        if status not in ("killed", "timeout", "caught by type check"):
+            shown = _mutmut(wd, "show", mutant)
+            survivors[mutant] = "\n".join(shown.splitlines()[1:])  # drop the "# name" line
+    counts = {s: sum(1 for v in statuses.values() if v == s) for s in STATUSES}
+    counts["total"] = len(statuses)
+    return {
+        "command": command,
+        "counts": counts,
+        "statuses": statuses,
+        "survivors": survivors,
+        "wall_s": round(wall, 1),
+        "tests": tests,
+        "mutate": list(target.mutate),
+        "commit": commit or _git_commit(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+    }
+
+
+def _git_commit() -> str:
+    proc = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    )
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return proc.stdout.strip() + ("+changes" if dirty else "")
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def load_equivalents() -> dict[str, tuple[str, str]]:
+    """mutant name -> (diff fragment that must still appear, reason)."""
+    if not EQUIVALENT_TOML.exists():
+        return {}
+    data = tomllib.loads(EQUIVALENT_TOML.read_text())
+    return {e["mutant"]: (e["contains"], e["reason"]) for e in data.get("equivalent", [])}
+
+
+def classify(run: dict[str, Any], equivalents: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    """Counts of one run with the equivalence list applied; score over non-equivalent mutants."""
+    equivalent: dict[str, str] = {}
+    open_: list[str] = []
+    for mutant, diff in run["survivors"].items():
+        entry = equivalents.get(mutant)
+        if entry is not None and entry[0] in diff:
+            equivalent[mutant] = entry[1]
+        else:
+            open_.append(mutant)
+    c = run["counts"]
+    killed = c["killed"] + c["timeout"] + c.get("caught by type check", 0)
+    scored = c["total"] - len(equivalent)
+    return {
+        "killed": killed,
+        "equivalent": equivalent,
+        "open": open_,
+        "scored": scored,
+        "score": killed / scored if scored else 1.0,
+    }
+
+
+def _raw(run: dict[str, Any]) -> float:
+    c = run["counts"]
+    return (c["killed"] + c["timeout"]) / c["total"] if c["total"] else 1.0
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def write_report(data: dict[str, Any], command: str) -> None:
+    equivalents = load_equivalents()
+    lines = [
+        "# Mutation testing",
+        "",
+        f"Generated by `{command}` (mutmut {_mutmut_version()}, CPython "
+        f"{platform.python_version()}, {platform.machine()}); every target's line says when "
+        "and at which commit it ran. The goal is ≥ 85 % of the non-equivalent mutants killed "
+        "per target. Score = (killed + timeout) / (mutants − equivalent); mutants in code that "
+        'no selected test reaches ("no tests") count as survivors. mutmut 3 mutates function '
+        "and method bodies only (not module- or class-level code, nor decorated functions "
+        "such as properties and pydantic validators).",
+        "",
+        "| target | mutated | before | after | mutants | killed | equivalent | open | goal |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, target in TARGETS.items():
+        runs = data.get(name, {})
+        before = runs.get("before")
+        after = runs.get("after")
+        latest = after or before
+        mutated = ", ".join(f"`{m}`" for m in target.mutate)
+        if latest is None:
+            lines.append(f"| {name} | {mutated} | – | – | – | – | – | – | {target.note} |")
+            continue
+        cl = classify(latest, equivalents)
+        b = _pct(classify(before, equivalents)["score"]) if before else "–"
+        a = _pct(cl["score"]) if after else "–"
+        goal = "met" if after and cl["score"] >= GOAL else ("NOT met" if after else "–")
+        lines.append(
+            f"| {name} | {mutated} | {b} | {a} | {latest['counts']['total']} | {cl['killed']} "
+            f"| {len(cl['equivalent'])} | {len(cl['open'])} | {goal} |"
+        )
+    lines += [
+        "",
+        "*Before* is the first run, with the test suite as it was (the before score uses the "
+        "same equivalence list); *after* is the run with the new tests. For the `before` runs "
+        "the tests of a target that did not exist yet were simply absent. Raw before scores "
+        "(killed / all mutants, no equivalence list): "
+        + ", ".join(
+            f"{name} {_pct(_raw(data[name]['before']))}"
+            for name in TARGETS
+            if "before" in data.get(name, {})
+        )
+        + ".",
+        "",
+        *(f"- {name}: {t.note}" for name, t in TARGETS.items() if t.note),
+        "",
+    ]
+    for name in TARGETS:
+        runs = data.get(name, {})
+        latest = runs.get("after") or runs.get("before")
+        if latest is None:
+            continue
+        cl = classify(latest, equivalents)
+        label = "after" if runs.get("after") else "before"
+        c = latest["counts"]
+        lines += [
+            f"## {name}",
+            "",
+            f"Run `{label}` (`{latest['command']}`) at {latest['commit']} on {latest['date']}, "
+            f"{latest['wall_s']} s: "
+            f"{c['total']} mutants, {c['killed']} killed, {c['timeout']} timeouts, "
+            f"{c['survived']} survived, {c['no tests']} without tests, "
+            f"{c['suspicious']} suspicious. Tests: "
+            + ", ".join(f"`{t}`" for t in latest["tests"])
+            + ".",
+            "",
+        ]
+        if cl["equivalent"]:
+            lines += ["Equivalent mutants (a change no caller can observe):", ""]
+            for mutant, reason in sorted(cl["equivalent"].items()):
+                lines.append(f"- `{mutant}`: {reason}")
+            lines.append("")
+        if cl["open"]:
+            lines += [f"Open survivors ({len(cl['open'])}):", ""]
+            for mutant in cl["open"]:
+                diff = _short_diff(latest["survivors"][mutant])
+                lines += [f"- `{mutant}`", "", "  ```diff", *("  " + d for d in diff), "  ```"]
+            lines.append("")
+    RESULTS_MD.write_text("\n".join(lines).rstrip() + "\n")
+
+
+def _short_diff(diff: str) -> list[str]:
+    """The changed lines of a mutant's diff (what a reader needs to see the mutation)."""
+    return [
+        line
+        for line in diff.splitlines()
+        if line.startswith(("-", "+")) and not line.startswith(("---", "+++"))
+    ]
+
+
+def _mutmut_version() -> str:
+    from importlib.metadata import version
+
+    return version("mutmut")
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--module", action="append", default=[], choices=sorted(TARGETS))
+    ap.add_argument("--all", action="store_true", help="every target except policy")
+    ap.add_argument(
+        "--label",
+        choices=("before", "after", "smoke"),
+        default="after",
+        help="smoke: record nothing, exit 1 if a non-equivalent mutant survives",
+    )
+    ap.add_argument(
+        "--mutants",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="only these mutants, e.g. 'modelfleet.sim.metrics.x_percentile*' (repeatable)",
+    )
+    ap.add_argument("--max-children", type=int, default=2)
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(os.environ.get("TMPDIR", "/tmp")) / "modelfleet-mutation",
+    )
+    ap.add_argument(
+        "--commit", help="mutate this commit (git archive) instead of the worktree, e.g. HEAD"
+    )
+    ap.add_argument("--report", action="store_true", help="only rewrite the markdown")
+    args = ap.parse_args(argv)
+    names = [n for n in TARGETS if n != "policy"] if args.all else args.module
+    command = " ".join(["bench/mutation.py", *(sys.argv[1:] if argv is None else argv)])
+    if not names and not args.report:
+        ap.error("name a --module, or --all, or --report")
+    data: dict[str, Any] = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
+    failed = False
+    for name in names:
+        print(f"== {name}: mutating {', '.join(TARGETS[name].mutate)}", flush=True)
+        result = run_target(
+            name, TARGETS[name], args.workdir, args.max_children, command, args.commit, args.mutants
+        )
+        if args.label == "smoke":
+            cl = classify(result, load_equivalents())
+            print(f"   {result['counts']['total']} mutants, {len(cl['open'])} open survivors")
+            for mutant in cl["open"]:
+                print(
+                    f"   survived: {mutant}\n" + "\n".join(_short_diff(result["survivors"][mutant]))
+                )
+            failed = failed or bool(cl["open"]) or result["counts"]["total"] == 0
+            continue
+        data.setdefault(name, {})[args.label] = result
+        RESULTS_JSON.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        cl = classify(result, load_equivalents())
+        print(
+            f"   {result['counts']['total']} mutants, score {_pct(cl['score'])}, "
+            f"{len(cl['open'])} open survivors, {result['wall_s']} s",
+            flush=True,
+        )
+    if args.label == "smoke":
+        return 1 if failed else 0
+    write_report(data, command)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
