@@ -8,8 +8,10 @@ watch                                        does
 ============================================ =============================================
 ModelPool resume / create / update           full reconcile of the pool
 ModelPool ADDED / DELETED events             re-resolve the namespace's RoutingPolicies
-engine Deployments, Pods (any event)         status refresh of their pool; a pod starting to
-                                             terminate is drained through the scheduler
+engine Deployments, Pods (any event)         status refresh of their pool (coalesced); a pod
+                                             starting to terminate is drained through the
+                                             scheduler
+RoutingPolicy, AcceleratorProfile (any)      the reconcilers' caches of them
 RoutingPolicy resume / create / update       Accepted / ResolvedRefs
 AcceleratorProfile resume / create / update, status (matching nodes, GPUs), re-render the
 DELETED                                      pools that use it
@@ -131,7 +133,7 @@ def build_registry(
         meta = body.get("metadata") or {}
         pool = (meta.get("labels") or {}).get(POOL_LABEL)
         if pool and type != "DELETED":
-            rec.reconcile_pool(str(meta.get("namespace")), str(pool), status_only=True)
+            rec.request_refresh(str(meta.get("namespace")), str(pool))
 
     @kopf.on.event("", "v1", "pods", labels=_CHILD, registry=registry)
     def pod_event(type: str | None, body: Any, **_: Any) -> None:
@@ -140,9 +142,15 @@ def build_registry(
         meta = raw.get("metadata") or {}
         pool = (meta.get("labels") or {}).get(POOL_LABEL)
         if pool:
-            rec.reconcile_pool(str(meta.get("namespace")), str(pool), status_only=True)
+            rec.request_refresh(str(meta.get("namespace")), str(pool))
 
     # -- RoutingPolicy ------------------------------------------------------------------
+
+    @kopf.on.event(GROUP, VERSION, "routingpolicies", registry=registry)
+    def policy_event(type: str | None, body: Any, **_: Any) -> None:
+        meta = body.get("metadata") or {}
+        raw = None if type == "DELETED" else _plain(body)
+        rec.observe_policy(str(meta.get("namespace")), str(meta.get("name")), raw)
 
     @kopf.on.resume(GROUP, VERSION, "routingpolicies", registry=registry)
     @kopf.on.create(GROUP, VERSION, "routingpolicies", registry=registry)
@@ -159,7 +167,8 @@ def build_registry(
         rec.reconcile_profile(name)
 
     @kopf.on.event(GROUP, VERSION, "acceleratorprofiles", registry=registry)
-    def profile_event(type: str | None, name: str, **_: Any) -> None:
+    def profile_event(type: str | None, name: str, body: Any, **_: Any) -> None:
+        rec.observe_profile(name, None if type == "DELETED" else _plain(body))
         if type == "DELETED":
             rec.rerender_pools_using(name)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -45,6 +46,17 @@ _PATHS = {
 }
 
 
+def _resource_of(path: str) -> str:
+    parts = [p for p in path.split("/") if p]
+    for p in reversed(parts):
+        if p in _RESOURCES:
+            return p
+    return parts[-1] if parts else ""
+
+
+_RESOURCES = {p.rsplit("/", 1)[-1] for p in _PATHS.values()} | {"status"}
+
+
 class ApiError(RuntimeError):
     """A non-2xx answer, or no answer at all (``status`` 0)."""
 
@@ -60,6 +72,8 @@ class Kube:
     def __init__(self, api_client: k8s.ApiClient, *, timeout_s: float = 30.0) -> None:
         self.api_client = api_client
         self.timeout_s = timeout_s
+        #: Requests made, by (method, last path segment that names a collection).
+        self.calls: Counter[tuple[str, str]] = Counter()
 
     # -- transport ------------------------------------------------------------------------
 
@@ -74,6 +88,7 @@ class Kube:
     ) -> JSON:
         """One API request; returns the decoded JSON body, raises :class:`ApiError`."""
         client = self.api_client
+        self.calls[(method, _resource_of(path))] += 1
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type

@@ -67,6 +67,8 @@ log = logging.getLogger(__name__)
 JSON = dict[str, Any]
 #: The pod-deletion-cost a drained scale-down victim gets (others have none, i.e. 0).
 VICTIM_COST = -1_000_000
+#: Status refreshes asked for by watch events wait this long, so a burst becomes one, s.
+REFRESH_DELAY_S = 0.3
 
 
 def utc_now() -> datetime:
@@ -243,10 +245,91 @@ class Reconciler:
         self._draining: set[str] = set()  # pod uids with a drain started by us
         self._draining_lock = threading.Lock()
         self._predictor: Any = None
+        # Caches fed by the watches (kopf handlers call observe_*): profiles by name, policies
+        # by namespace. A miss reads the API once.
+        self._cache_lock = threading.Lock()
+        self._profile_cache: dict[str, JSON | None] = {}
+        self._policy_cache: dict[str, dict[str, JSON]] = {}
+        self._last_full: dict[tuple[str, str], float] = {}
+        # Status refreshes asked for by watch events, coalesced (see request_refresh).
+        self._refresh: set[tuple[str, str]] = set()
+        self._refresh_wake = threading.Event()
+        self._closing = threading.Event()
+        self._refresher = threading.Thread(
+            target=self._refresh_loop, name="modelfleet-refresh", daemon=True
+        )
+        self._refresher.start()
 
     def close(self) -> None:
-        """Stop the drain threads (drains in flight end when the scheduler channel closes)."""
+        """Stop the refresher and the drain threads (drains in flight end when the scheduler
+        channel closes)."""
+        self._closing.set()
+        self._refresh_wake.set()
+        self._refresher.join(timeout=30)
         self._drains.shutdown(wait=True, cancel_futures=True)
+
+    # ================================================================== watch caches
+
+    def observe_profile(self, name: str, raw: JSON | None) -> None:
+        """A watch event of an AcceleratorProfile (None: it was deleted)."""
+        with self._cache_lock:
+            self._profile_cache[name] = raw
+
+    def observe_policy(self, namespace: str, name: str, raw: JSON | None) -> None:
+        """A watch event of a RoutingPolicy (None: it was deleted)."""
+        with self._cache_lock:
+            policies = self._policy_cache.get(namespace)
+            if policies is None:
+                return  # not cached yet: the first reader lists the namespace
+            if raw is None:
+                policies.pop(name, None)
+            else:
+                policies[name] = raw
+
+    def _cached_profile(self, name: str) -> JSON | None:
+        with self._cache_lock:
+            if name in self._profile_cache:
+                return self._profile_cache[name]
+        raw = self.kube.get("AcceleratorProfile", None, name)
+        with self._cache_lock:
+            self._profile_cache.setdefault(name, raw)
+        return raw
+
+    def _cached_policies(self, namespace: str) -> list[JSON]:
+        with self._cache_lock:
+            if namespace in self._policy_cache:
+                return list(self._policy_cache[namespace].values())
+        listed = self.kube.list_objects("RoutingPolicy", namespace)
+        with self._cache_lock:
+            self._policy_cache.setdefault(
+                namespace, {str(p["metadata"]["name"]): p for p in listed}
+            )
+        return listed
+
+    # ================================================================== refreshes
+
+    def request_refresh(self, namespace: str, name: str) -> None:
+        """Refresh a pool's status soon (a watch event of one of its pods or Deployments).
+        Requests within :data:`REFRESH_DELAY_S` of each other are served by one refresh."""
+        with self._cache_lock:
+            self._refresh.add((namespace, name))
+        self._refresh_wake.set()
+
+    def _refresh_loop(self) -> None:
+        while not self._closing.is_set():
+            self._refresh_wake.wait()
+            if self._closing.wait(REFRESH_DELAY_S):
+                return
+            self._refresh_wake.clear()
+            with self._cache_lock:
+                batch, self._refresh = self._refresh, set()
+            for namespace, name in sorted(batch):
+                if self._closing.is_set():
+                    return
+                try:
+                    self.reconcile_pool(namespace, name, status_only=True)
+                except Exception:
+                    log.exception("status refresh of %s/%s failed", namespace, name)
 
     # ================================================================== ModelPool
 
@@ -345,6 +428,7 @@ class Reconciler:
             desired[v] = current[v]
 
         if full:
+            self._last_full[(namespace, name)] = time.monotonic()
             kv_events = spec.engine.kv_events or self._kv_events_forced(namespace, name)
             self._scale_down(raw, pool, pods, deployments, current, desired)
             for v, variant in variants.items():
@@ -426,7 +510,7 @@ class Reconciler:
     def _profiles(self, names: set[str]) -> dict[str, AcceleratorProfile | None]:
         out: dict[str, AcceleratorProfile | None] = {}
         for n in sorted(names):
-            raw = self.kube.get("AcceleratorProfile", None, n)
+            raw = self._cached_profile(n)
             parsed = _parse(raw, n)[0] if raw is not None else None
             out[n] = parsed if isinstance(parsed, AcceleratorProfile) else None
         return out
@@ -434,7 +518,7 @@ class Reconciler:
     def _kv_events_forced(self, namespace: str, pool: str) -> bool:
         """Does a RoutingPolicy of the namespace route to ``pool`` by exact prefix (KV
         events)? Then the pool's engines must publish them, whatever the pool says."""
-        for raw in self.kube.list_objects("RoutingPolicy", namespace):
+        for raw in self._cached_policies(namespace):
             policy, problems = _parse(raw, "policy")
             if (
                 not problems
@@ -635,6 +719,7 @@ class Reconciler:
 
     def forget_pool(self, namespace: str, name: str, uid: str) -> None:
         """A pool is gone: drop its metric series and event memory."""
+        self._last_full.pop((namespace, name), None)
         self.metrics.forget_pool(namespace, name)
         self.events.forget(uid)
 
@@ -642,7 +727,8 @@ class Reconciler:
 
     def resync(self, executor: ThreadPoolExecutor | None = None) -> int:
         """Reconcile every pool and policy of the watched namespaces once (what a resync
-        period does); returns how many objects it visited. Objects are reconciled in
+        period does), except pools fully reconciled within the last half period; returns how
+        many objects it visited. Objects are reconciled in
         ``executor`` when given (the caller waits for all), else one after the other; an
         error on one object is logged and does not stop the others."""
         work: list[tuple[str, str, str]] = []
@@ -653,9 +739,14 @@ class Reconciler:
                 if namespaces
                 else self.kube.list_all_namespaces(kind)
             )
+            now = time.monotonic()
             for o in objs:
                 meta = o.get("metadata") or {}
-                work.append((kind, str(meta.get("namespace")), str(meta.get("name"))))
+                key = (str(meta.get("namespace")), str(meta.get("name")))
+                last = self._last_full.get(key) if kind == "ModelPool" else None
+                if last is not None and now - last < self.config.resync_s / 2:
+                    continue  # reconciled fully a moment ago (a create, an edit, an event)
+                work.append((kind, *key))
 
         def one(item: tuple[str, str, str]) -> None:
             kind, namespace, name = item
@@ -765,6 +856,7 @@ class Reconciler:
 
     def _profile(self, name: str) -> None:
         raw = self.kube.get("AcceleratorProfile", None, name)
+        self.observe_profile(name, raw)  # the pools re-rendered below read this one
         if raw is not None and not (raw.get("metadata") or {}).get("deletionTimestamp"):
             generation = int(raw["metadata"].get("generation") or 0)
             old_status: JSON = raw.get("status") or {}
