@@ -23,6 +23,7 @@ hook keeps the engine serving.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -251,6 +252,8 @@ class Reconciler:
         self._profile_cache: dict[str, JSON | None] = {}
         self._policy_cache: dict[str, dict[str, JSON]] = {}
         self._last_full: dict[tuple[str, str], float] = {}
+        # What this process last applied of each pool's children: (kind, name) -> body.
+        self._applied: dict[tuple[str, str], dict[tuple[str, str], str]] = {}
         # Status refreshes asked for by watch events, coalesced (see request_refresh).
         self._refresh: set[tuple[str, str]] = set()
         self._refresh_wake = threading.Event()
@@ -333,17 +336,24 @@ class Reconciler:
 
     # ================================================================== ModelPool
 
-    def reconcile_pool(self, namespace: str, name: str, *, status_only: bool = False) -> bool:
+    def reconcile_pool(
+        self, namespace: str, name: str, *, status_only: bool = False, force_apply: bool = False
+    ) -> bool:
         """Reconcile one pool; False if it was busy (then it runs again once free).
 
         ``status_only``: observe and write status, decide and apply nothing (what watch
-        events of the pool's Deployments and pods ask for).
+        events of the pool's Deployments and pods ask for). A child whose rendered object is
+        the one this process last applied (and, for a Deployment, that still exists) is not
+        applied again, unless ``force_apply`` (the periodic resync, which so also repairs
+        edits made to the children by hand).
         """
         try:
             with self.locks.hold((namespace, name)) as again:
                 full = not status_only
                 while True:
-                    self._timed("ModelPool", partial(self._pool, namespace, name, full))
+                    self._timed(
+                        "ModelPool", partial(self._pool, namespace, name, full, force_apply)
+                    )
                     if not again():
                         return True
                     full = True
@@ -360,7 +370,7 @@ class Reconciler:
         finally:
             self.metrics.reconcile_duration.labels(kind).observe(time.perf_counter() - start)
 
-    def _pool(self, namespace: str, name: str, full: bool) -> None:
+    def _pool(self, namespace: str, name: str, full: bool, force_apply: bool = False) -> None:
         raw = self.kube.get("ModelPool", namespace, name)
         if raw is None or (raw.get("metadata") or {}).get("deletionTimestamp"):
             return
@@ -431,16 +441,17 @@ class Reconciler:
             self._last_full[(namespace, name)] = time.monotonic()
             kv_events = spec.engine.kv_events or self._kv_events_forced(namespace, name)
             self._scale_down(raw, pool, pods, deployments, current, desired)
+            applied = self._applied.setdefault((namespace, name), {})
+            apply = partial(self._apply_child, applied, force=force_apply)
             for v, variant in variants.items():
                 profile = profiles.get(variant.accelerator_profile)
                 if profile is not None:
-                    self.kube.apply(
-                        build_deployment(
-                            pool, variant, profile, replicas=desired[v], kv_events=kv_events
-                        )
+                    deployment = build_deployment(
+                        pool, variant, profile, replicas=desired[v], kv_events=kv_events
                     )
-            self.kube.apply(build_service(pool, kv_events=kv_events))
-            self.kube.apply(build_pdb(pool))
+                    apply(deployment, exists=v in deployments)
+            apply(build_service(pool, kv_events=kv_events), exists=True)
+            apply(build_pdb(pool), exists=True)
             self._prune(raw, pool, pods, deployments, set(variants))
             self._scale_events(raw, namespace, name, current, desired, reasons)
 
@@ -481,6 +492,17 @@ class Reconciler:
             ready=ready,
             cost_per_hour=status["estimatedCostPerHour"],
         )
+
+    def _apply_child(
+        self, applied: dict[tuple[str, str], str], obj: JSON, *, exists: bool, force: bool
+    ) -> None:
+        """Server-side apply ``obj`` unless it is exactly what was last applied (and exists)."""
+        key = (str(obj["kind"]), str(obj["metadata"]["name"]))
+        body = json.dumps(obj, sort_keys=True)
+        if not force and exists and applied.get(key) == body:
+            return
+        self.kube.apply(obj)
+        applied[key] = body
 
     def _invalid_pool(self, raw: JSON, generation: int, problems: Sequence[Problem]) -> None:
         meta = raw["metadata"]
@@ -720,6 +742,7 @@ class Reconciler:
     def forget_pool(self, namespace: str, name: str, uid: str) -> None:
         """A pool is gone: drop its metric series and event memory."""
         self._last_full.pop((namespace, name), None)
+        self._applied.pop((namespace, name), None)
         self.metrics.forget_pool(namespace, name)
         self.events.forget(uid)
 
@@ -752,7 +775,7 @@ class Reconciler:
             kind, namespace, name = item
             try:
                 if kind == "ModelPool":
-                    self.reconcile_pool(namespace, name)
+                    self.reconcile_pool(namespace, name, force_apply=True)
                 else:
                     self.reconcile_policy(namespace, name)
             except Exception:
