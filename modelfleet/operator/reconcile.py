@@ -70,6 +70,9 @@ JSON = dict[str, Any]
 VICTIM_COST = -1_000_000
 #: Status refreshes asked for by watch events wait this long, so a burst becomes one, s.
 REFRESH_DELAY_S = 0.3
+#: Every this many resync periods a pool's children are applied even if unchanged (repairs
+#: hand edits of them; in between, only what changed is sent).
+FORCE_APPLY_EVERY = 10
 
 
 def utc_now() -> datetime:
@@ -252,7 +255,9 @@ class Reconciler:
         self._profile_cache: dict[str, JSON | None] = {}
         self._policy_cache: dict[str, dict[str, JSON]] = {}
         self._last_full: dict[tuple[str, str], float] = {}
-        # What this process last applied of each pool's children: (kind, name) -> body.
+        # What this process last applied of each pool's children: (kind, name) -> body; and
+        # when a resync last applied them regardless.
+        self._last_forced: dict[tuple[str, str], float] = {}
         self._applied: dict[tuple[str, str], dict[tuple[str, str], str]] = {}
         # Status refreshes asked for by watch events, coalesced (see request_refresh).
         self._refresh: set[tuple[str, str]] = set()
@@ -344,8 +349,8 @@ class Reconciler:
         ``status_only``: observe and write status, decide and apply nothing (what watch
         events of the pool's Deployments and pods ask for). A child whose rendered object is
         the one this process last applied (and, for a Deployment, that still exists) is not
-        applied again, unless ``force_apply`` (the periodic resync, which so also repairs
-        edits made to the children by hand).
+        applied again, unless ``force_apply`` (the resync, every :data:`FORCE_APPLY_EVERY`
+        periods, which so also repairs edits made to the children by hand).
         """
         try:
             with self.locks.hold((namespace, name)) as again:
@@ -743,6 +748,7 @@ class Reconciler:
         """A pool is gone: drop its metric series and event memory."""
         self._last_full.pop((namespace, name), None)
         self._applied.pop((namespace, name), None)
+        self._last_forced.pop((namespace, name), None)
         self.metrics.forget_pool(namespace, name)
         self.events.forget(uid)
 
@@ -775,7 +781,12 @@ class Reconciler:
             kind, namespace, name = item
             try:
                 if kind == "ModelPool":
-                    self.reconcile_pool(namespace, name, force_apply=True)
+                    now = time.monotonic()
+                    last = self._last_forced.get((namespace, name))
+                    force = last is None or now - last >= FORCE_APPLY_EVERY * self.config.resync_s
+                    if force:
+                        self._last_forced[(namespace, name)] = now
+                    self.reconcile_pool(namespace, name, force_apply=force)
                 else:
                     self.reconcile_policy(namespace, name)
             except Exception:
