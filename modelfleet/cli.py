@@ -197,6 +197,10 @@ def _subcommands() -> dict[str, tuple[str, Handler]]:
             "policy benchmark: compare placement policies on a simulated fleet in virtual time",
             _lazy("modelfleet.sim.cli", "bench"),
         ),
+        "operator": (
+            "run the operator: ModelPools become vLLM Deployments (kopf)",
+            _lazy("modelfleet.operator.cli", "operator"),
+        ),
         "dev-cluster": (
             "a local Kubernetes control plane with simulated GPU nodes (up|down|kubeconfig)",
             _lazy("modelfleet.testing.cluster_cli", "testing"),

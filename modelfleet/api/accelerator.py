@@ -6,19 +6,39 @@ tolerations, resource name) and what it costs is written in one place. Cluster-s
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from modelfleet.api.common import ApiModel, Condition, Resource, Rule
+from modelfleet.api.common import (
+    EXTENDED_RESOURCE_PATTERN,
+    LABEL_VALUE_PATTERN,
+    QUALIFIED_NAME_PATTERN,
+    ApiModel,
+    Condition,
+    Resource,
+    Rule,
+    cel_string,
+    full_match,
+)
 
 
 class Toleration(ApiModel):
     """A pod toleration, as in ``core/v1 Toleration`` (the subset GPU nodes use)."""
 
-    key: str = Field(default="", max_length=316, description="Taint key; empty with Exists = all.")
+    key: str = Field(
+        default="",
+        max_length=316,
+        pattern=r"^$|" + QUALIFIED_NAME_PATTERN,
+        description="Taint key (a label key); empty with Exists = every taint.",
+    )
     operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
-    value: str = Field(default="", max_length=63, description="Taint value (Equal only).")
+    value: str = Field(
+        default="",
+        max_length=63,
+        pattern=LABEL_VALUE_PATTERN,
+        description="Taint value (Equal only; a label value).",
+    )
     effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = Field(
         default="", description="Taint effect to tolerate; empty = all effects."
     )
@@ -30,6 +50,12 @@ class Toleration(ApiModel):
             field="value",
             check=lambda t: t.operator != "Exists" or t.value == "",
         ),
+        Rule(
+            cel="self.key != '' || self.operator == 'Exists'",
+            message="operator must be Exists when key is empty (a toleration of every taint)",
+            field="operator",
+            check=lambda t: t.key != "" or t.operator == "Exists",
+        ),
     )
 
 
@@ -39,16 +65,18 @@ class AcceleratorProfileSpec(ApiModel):
     gpu_product: str = Field(
         min_length=1,
         max_length=63,
+        pattern=LABEL_VALUE_PATTERN,
         description=(
             "Value of the node label nvidia.com/gpu.product (GPU feature discovery), e.g. "
-            "NVIDIA-H100-80GB-HBM3. Used as the node selector unless nodeSelector is set."
+            "NVIDIA-H100-80GB-HBM3 (a label value). Used as the node selector unless "
+            "nodeSelector is set."
         ),
     )
-    node_selector: dict[str, str] = Field(
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
         default_factory=dict,
         max_length=16,
         description=(
-            "Node labels that select this GPU type. Empty (default) = "
+            "Node labels that select this GPU type (label keys and values). Empty (default) = "
             "{nvidia.com/gpu.product: <gpuProduct>}."
         ),
     )
@@ -58,8 +86,12 @@ class AcceleratorProfileSpec(ApiModel):
     resource_name: str = Field(
         default="nvidia.com/gpu",
         min_length=1,
-        max_length=253,
-        description="Extended resource the device plugin exposes. Default nvidia.com/gpu.",
+        max_length=316,
+        pattern=EXTENDED_RESOURCE_PATTERN,
+        description=(
+            "Extended resource the device plugin exposes, with its domain (e.g. amd.com/gpu; "
+            "not in kubernetes.io). Default nvidia.com/gpu."
+        ),
     )
     memory_gib: int = Field(
         alias="memoryGiB",
@@ -96,6 +128,35 @@ class AcceleratorProfileSpec(ApiModel):
         description=(
             "Engine-simulator timing profile for this GPU (e.g. h100-80gb) used by the local "
             "fleet and the benchmarks; empty = derived from gpuProduct."
+        ),
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel=(
+                f"self.nodeSelector.all(k, k.matches({cel_string(QUALIFIED_NAME_PATTERN)}) && "
+                f"self.nodeSelector[k].matches({cel_string(LABEL_VALUE_PATTERN)}))"
+            ),
+            message="nodeSelector keys must be label keys and values label values",
+            field="nodeSelector",
+            check=lambda s: all(
+                full_match(QUALIFIED_NAME_PATTERN, k) and full_match(LABEL_VALUE_PATTERN, v)
+                for k, v in s.node_selector.items()
+            ),
+        ),
+        Rule(
+            cel=(
+                "!(self.resourceName.startsWith('kubernetes.io/') || "
+                "self.resourceName.contains('.kubernetes.io/'))"
+            ),
+            message="resourceName must be an extended resource outside kubernetes.io",
+            field="resourceName",
+            check=lambda s: (
+                not (
+                    s.resource_name.startswith("kubernetes.io/")
+                    or ".kubernetes.io/" in s.resource_name
+                )
+            ),
         ),
     )
 

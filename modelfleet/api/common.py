@@ -10,6 +10,7 @@ checks that both name the same field for every invalid manifest.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +28,48 @@ API_VERSION = f"{GROUP}/{VERSION}"
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 #: An RFC 1123 label (variant names become part of Deployment names).
 LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+#: An RFC 1035 label: what a Service may be called. A ModelPool names its headless Service and
+#: is the value of the pods' ``modelfleet.io/pool`` label, so pool names follow it (1..63 chars).
+POOL_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+#: A label value (empty, or alphanumerics with ``-_.`` inside; at most 63 characters).
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+#: A label key (a qualified name): an optional DNS-subdomain prefix and ``/``, then a name of
+#: 1..63 alphanumerics with ``-_.`` inside. Node selectors, taint keys and resource names use it.
+QUALIFIED_NAME_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+#: An extended resource (a device plugin's): a domain prefix is required, e.g. nvidia.com/gpu.
+EXTENDED_RESOURCE_PATTERN = (
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+#: An HTTP header name (RFC 9110 token).
+HEADER_NAME_PATTERN = r"^[-!#$%&'*+.^_`|~0-9A-Za-z]+$"
+#: An environment variable name as the API server accepts it in a container.
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+#: A key of a Secret's data.
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+#: A container image reference: [registry[:port]/]path[:tag][@sha256:digest], no whitespace.
+IMAGE_PATTERN = (
+    r"^([A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:[0-9]+)?/)?"
+    r"[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
+)
+
+
+def full_match(pattern: str, value: str) -> bool:
+    """``value`` matches the anchored ``pattern`` (``^...$``) as Go's RE2 matches it.
+
+    The Python side of a CEL ``matches`` or an OpenAPI ``pattern``. ``re.fullmatch`` rather
+    than ``re.search``: Python's ``$`` also matches before a final newline, RE2's does not.
+    """
+    return re.fullmatch(pattern.removeprefix("^").removesuffix("$"), value) is not None
+
+
+def cel_string(value: str) -> str:
+    """``value`` as a CEL string literal (single-quoted, backslashes and quotes escaped)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 @dataclass(frozen=True)
@@ -119,6 +162,14 @@ class ObjectMeta(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
     generation: int | None = None
+    uid: str | None = None
+
+
+class PoolMeta(ObjectMeta):
+    """``metadata`` of a kind whose name must be a DNS-1035 label (it names a Service and is a
+    label value). The CRD restricts ``metadata.name`` the same way, as CRDs may."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=POOL_NAME_PATTERN)
 
 
 class Condition(ApiModel):
@@ -141,7 +192,12 @@ class Condition(ApiModel):
 class EnvVar(ApiModel):
     """An environment variable for the engine container (literal value only)."""
 
-    name: str = Field(min_length=1, max_length=256, description="Variable name.")
+    name: str = Field(
+        min_length=1,
+        max_length=256,
+        pattern=ENV_NAME_PATTERN,
+        description="Variable name (letters, digits, '-', '.', '_'; not starting with a digit).",
+    )
     value: str = Field(default="", max_length=4096, description="Literal value.")
 
 
@@ -151,7 +207,13 @@ class SecretKeyRef(ApiModel):
     name: str = Field(
         min_length=1, max_length=253, pattern=NAME_PATTERN, description="Secret name."
     )
-    key: str = Field(default="token", min_length=1, max_length=253, description="Key in it.")
+    key: str = Field(
+        default="token",
+        min_length=1,
+        max_length=253,
+        pattern=SECRET_KEY_PATTERN,
+        description="Key in it (letters, digits, '-', '.', '_'). Default token.",
+    )
 
 
 class Resource(BaseModel):

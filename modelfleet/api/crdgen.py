@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from modelfleet.api.common import GROUP, VERSION, Resource
+from modelfleet.api.common import GROUP, VERSION, ObjectMeta, Resource
 
 PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
     "AcceleratorProfile": [
@@ -42,8 +42,14 @@ PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
     "ModelPool": [
         {"name": "Model", "type": "string", "jsonPath": ".spec.servedModelName"},
         {"name": "Ready", "type": "string", "jsonPath": ".status.ready"},
-        {"name": "Variants", "type": "string", "jsonPath": ".spec.variants[*].name"},
+        {"name": "Variants", "type": "string", "jsonPath": ".status.variantSummary"},
         {"name": "Mode", "type": "string", "jsonPath": ".spec.scaling.mode"},
+        {"name": "Cost/h", "type": "number", "jsonPath": ".status.estimatedCostPerHour"},
+        {
+            "name": "Status",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+        },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ],
     "RoutingPolicy": [
@@ -173,6 +179,16 @@ def _strip_markers(node: Any) -> None:
             _strip_markers(value)
 
 
+def _metadata_schema(meta: Any) -> dict[str, Any]:
+    """``metadata``: an object; a kind with stricter names (:class:`PoolMeta`) restricts
+    ``metadata.name`` — the one restriction (with generateName) a CRD may put on metadata."""
+    if meta is ObjectMeta:
+        return {"type": "object"}
+    name = openapi_schema(meta)["properties"]["name"]
+    keep = {k: name[k] for k in ("type", "maxLength", "minLength", "pattern") if k in name}
+    return {"type": "object", "properties": {"name": keep}}
+
+
 def build_crd(resource: type[Resource]) -> dict[str, Any]:
     """The CustomResourceDefinition of one kind."""
     fields = resource.model_fields
@@ -184,14 +200,14 @@ def build_crd(resource: type[Resource]) -> dict[str, Any]:
     spec_schema.setdefault("description", f"Desired state of the {resource.KIND}.")
     status_schema.setdefault("description", f"Observed state of the {resource.KIND}.")
     doc = (resource.__doc__ or resource.KIND).strip().splitlines()[0]
-    schema = {
+    schema: dict[str, Any] = {
         "type": "object",
         "description": doc,
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            "metadata": _metadata_schema(fields["metadata"].annotation),
             "spec": spec_schema,
             "status": status_schema,
         },

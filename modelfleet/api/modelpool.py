@@ -8,23 +8,42 @@ across variants; the operator spreads them cheapest-first within each variant's 
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from datetime import datetime
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
 from modelfleet.api.common import (
+    IMAGE_PATTERN,
     LABEL_PATTERN,
     NAME_PATTERN,
     ApiModel,
     Condition,
     EnvVar,
+    PoolMeta,
     Resource,
     Rule,
     SecretKeyRef,
+    cel_string,
     unique,
 )
+from modelfleet.api.names import KV_EVENTS_PORT, MANAGED_ENV, MANAGED_VLLM_FLAGS
 
 DEFAULT_ENGINE_IMAGE = "vllm/vllm-openai:v0.32.0"
+
+
+def _flag_of(arg: str) -> str:
+    """The flag an argument sets, as vLLM's parser reads it: ``--max_model_len=9`` →
+    ``--max-model-len`` (vLLM's FlexibleArgumentParser treats ``_`` and ``-`` alike)."""
+    return arg.split("=", 1)[0].replace("_", "-")
+
+
+def _sets_managed_flag(arg: str) -> bool:
+    return _flag_of(arg) in MANAGED_VLLM_FLAGS
+
+
+_MANAGED_FLAGS_CEL = "[" + ", ".join(cel_string(f) for f in MANAGED_VLLM_FLAGS) + "]"
+_MANAGED_ENV_CEL = "[" + ", ".join(cel_string(e) for e in MANAGED_ENV) + "]"
 
 
 class EngineSpec(ApiModel):
@@ -34,7 +53,11 @@ class EngineSpec(ApiModel):
         default=DEFAULT_ENGINE_IMAGE,
         min_length=1,
         max_length=512,
-        description=f"Engine container image. Default {DEFAULT_ENGINE_IMAGE}.",
+        pattern=IMAGE_PATTERN,
+        description=(
+            f"Engine container image, [registry/]repository[:tag][@sha256:digest]. "
+            f"Default {DEFAULT_ENGINE_IMAGE}."
+        ),
     )
     max_model_len: int = Field(
         default=8192,
@@ -70,14 +93,68 @@ class EngineSpec(ApiModel):
             "prefix index. Default false (the scheduler then learns prefixes approximately)."
         ),
     )
-    port: int = Field(default=8000, ge=1024, le=65535, description="HTTP port of the engine.")
-    extra_args: list[str] = Field(
+    port: int = Field(
+        default=8000,
+        ge=1024,
+        le=65535,
+        description=(
+            f"HTTP port of the engine (1024..65535, not {KV_EVENTS_PORT}, the KV-events port). "
+            "Default 8000."
+        ),
+    )
+    extra_args: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
         default_factory=list,
         max_length=64,
-        description="Further vLLM arguments, appended verbatim.",
+        description=(
+            "Further vLLM arguments, appended verbatim. Flags the operator renders from the "
+            "fields above (" + ", ".join(MANAGED_VLLM_FLAGS) + ") are refused here: set the "
+            "field instead."
+        ),
     )
     env: list[EnvVar] = Field(
-        default_factory=list, max_length=64, description="Extra environment variables."
+        default_factory=list,
+        max_length=64,
+        description=(
+            "Extra environment variables (unique names; "
+            + ", ".join(MANAGED_ENV)
+            + " are set by the operator)."
+        ),
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.maxNumBatchedTokens >= self.maxNumSeqs",
+            message="maxNumBatchedTokens must be >= maxNumSeqs (vLLM refuses to start otherwise)",
+            field="maxNumBatchedTokens",
+            check=lambda e: e.max_num_batched_tokens >= e.max_num_seqs,
+        ),
+        Rule(
+            cel=f"self.port != {KV_EVENTS_PORT}",
+            message=f"port {KV_EVENTS_PORT} is the KV-events port; choose another",
+            field="port",
+            check=lambda e: e.port != KV_EVENTS_PORT,
+        ),
+        Rule(
+            cel=(
+                f"self.extraArgs.all(a, !{_MANAGED_FLAGS_CEL}.exists(f, "
+                "a.replace('_', '-') == f || a.replace('_', '-').startsWith(f + '=')))"
+            ),
+            message="extraArgs must not set a flag the operator renders from a field",
+            field="extraArgs",
+            check=lambda e: not any(_sets_managed_flag(a) for a in e.extra_args),
+        ),
+        Rule(
+            cel="self.env.all(a, self.env.exists_one(b, b.name == a.name))",
+            message="env names must be unique",
+            field="env",
+            check=lambda e: unique([v.name for v in e.env]),
+        ),
+        Rule(
+            cel=f"self.env.all(v, !(v.name in {_MANAGED_ENV_CEL}))",
+            message="env must not set a variable the operator sets",
+            field="env",
+            check=lambda e: not any(v.name in MANAGED_ENV for v in e.env),
+        ),
     )
 
 
@@ -87,12 +164,20 @@ class ModelSource(ApiModel):
     pvc_name: str = Field(
         default="",
         max_length=253,
-        description="PersistentVolumeClaim holding the weights; empty = download at start.",
+        pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$",
+        description=(
+            "PersistentVolumeClaim holding the weights, mounted read-only at /models; "
+            "empty = vLLM downloads the model at start (into the model cache volume)."
+        ),
     )
     path: str = Field(
         default="",
         max_length=1024,
-        description="Path of the model inside the PVC (or a local path); empty = the model id.",
+        description=(
+            "Where the model is: relative to the PVC's root when pvcName is set (e.g. "
+            "llama-3.1-70b-instruct), else an absolute path in the container; empty = the "
+            "model id (the PVC's root when pvcName is set). No '..' components."
+        ),
     )
     hf_token_secret: SecretKeyRef | None = Field(
         default=None, description="Secret with a Hugging Face token, for gated models."
@@ -104,6 +189,18 @@ class ModelSource(ApiModel):
             message="path must be absolute when no pvcName is given",
             field="path",
             check=lambda s: s.pvc_name != "" or s.path == "" or s.path.startswith("/"),
+        ),
+        Rule(
+            cel="self.pvcName == '' || !self.path.startsWith('/')",
+            message="path must be relative to the PVC (mounted at /models) when pvcName is set",
+            field="path",
+            check=lambda s: s.pvc_name == "" or not s.path.startswith("/"),
+        ),
+        Rule(
+            cel="!('/' + self.path + '/').contains('/../')",
+            message="path must not contain '..' components",
+            field="path",
+            check=lambda s: "/../" not in f"/{s.path}/",
         ),
     )
 
@@ -187,6 +284,15 @@ class ScalingSpec(ApiModel):
     scale_down_stabilization_seconds: int = Field(
         default=300, ge=0, le=86400, description="Wait before acting on a lower target, s."
     )
+    scale_to_zero_after_seconds: int = Field(
+        default=600,
+        ge=0,
+        le=86400,
+        description=(
+            "Mode SLO, every variant's minReplicas 0: scale to zero after this long with no "
+            "request, s. Queued requests bring one replica back at once. Default 600."
+        ),
+    )
     drain_timeout_seconds: int = Field(
         default=600,
         ge=0,
@@ -201,7 +307,11 @@ class ModelPoolSpec(ApiModel):
     model: str = Field(
         min_length=1,
         max_length=253,
-        description="Model id as vLLM loads it, e.g. meta-llama/Llama-3.1-8B-Instruct.",
+        pattern=r"^[^-\s][^\s]*$",
+        description=(
+            "Model id as vLLM loads it, e.g. meta-llama/Llama-3.1-8B-Instruct (no whitespace, "
+            "not starting with '-')."
+        ),
     )
     served_model_name: str = Field(
         min_length=1,
@@ -246,6 +356,30 @@ class VariantStatus(ApiModel):
     desired_replicas: int = Field(default=0, ge=0, description="Target the operator set.")
 
 
+class Recommendation(ApiModel):
+    """One autoscaler recommendation for one variant (the stabilisation windows' memory)."""
+
+    time: datetime = Field(strict=False, description="When it was made (RFC 3339).")
+    variant: str = Field(max_length=40, description="Variant name.")
+    replicas: int = Field(ge=0, description="Replicas the SLO needed at that time.")
+
+
+class AutoscalerStatus(ApiModel):
+    """What the SLO autoscaler remembers between decisions (kept in status so that a restarted
+    operator decides exactly as the one before it would have)."""
+
+    last_demand_time: datetime | None = Field(
+        default=None,
+        strict=False,
+        description="Last time the pool had traffic or queued requests (scale-to-zero clock).",
+    )
+    recommendations: list[Recommendation] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Recent recommendations within the longer stabilisation window.",
+    )
+
+
 class ModelPoolStatus(ApiModel):
     """Observed state of a pool, written by the operator."""
 
@@ -254,15 +388,30 @@ class ModelPoolStatus(ApiModel):
     ready_replicas: int = Field(default=0, ge=0, description="Total Ready pods.")
     desired_replicas: int = Field(default=0, ge=0, description="Total target.")
     ready: str = Field(default="", max_length=32, description="'ready/desired', for kubectl.")
+    variant_summary: str = Field(
+        default="",
+        max_length=1024,
+        description="'<variant>:<ready>/<desired>,...' in spec order, for kubectl.",
+    )
     selector: str = Field(default="", max_length=1024, description="Label selector of pods.")
     variants: list[VariantStatus] = Field(default_factory=list, max_length=16)
+    estimated_cost_per_hour: float = Field(
+        default=0.0, ge=0, description="USD per hour of the replicas that exist now."
+    )
+    autoscaler: AutoscalerStatus | None = Field(
+        default=None, description="Autoscaler memory (mode SLO)."
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=8,
         description=(
-            "Ready (all desired replicas ready), Progressing (a rollout or scale is under way), "
-            "Degraded (a variant cannot reach its target: reason Unschedulable, "
-            "MissingAcceleratorProfile, EngineCrashLoop)."
+            "Accepted (False, reason InvalidSpec: the stored object breaks a rule; the message "
+            "names the field), Ready (every desired replica ready; reasons ReplicasReady, "
+            "ScaledToZero, ReplicasNotReady, Unschedulable, MissingAcceleratorProfile, "
+            "EngineCrashLoop, InvalidSpec), Progressing (reasons RollingOut, ScalingUp, "
+            "ScalingDown, Stable), Degraded (a variant cannot reach its target: reasons "
+            "Unschedulable with the scheduler's message, MissingAcceleratorProfile, "
+            "EngineCrashLoop; AsExpected otherwise). docs/operator.md lists them all."
         ),
     )
 
@@ -276,5 +425,6 @@ class ModelPool(Resource):
     NAMESPACED: ClassVar[bool] = True
 
     kind: Literal["ModelPool"] = "ModelPool"
+    metadata: PoolMeta
     spec: ModelPoolSpec
     status: ModelPoolStatus | None = None

@@ -9,19 +9,45 @@ running requests between instances; rate limits apply per API key.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
 from modelfleet.api.common import (
+    HEADER_NAME_PATTERN,
     LABEL_PATTERN,
     NAME_PATTERN,
+    POOL_NAME_PATTERN,
     ApiModel,
     Condition,
     Resource,
     Rule,
+    cel_string,
+    full_match,
     unique,
 )
+
+#: Regex syntax the scheduler (Python ``re``) and the API server (RE2) both accept: no
+#: lookaround and no backreferences, which RE2 lacks.
+_NOT_RE2 = ("(?=", "(?!", "(?<=", "(?<!", "(?P=")
+
+
+def regex_problem(pattern: str) -> str | None:
+    """Why ``pattern`` is not a usable rule regex (None if it is): it must compile with Python's
+    ``re`` (the scheduler) and stay inside RE2's syntax (the API server checks it with RE2)."""
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        return f"does not compile: {err}"
+    if any(tok in pattern for tok in _NOT_RE2) or re.search(r"\\[1-9]", pattern):
+        return "lookaround and backreferences are not supported (RE2 syntax)"
+    return None
+
+
+def _pool_names_unique(targets: list[PoolTarget]) -> bool:
+    return unique([t.pool for t in targets])
+
 
 ScorerType = Literal[
     "prefix-cache",
@@ -52,7 +78,10 @@ class PoolTarget(ApiModel):
     """A pool and its share of the traffic that reaches it."""
 
     pool: str = Field(
-        min_length=1, max_length=253, pattern=NAME_PATTERN, description="ModelPool name."
+        min_length=1,
+        max_length=63,
+        pattern=POOL_NAME_PATTERN,
+        description="ModelPool name (a DNS-1035 label, as pool names are).",
     )
     weight: float = Field(
         default=1.0, ge=0, le=1000, description="Relative weight (0..1000). Default 1."
@@ -69,7 +98,10 @@ class Match(ApiModel):
     headers: dict[str, str] = Field(
         default_factory=dict,
         max_length=16,
-        description="Request headers that must be present with exactly these values.",
+        description=(
+            "Request headers (names are HTTP tokens, matched case-insensitively) that must be "
+            "present with exactly these values."
+        ),
     )
     min_prompt_tokens: int = Field(
         default=0, ge=0, le=10_000_000, description="Smallest prompt, tokens. Default 0."
@@ -80,13 +112,18 @@ class Match(ApiModel):
         le=10_000_000,
         description="Largest prompt, tokens. Default 10,000,000 (no bound).",
     )
-    keywords: list[str] = Field(
+    keywords: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
         default_factory=list,
         max_length=64,
-        description="Any of these words (case-insensitive) in the last user message.",
+        description="Any of these words (case-insensitive, non-empty) in the last user message.",
     )
     regex: str = Field(
-        default="", max_length=1024, description="RE2-compatible pattern the prompt must match."
+        default="",
+        max_length=1024,
+        description=(
+            "Pattern found anywhere in the prompt: Python re syntax within RE2's (no "
+            "lookaround, no backreferences); it must compile."
+        ),
     )
     semantic_class: str = Field(
         default="",
@@ -100,6 +137,23 @@ class Match(ApiModel):
             message="minPromptTokens must be <= maxPromptTokens",
             field="minPromptTokens",
             check=lambda m: m.min_prompt_tokens <= m.max_prompt_tokens,
+        ),
+        Rule(
+            cel=f"self.headers.all(h, h.matches({cel_string(HEADER_NAME_PATTERN)}))",
+            message="headers keys must be HTTP header names",
+            field="headers",
+            check=lambda m: all(full_match(HEADER_NAME_PATTERN, h) for h in m.headers),
+        ),
+        Rule(
+            # matches() compiles the pattern with RE2 when the rule runs; a pattern that does
+            # not compile makes the rule fail, and the conditional keeps that failure from
+            # being absorbed by ||. Both branches of the conditional are true.
+            cel="self.regex == '' || (''.matches(self.regex) ? true : true)",
+            message="regex must compile (RE2 syntax: no lookaround, no backreferences)",
+            # No field: the API server reports a rule that fails to evaluate at the object
+            # (match), whatever its fieldPath, so both validators name match.
+            field="",
+            check=lambda m: m.regex == "" or regex_problem(m.regex) is None,
         ),
     )
 
@@ -122,6 +176,12 @@ class RoutingRule(ApiModel):
             field="targets",
             check=lambda r: _weights_ok(r.targets),
         ),
+        Rule(
+            cel="self.targets.all(a, self.targets.exists_one(b, b.pool == a.pool))",
+            message="target pools must be unique",
+            field="targets",
+            check=lambda r: _pool_names_unique(r.targets),
+        ),
     )
 
 
@@ -143,7 +203,17 @@ class CascadeParams(ApiModel):
     fallback_on: list[FallbackReason] = Field(
         default_factory=_all_fallbacks,
         max_length=3,
-        description="What sends a request on to the next target. Default all three.",
+        description="What sends a request on to the next target (unique). Default all three.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="",  # the schema's list type 'set' enforces it on the server
+            message="fallbackOn values must be unique",
+            field="fallbackOn",
+            check=lambda c: unique(list(c.fallback_on)),
+        ),
     )
     timeout_ms: int = Field(
         default=30000, ge=1, le=3_600_000, description="Time to first token before 'timeout', ms."
@@ -165,13 +235,29 @@ class CostQualityParams(ApiModel):
     )
     quality_model: str = Field(
         default="builtin",
+        min_length=1,
         max_length=253,
+        pattern=NAME_PATTERN,
         description="Quality predictor: 'builtin' or a ConfigMap name holding a trained one.",
     )
-    pool_models: dict[str, str] = Field(
+    pool_models: dict[str, Annotated[str, Field(max_length=253)]] = Field(
         default_factory=dict,
         max_length=32,
         description="Pool name → model key in the quality predictor (default: the pool name).",
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel=(
+                "self.poolModels.all(p, p.size() <= 63 && "
+                f"p.matches({cel_string(POOL_NAME_PATTERN)}))"
+            ),
+            message="poolModels keys must be pool names",
+            field="poolModels",
+            check=lambda c: all(
+                len(p) <= 63 and full_match(POOL_NAME_PATTERN, p) for p in c.pool_models
+            ),
+        ),
     )
 
 
@@ -179,8 +265,8 @@ class SemanticClass(ApiModel):
     """A class of requests, described by example phrases."""
 
     name: str = Field(min_length=1, max_length=63, pattern=LABEL_PATTERN, description="Name.")
-    examples: list[str] = Field(
-        min_length=1, max_length=256, description="Example prompts of this class."
+    examples: list[Annotated[str, Field(min_length=1, max_length=8192)]] = Field(
+        min_length=1, max_length=256, description="Example prompts of this class (non-empty)."
     )
 
 
@@ -192,6 +278,15 @@ class SemanticParams(ApiModel):
     )
     min_similarity: float = Field(
         default=0.0, ge=0, le=1, description="Below this cosine similarity: no class."
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.classes.all(a, self.classes.exists_one(b, b.name == a.name))",
+            message="class names must be unique",
+            field="classes",
+            check=lambda s: unique([c.name for c in s.classes]),
+        ),
     )
 
 
@@ -218,6 +313,15 @@ class SelectionSpec(ApiModel):
     cost_quality: CostQualityParams = Field(default_factory=CostQualityParams)
     semantic: SemanticParams = Field(default_factory=SemanticParams)
     bandit: BanditParams = Field(default_factory=BanditParams)
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.strategy != 'semantic' || size(self.semantic.classes) > 0",
+            message="strategy semantic needs at least one class in semantic.classes",
+            field="semantic.classes",
+            check=lambda s: s.strategy != "semantic" or bool(s.semantic.classes),
+        ),
+    )
 
 
 class ScorerSpec(ApiModel):
@@ -284,7 +388,11 @@ class SessionAffinitySpec(ApiModel):
     """Keep a session on one instance while its load stays bounded."""
 
     header: str = Field(
-        default="x-session-id", min_length=1, max_length=256, description="Session header."
+        default="x-session-id",
+        min_length=1,
+        max_length=256,
+        pattern=HEADER_NAME_PATTERN,
+        description="Session header (an HTTP header name).",
     )
     max_load_factor: float = Field(
         default=1.25,
@@ -371,7 +479,10 @@ class SLOClass(ApiModel):
         ),
     )
     downgrade_pool: str = Field(
-        default="", max_length=253, description="Pool for on_violation downgrade."
+        default="",
+        max_length=63,
+        pattern=r"^$|" + POOL_NAME_PATTERN,
+        description="Pool for onViolation downgrade (a pool name).",
     )
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (
@@ -391,7 +502,8 @@ class MigrationSpec(ApiModel):
     triggers: list[MigrationTrigger] = Field(
         default_factory=_drain_only,
         max_length=3,
-        description="Why a request may move. Default: drain only.",
+        description="Why a request may move (unique). Default: drain only.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     max_concurrent: int = Field(
         default=4, ge=1, le=256, description="Migrations in flight at once (1..256). Default 4."
@@ -401,6 +513,15 @@ class MigrationSpec(ApiModel):
         ge=0,
         le=600000,
         description="Move only if the predicted gain exceeds the move's cost by this, ms.",
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="",  # the schema's list type 'set' enforces it on the server
+            message="triggers must be unique",
+            field="triggers",
+            check=lambda m: unique(list(m.triggers)),
+        ),
     )
 
 
@@ -417,7 +538,11 @@ class KeyRateLimit(RateLimit):
     key_id: str = Field(
         min_length=1,
         max_length=128,
-        description="API key id: 'sha256:' + first 16 hex digits of the bearer token's hash.",
+        pattern=r"^sha256:[0-9a-f]{16}$",
+        description=(
+            "API key id: 'sha256:' + the first 16 lowercase hex digits of the SHA-256 of the "
+            "bearer token."
+        ),
     )
 
 
@@ -456,7 +581,11 @@ class RoutingPolicySpec(ApiModel):
     placement: PlacementSpec = Field(default_factory=PlacementSpec)
     slo_classes: list[SLOClass] = Field(default_factory=list, max_length=16)
     slo_class_header: str = Field(
-        default="x-slo-class", min_length=1, max_length=256, description="Header naming a class."
+        default="x-slo-class",
+        min_length=1,
+        max_length=256,
+        pattern=HEADER_NAME_PATTERN,
+        description="Header naming a class (an HTTP header name).",
     )
     default_slo_class: str = Field(
         default="", max_length=63, description="Class of requests without the header."
@@ -500,6 +629,25 @@ class RoutingPolicySpec(ApiModel):
             message="modelNames must be unique",
             field="modelNames",
             check=lambda s: unique(s.model_names),
+        ),
+        Rule(
+            cel="self.defaultTargets.all(a, self.defaultTargets.exists_one(b, b.pool == a.pool))",
+            message="defaultTargets pools must be unique",
+            field="defaultTargets",
+            check=lambda s: _pool_names_unique(s.default_targets),
+        ),
+        Rule(
+            cel=(
+                "self.rules.all(r, r.match.semanticClass == '' || "
+                "self.selection.semantic.classes.exists(c, c.name == r.match.semanticClass))"
+            ),
+            message="a rule's match.semanticClass must name one of selection.semantic.classes",
+            field="rules",
+            check=lambda s: all(
+                r.match.semantic_class == ""
+                or any(c.name == r.match.semantic_class for c in s.selection.semantic.classes)
+                for r in s.rules
+            ),
         ),
     )
 

@@ -243,6 +243,11 @@ class Cluster(ClusterClient):
     """A running control plane with simulated nodes; see the module docstring.
 
     ``log_dir`` keeps the component logs after ``stop`` (otherwise they go with the temp dir).
+    ``pod_cidr`` is the range kwok hands pod IPs out of (kwok's default ``10.0.0.0/24``); a
+    loopback range such as ``127.1.0.0/16`` makes every pod's IP reachable on this machine
+    (:mod:`modelfleet.testing.kwok_engines` serves an engine simulator on each). The
+    EndpointSlice controller refuses loopback addresses, so Services of such pods get no
+    endpoints (it logs ``FailedToUpdateEndpointSlices``); discovery by pods is unaffected.
     ``stop_grace`` bounds each teardown phase before SIGKILL; ``start_timeout`` bounds each wait
     during start.
     """
@@ -255,6 +260,7 @@ class Cluster(ClusterClient):
         log_dir: Path | None = None,
         stop_grace: float = 10.0,
         start_timeout: float = 90.0,
+        pod_cidr: str | None = None,
     ) -> None:
         if missing := binaries.missing():
             raise ClusterError(f"control-plane binaries missing: {', '.join(missing)}")
@@ -265,6 +271,7 @@ class Cluster(ClusterClient):
         self.nodes = tuple(nodes)
         self.stop_grace = stop_grace
         self.start_timeout = start_timeout
+        self.pod_cidr = pod_cidr
         self._log_dir = log_dir
         self._procs: list[_Proc] = []
         self._workdir: Path | None = None
@@ -399,7 +406,8 @@ class Cluster(ClusterClient):
              "--manage-all-nodes=false",
              "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
              f"--server-address=127.0.0.1:{ports.kwok}",
-             f"--config={self.binaries.kwok_stages}"],
+             f"--config={self.binaries.kwok_stages}",
+             *([f"--cidr={self.pod_cidr}"] if self.pod_cidr else [])],
             preexec,
         )  # fmt: skip
         self._wait(

@@ -129,18 +129,23 @@ def test_semantic_class_feeds_rules() -> None:
 
 
 @pytest.mark.parametrize(
-    ("body", "field"),
+    ("body", "message"),
     [
-        ({"rules": [rule("r", "small", regex="(unclosed")]}, "rules[r].match.regex"),
+        # The API model refuses the first three at parse time (the CRD's CEL rules mirror it).
+        (
+            {"rules": [rule("r", "small", regex="(unclosed")]},
+            r"rules\.0\.match\n.*regex must compile",
+        ),
         (
             {"rules": [rule("r", "small", semanticClass="nope")]},
-            "rules[r].match.semanticClass",
+            r"match\.semanticClass must name one of selection\.semantic\.classes",
         ),
-        ({"selection": {"strategy": "semantic"}}, "selection.semantic.classes"),
-        ({"selection": {"strategy": "cost-quality"}}, "selection.costQuality"),
+        ({"selection": {"strategy": "semantic"}}, r"semantic needs .* semantic\.classes"),
+        # This one parses; the selector refuses it for want of a predictor.
+        ({"selection": {"strategy": "cost-quality"}}, r"selection\.costQuality"),
     ],
     ids=["bad-regex", "unknown-semantic-class", "semantic-without-classes", "no-predictor"],
 )
-def test_bad_configuration_names_the_field(body: dict[str, Any], field: str) -> None:
-    with pytest.raises(ValueError, match=field.replace("[", r"\[").replace("]", r"\]")):
+def test_bad_configuration_names_the_field(body: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
         build_selector(spec(**body))
