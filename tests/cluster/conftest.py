@@ -96,8 +96,26 @@ def _binaries(config: pytest.Config) -> Binaries:
     return config.stash[_BINARIES]
 
 
+def _descends_from_us(pid: int) -> bool:
+    """True if ``pid`` is a child (at any depth) of this pytest process."""
+    me = os.getpid()
+    for _ in range(64):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # field 4, ppid
+        if pid == me:
+            return True
+        if pid <= 1:
+            return False
+    return False
+
+
 def _suspects(binaries: Binaries, workdirs: list[str]) -> dict[int, str]:
-    """pid → command line of processes running a control-plane binary or naming a workdir."""
+    """pid → command line of processes naming a workdir of this session, or running a
+    control-plane binary as a descendant of this process. Another session's control plane,
+    kubectl or helm (several engineers share one binary cache) is never a suspect."""
     exes = {os.path.realpath(binaries.bin_dir / t) for t in ("controlplane", "kwok", "helm")}
     out: dict[int, str] = {}
     for entry in Path("/proc").iterdir():
@@ -108,7 +126,8 @@ def _suspects(binaries: Binaries, workdirs: list[str]) -> dict[int, str]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if exe in exes or any(w in cmdline for w in workdirs):
+        ours = exe in exes and _descends_from_us(int(entry.name))
+        if ours or any(w in cmdline for w in workdirs):
             out[int(entry.name)] = cmdline.strip()
     return out
 
