@@ -460,3 +460,19 @@ def test_operator_args_parse_with_the_operator_cli(rendered: Any, kwargs: dict[s
     parser = argparse.ArgumentParser(exit_on_error=False)
     cli.add_arguments(parser)
     parser.parse_args(args[1:])
+
+
+def test_dashboards_ship_as_labelled_configmaps(helm_bin: Path) -> None:
+    files = sorted((CHART / "dashboards").glob("*.json"))
+    assert files
+    docs = render(helm_bin)
+    maps = {
+        k: json.loads(v)
+        for d in by_kind(docs, "ConfigMap")
+        if d["metadata"]["labels"].get("grafana_dashboard") == "1"
+        for k, v in d["data"].items()
+    }
+    assert maps == {f.name: json.loads(f.read_text()) for f in files}
+    assert not [
+        d for d in by_kind(render(helm_bin, sets=("dashboards.enabled=false",)), "ConfigMap")
+    ]
