@@ -56,10 +56,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def local_fleet(tmp: Path) -> list[dict[str, str]]:
+def local_fleet(fleet: Path, tmp: Path) -> list[dict[str, str]]:
     """Example 06 copied to ``tmp`` with its engines on free ports; returns the endpoints."""
-    shutil.copy(FLEET / "fleet.yaml", tmp / "fleet.yaml")
-    doc = yaml.safe_load((FLEET / "endpoints.yaml").read_text())
+    tmp.mkdir()
+    shutil.copy(fleet / "fleet.yaml", tmp / "fleet.yaml")
+    doc = yaml.safe_load((fleet / "endpoints.yaml").read_text())
     for e in doc["spec"]["endpoints"]:
         e["url"] = f"http://127.0.0.1:{free_port()}"
     (tmp / "endpoints.yaml").write_text(yaml.safe_dump(doc))
@@ -108,9 +109,11 @@ def process(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
             proc.wait()
 
 
-def wait_http(url: str, timeout_s: float = 120) -> None:
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before {url}")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
@@ -201,7 +204,9 @@ def plot(dashboard: dict[str, Any], prom: str, start: float, end: float, out: Pa
     panels = list(dashboard["panels"])
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
     fig = plt.figure(figsize=(24, rows * 0.62), facecolor="#181b1f")
-    grid = fig.add_gridspec(rows, 24, hspace=0.0, wspace=0.0)
+    grid = fig.add_gridspec(
+        rows, 24, hspace=0.0, wspace=0.0, left=0.01, right=0.99, top=0.97, bottom=0.01
+    )
     report = []
     for p in panels:
         g = p["gridPos"]
@@ -252,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=240.0, help="load duration (240)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "dashboards")
+    parser.add_argument("--fleet", type=Path, default=FLEET, help="a local fleet (example 06)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanups on SIGTERM
     prom_bin = shutil.which("prometheus")
     if prom_bin is None:
         print("needs Prometheus: apt-get install prometheus", file=sys.stderr)
@@ -260,23 +267,30 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mf-dash-") as tmp_s:
         tmp = Path(tmp_s)
-        endpoints = local_fleet(tmp)
+        endpoints = local_fleet(args.fleet, tmp / "fleet")
         sched_port, prom_port = free_port(), free_port()
         (tmp / "prometheus.yml").write_text(
             yaml.safe_dump(prometheus_config(endpoints, sched_port))
         )
         modelfleet = str(Path(sys.executable).parent / "modelfleet")
-        scheduler = [modelfleet, "scheduler", "--config", str(tmp), "--launch-engines", "--no-ray",
-                     "--port", str(sched_port), "--engine-time-scale", "1.0"]  # fmt: skip
+        scheduler = [modelfleet, "scheduler", "--config", str(tmp / "fleet"), "--launch-engines",
+                     "--no-ray", "--port", str(sched_port)]  # fmt: skip
         prometheus = [prom_bin, f"--config.file={tmp / 'prometheus.yml'}",
                       f"--storage.tsdb.path={tmp / 'tsdb'}",
                       f"--web.listen-address=127.0.0.1:{prom_port}"]  # fmt: skip
         counts: dict[str, int] = {}
-        with process(scheduler, tmp / "scheduler.log"), process(prometheus, tmp / "prom.log"):
+        with (
+            process(scheduler, tmp / "scheduler.log") as sched,
+            process(prometheus, tmp / "prom.log") as prom_proc,
+        ):
             base = f"http://127.0.0.1:{sched_port}"
             prom = f"http://127.0.0.1:{prom_port}"
-            wait_http(f"{base}/health", 300)
-            wait_http(f"{prom}/-/ready")
+            try:
+                wait_http(f"{base}/health", sched, 300)
+                wait_http(f"{prom}/-/ready", prom_proc)
+            except RuntimeError:
+                sys.stderr.write((tmp / "scheduler.log").read_text()[-3000:])
+                raise
             start = time.time()
             load(base, args.seconds, threading.Event(), counts)
             time.sleep(3 * SCRAPE_S)
