@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from modelfleet.cliargs import fraction, port, positive_float, positive_int
 from modelfleet.engine.profiles import ACCELERATORS, MODELS, AcceleratorSpec, parse_accelerator
 
 if TYPE_CHECKING:  # the server stack (aiohttp, zmq, prometheus) loads only when run
@@ -41,46 +42,6 @@ if TYPE_CHECKING:  # the server stack (aiohttp, zmq, prometheus) loads only when
     from modelfleet.engine.server import EngineServer, ServerConfig
 
 __all__ = ["add_arguments", "build_config", "main", "run"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number in 0..65535, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
-    return value
 
 
 def _model(text: str) -> str:
@@ -133,44 +94,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "tokenizer.json; default for a model folder: the folder itself",
     )  # fmt: skip
     parser.add_argument(
-        "--max-request-body-bytes", type=_positive_int, default=None, metavar="N",
+        "--max-request-body-bytes", type=positive_int, default=None, metavar="N",
         help="bodies larger than this are answered 413 (default 32 MiB)",
     )  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument(
-        "--port", type=_port, default=8000, help="HTTP port (default 8000; 0 = any free port)"
+        "--port", type=port, default=8000, help="HTTP port (default 8000; 0 = any free port)"
     )
     parser.add_argument(
         "--served-model-name", nargs="+", metavar="NAME", default=None,
         help="model name(s) the API answers to (default: --model)",
     )  # fmt: skip
     parser.add_argument(
-        "--tensor-parallel-size", "-tp", type=_positive_int, default=1, metavar="N",
+        "--tensor-parallel-size", "-tp", type=positive_int, default=1, metavar="N",
         help="GPUs per instance (1, 2, 4 or 8)",
     )  # fmt: skip
     parser.add_argument(
-        "--max-model-len", type=_positive_int, default=None, metavar="N",
+        "--max-model-len", type=positive_int, default=None, metavar="N",
         help="context length, prompt + output (default 8192)",
     )  # fmt: skip
     parser.add_argument(
-        "--block-size", type=_positive_int, default=16, metavar="N",
+        "--block-size", type=positive_int, default=16, metavar="N",
         help="tokens per KV block, also the prefix-hash block (default 16)",
     )  # fmt: skip
     parser.add_argument(
         "--num-gpu-blocks", "--num-gpu-blocks-override", dest="num_gpu_blocks",
-        type=_positive_int, default=None, metavar="N",
+        type=positive_int, default=None, metavar="N",
         help="KV-cache blocks (default: derived from GPU memory and model size)",
     )  # fmt: skip
     parser.add_argument(
-        "--gpu-memory-utilization", type=_fraction, default=0.9, metavar="F",
+        "--gpu-memory-utilization", type=fraction, default=0.9, metavar="F",
         help="fraction of GPU memory for weights + KV cache (default 0.9)",
     )  # fmt: skip
     parser.add_argument(
-        "--max-num-seqs", type=_positive_int, default=256, metavar="N",
+        "--max-num-seqs", type=positive_int, default=256, metavar="N",
         help="most requests running in one batch (default 256)",
     )  # fmt: skip
     parser.add_argument(
-        "--max-num-batched-tokens", type=_positive_int, default=8192, metavar="N",
+        "--max-num-batched-tokens", type=positive_int, default=8192, metavar="N",
         help="token budget of one step, chunked prefill (default 8192)",
     )  # fmt: skip
     parser.add_argument(
@@ -180,7 +141,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--prefix-caching-hash-algo", choices=["sha256", "sha256_cbor"], default="sha256"
     )
     parser.add_argument(
-        "--kv-events-port", type=_port, default=None, metavar="P",
+        "--kv-events-port", type=port, default=None, metavar="P",
         help="publish KV-cache events on a ZMQ PUB socket bound to tcp://*:P",
     )  # fmt: skip
     parser.add_argument(
@@ -188,7 +149,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="vLLM's KV-events config JSON (enable_kv_cache_events, publisher, endpoint, ...)",
     )  # fmt: skip
     parser.add_argument(
-        "--time-scale", type=_positive_float, default=1.0, metavar="X",
+        "--time-scale", type=positive_float, default=1.0, metavar="X",
         help="wall-clock seconds per modelled second (default 1.0; 0.1 = ten times faster)",
     )  # fmt: skip
     parser.add_argument(

@@ -26,9 +26,9 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
+from modelfleet.cliargs import positive_float, positive_int
 from modelfleet.engine.profiles import get_model
 from modelfleet.policy.baselines import POLICY_NAMES
 from modelfleet.sim.cluster import ClusterSimulator, SimConfig, pool_shares
@@ -126,21 +126,6 @@ def parse_policies(text: str) -> list[str]:
     return names
 
 
-def _positive(kind: type[float] | type[int]) -> Callable[[str], float | int]:
-    """An argparse type: a number of ``kind`` that must be > 0."""
-
-    def parse(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    return parse
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--trace",
@@ -168,19 +153,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--conversations",
-        type=_positive(int),
+        type=positive_int,
         default=1000,
         help="synthetic: number of conversations (default 1000)",
     )
     p.add_argument(
         "--rate",
-        type=_positive(float),
+        type=positive_float,
         default=1.6,
         help="synthetic: new conversations per second before compression (default 1.6)",
     )
     p.add_argument(
         "--compression",
-        type=_positive(float),
+        type=positive_float,
         default=None,
         help=(
             "divide every arrival time by this (>1 = more load). Default: 12 for the synthetic "
@@ -188,11 +173,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             "1 for a trace file"
         ),
     )
-    p.add_argument("--ttft-slo", type=_positive(float), default=2.0, help="TTFT SLO, s")
-    p.add_argument("--tpot-slo", type=_positive(float), default=0.1, help="TPOT SLO, s")
+    p.add_argument("--ttft-slo", type=positive_float, default=2.0, help="TTFT SLO, s")
+    p.add_argument("--tpot-slo", type=positive_float, default=0.1, help="TPOT SLO, s")
     p.add_argument(
         "--max-model-len",
-        type=_positive(int),
+        type=positive_int,
         default=None,
         help=(
             "engines' max_model_len (default: sized from the trace, the longest prompt + "

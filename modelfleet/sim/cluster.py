@@ -40,22 +40,14 @@ Scrape staleness: an engine's gauges are re-read when the cached scrape is older
 ``metrics_refresh_s`` whose phase is set by the traffic; the age seen by a decision is in
 ``[0, metrics_refresh_s)`` like with a free-running poller.
 
-Block hashes: by default the engines run ``prefix_caching_hash_algo="builtin"`` (Python's tuple
-hash chained like vLLM's recipe: the same equality structure at a fraction of sha256's cost,
-``bench/results/sim-speed.md``; tested to give the same run). Policies that consume KV events
-(``Data.KV_EVENTS`` in ``router.consumes``) get the engines' own chain per request.
+Block hashes and what the policy is told of each engine (declared hardware only, unless the
+run asks for the oracle): :func:`~modelfleet.sim.inputs.engine_configs` and
+:func:`~modelfleet.sim.inputs.endpoint_infos`.
 
 Pools: one :class:`Router` (and one policy instance, planner, learner) per pool of the fleet,
 as a live scheduler keeps one per pool. A request names its pool (``TraceRequest.pool``, see
 :func:`~modelfleet.sim.traces.assign_pools` and :func:`pool_shares`); with one pool it may name
 none. It is only routed, and only migrated, among the engines of its pool.
-
-What the policy knows of each engine is what a cluster declares
-(:func:`~modelfleet.sim.fleet.declared_hardware`): its prior latency model and relative speed
-come from the declared speeds (possibly wrong on purpose, ``SimConfig.prior_error``), its
-prefix-index capacity from the declared memory; ``SimConfig.perf_model`` says whether the
-routing host learns from observations (default), keeps the prior, or gets the oracle fitted to
-the engines (a labelled upper bound).
 
 Invariants checked at the end (:meth:`SimResult.check_conservation`): requests in = served +
 failed + shed, every served request delivered exactly ``output_tokens`` tokens with no index
@@ -64,47 +56,51 @@ delivered twice, and each engine is empty.
 
 from __future__ import annotations
 
-import bisect
-import dataclasses
 import heapq
 import math
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from modelfleet.engine.core import EngineCore, EngineRequest
 from modelfleet.engine.kvcache import event_hash
 from modelfleet.engine.virtual import start_work
 from modelfleet.policy.framework import Data
-from modelfleet.policy.host import EndpointInfo, EndpointMetrics, Router
+from modelfleet.policy.host import EndpointMetrics, Router
 from modelfleet.policy.learn import LatencyLearner
-from modelfleet.policy.perf import PerfModel, central_model, predict_ttft
-from modelfleet.policy.prior import kv_capacity_tokens, prior_perf_model
 from modelfleet.policy.types import (
-    EndpointId,
-    EndpointView,
     NoEndpointError,
-    RequestId,
     RequestView,
 )
 from modelfleet.sim.fleet import (
     EngineSpec,
-    declared_hardware,
-    fit_perf_model,
-    relative_speeds,
 )
 from modelfleet.sim.handover import MigrationExecutor
+from modelfleet.sim.inputs import (
+    build_request_view,
+    endpoint_infos,
+    engine_configs,
+    pool_models,
+    pool_rng_seed,
+    pool_shares,
+    sim_next_token,
+)
 from modelfleet.sim.metrics import (
     LoadSample,
     PrefixBounds,
     RequestRecord,
-    RunMetrics,
-    compute_metrics,
-    load_imbalance,
     prefix_bounds,
 )
+from modelfleet.sim.outcome import (
+    engine_load,
+    run_counters,
+    run_metrics,
+    served_predictions,
+    ttft_prediction,
+)
 from modelfleet.sim.run import DecisionLogEntry, SimConfig, SimResult
-from modelfleet.sim.state import Handover, LiveRequest, SimEngine
+from modelfleet.sim.state import LiveRequest, SimEngine
+from modelfleet.sim.streams import ClientStreams
 from modelfleet.sim.traces import Trace, TraceRequest, prompt_token_ids
 
 __all__ = [
@@ -119,77 +115,9 @@ __all__ = [
 ]
 
 _ARRIVAL, _STEP_END, _PLAN, _SAMPLE, _CORE_ARRIVAL = 0, 1, 2, 3, 4
-_VOCAB_SPAN = 127_000
 
 
-def sim_next_token(context: Sequence[int]) -> int:
-    """Greedy 'model' of the simulator: a pure O(1) function of the context (last id, length).
-
-    It is a function of the full context in the sense the migration needs (a continuation from
-    any cut point reproduces the same tokens) and never produces the ids below 1000.
-    """
-    return 1_000 + (context[-1] * 2_654_435_761 + len(context) * 40_503) % _VOCAB_SPAN
-
-
-def build_request_view(
-    req: TraceRequest,
-    chain: Sequence[int],
-    chain_block_size: int,
-    config: SimConfig,
-    *,
-    pool: str,
-    model: str,
-) -> RequestView:
-    """The RequestView a scheduler would build for a trace request.
-
-    ``block_hashes`` is the given chain (trace block ids, or the engine's vLLM chain when the
-    policy reads KV events); ``token_ids`` carries the trace block ids as coarse "tokens" for
-    policies that match raw prompts (the cache-aware radix tree), one symbol per
-    ``chain_block_size``-token trace block — materialising 145 M real token ids as text would
-    dominate the run time.
-    """
-    return RequestView(
-        id=RequestId(req.request_id),
-        pool=pool,
-        model=model,
-        prompt_tokens=req.input_tokens,
-        token_ids=req.block_ids,
-        block_hashes=tuple(chain),
-        block_size=chain_block_size,
-        session_id=req.session_id,
-        headers={"x-session-id": req.session_id} if req.session_id else {},
-        slo_class=config.slo_class,
-        ttft_slo_s=config.ttft_slo_s,
-        tpot_slo_s=config.tpot_slo_s,
-        max_tokens=req.output_tokens,
-        arrival_s=req.arrival_s,
-    )
-
-
-def pool_rng_seed(seed: int, index: int) -> int:
-    """The RNG seed of the policy of the ``index``-th pool (the run's seed for the first)."""
-    return seed if index == 0 else seed * 1_000_003 + index
-
-
-def pool_shares(
-    fleet: Sequence[EngineSpec], prior_error: Mapping[str, float] | None = None
-) -> dict[str, float]:
-    """Model-size-aware shares of traffic per pool, for :func:`~.traces.assign_pools`.
-
-    A pool's share is its declared prefill capacity (sum over its engines of prefill speed x
-    GPUs) over its model's parameter count: a Llama-3-70B replica on 4 GPUs serves about as
-    many prompt tokens per second as a Llama-3-8B one on 2, so a pool of each gets shares in
-    that proportion and every pool is about equally loaded. Declared numbers only.
-    """
-    cap: dict[str, float] = {}
-    for spec in fleet:
-        hw = declared_hardware(spec, prior_error=prior_error)
-        cap[spec.pool] = cap.get(spec.pool, 0.0) + hw.prefill_speed * hw.gpus / hw.model_params
-    total = sum(cap.values())
-    return {p: c / total for p, c in cap.items()}
-
-
-class ClusterSimulator:
+class ClusterSimulator(ClientStreams):
     """Runs one trace through one policy on one fleet. Use once: ``ClusterSimulator(...).run()``.
 
     ``policy_factory(clock, rng)`` returns what :func:`modelfleet.policy.baselines.build_policy`
@@ -207,30 +135,10 @@ class ClusterSimulator:
     ) -> None:
         self.config = config or SimConfig()
         self.config.validate()
-        if not fleet:
-            raise ValueError("fleet must contain at least one engine")
-        ids = [s.id for s in fleet]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"engine ids must be unique, got {ids}")
         self.trace = trace
         self.fleet = tuple(fleet)
-        self.pools: tuple[str, ...] = tuple(dict.fromkeys(s.pool for s in self.fleet))
-        models: dict[str, str] = {}
-        for spec in self.fleet:
-            if models.setdefault(spec.pool, spec.model) != spec.model:
-                raise ValueError(f"pool {spec.pool!r} has engines of two models")
-        self.pool_model = models
-        named = set(trace.pools())
-        unknown = sorted(named - set(self.pools))
-        if unknown:
-            raise ValueError(
-                f"trace requests name pools {unknown}, the fleet has {list(self.pools)}"
-            )
-        if len(self.pools) > 1 and any(r.pool is None for r in trace.requests):
-            raise ValueError(
-                f"the fleet has pools {list(self.pools)}: every request must name its pool "
-                "(traces.assign_pools(trace, pool_shares(fleet)))"
-            )
+        self.pool_model = pool_models(trace, self.fleet)
+        self.pools: tuple[str, ...] = tuple(self.pool_model)
         self.now = 0.0
         cfg = self.config
         self.policies: dict[str, Any] = {}
@@ -244,44 +152,10 @@ class ClusterSimulator:
         self.policy = self.policies[self.pools[0]]
         self.router = self.routers[self.pools[0]]
 
-        speeds = relative_speeds(self.fleet, cfg.prior_error)
         mean_out = trace.total_output_tokens() / max(1, len(trace))
-        perf_cache: dict[tuple[object, ...], PerfModel] = {}
-        configs = []
-        self.kv_capacity: dict[str, int] = {}
-        for spec in self.fleet:
-            ecfg = spec.engine_config()
-            if cfg.fast_block_hash:
-                ecfg = dataclasses.replace(ecfg, prefix_caching_hash_algo="builtin")
-            configs.append(ecfg)
-            hw = declared_hardware(spec, prior_error=cfg.prior_error, mean_output_tokens=mean_out)
-            key = (
-                ecfg.accelerator,
-                ecfg.model,
-                ecfg.tensor_parallel_size,
-                ecfg.max_num_batched_tokens,
-                ecfg.max_num_seqs,
-                hw,
-            )
-            if key not in perf_cache:
-                if cfg.perf_model == "oracle":
-                    perf_cache[key] = fit_perf_model(ecfg, mean_output_tokens=mean_out)
-                else:
-                    perf_cache[key] = prior_perf_model(hw)
-            capacity = kv_capacity_tokens(hw)
-            self.kv_capacity[spec.id] = capacity
-            self.routers[spec.pool].add_endpoint(
-                EndpointInfo(
-                    id=EndpointId(spec.id),
-                    pool=spec.pool,
-                    model=spec.model,
-                    accelerator=spec.accelerator,
-                    relative_speed=speeds[spec.id],
-                    perf=perf_cache[key],
-                    tensor_parallel_size=spec.tensor_parallel_size,
-                    kv_capacity_tokens=capacity if cfg.size_prefix_index else 0,
-                )
-            )
+        configs = engine_configs(self.fleet, cfg)
+        for info in endpoint_infos(self.fleet, configs, cfg, mean_output_tokens=mean_out):
+            self.routers[info.pool].add_endpoint(info)
 
         feed = cfg.feed_kv_events
         if feed is None:
@@ -291,16 +165,13 @@ class ClusterSimulator:
         self.chain_kind = ("engine" if feed else "trace") if chain == "auto" else chain
         self.engines: list[SimEngine] = []
         for i, (spec, ecfg) in enumerate(zip(self.fleet, configs, strict=True)):
-            events: list[object] = []
-            core = EngineCore(
-                ecfg, next_token=sim_next_token, kv_event_sink=events.append if feed else None
-            )
+            events: list[object] = []  # a step's KV events go out with the step's tokens
+            sink = events.append if feed else None
+            core = EngineCore(ecfg, next_token=sim_next_token, kv_event_sink=sink)
             self.engines.append(SimEngine(i, spec, core, events))
         self.block_size = self.engines[0].core.stats().block_size
         self.by_id = {e.id: e for e in self.engines}
-        self.pool_engines: dict[str, list[SimEngine]] = {p: [] for p in self.pools}
-        for eng in self.engines:
-            self.pool_engines[eng.pool].append(eng)
+        self.pool_engines = {p: [e for e in self.engines if e.pool == p] for p in self.pools}
         self.heap: list[tuple[float, int, int, Any]] = []
         self.seq = 0
         self.live: dict[str, LiveRequest] = {}
@@ -334,7 +205,7 @@ class ClusterSimulator:
             t = min(t, self.trace.requests[self.next_arrival_i].arrival_s)
         return t
 
-    def _record(self, entry: DecisionLogEntry) -> None:
+    def _log(self, entry: DecisionLogEntry) -> None:
         self.decisions.append(entry)
 
     # ------------------------------------------------------------------ snapshots
@@ -428,7 +299,15 @@ class ClusterSimulator:
                 self._update_tick()
         leftovers = sum(1 for e in self.engines if e.core.has_unfinished())
         mig = self.migrations
-        metrics, per_pool = self._metrics()
+        metrics, per_pool = run_metrics(
+            self.trace,
+            self.records,
+            self.samples,
+            self.engines,
+            migrations=mig.done,
+            bounds_of=self._bounds,
+            extra_of=self._extra,
+        )
         return SimResult(
             records=self.records,
             samples=self.samples,
@@ -442,7 +321,10 @@ class ClusterSimulator:
             decisions=self.decisions,
             metrics=metrics,
             steps=self.steps,
-            extra={"learning": self.learning, "ttft_predictions": self._predictions()},
+            extra={
+                "learning": self.learning,
+                "ttft_predictions": served_predictions(self.records, self.predictions),
+            },
             arrived=len(reqs),
             pool_metrics=per_pool,
         )
@@ -475,41 +357,27 @@ class ClusterSimulator:
         try:
             decision = router.route(view)
         except NoEndpointError:
-            rec.shed = True
-            self.outstanding -= 1
-            if self.log:
-                self._record(
-                    DecisionLogEntry(
-                        self.now,
-                        "pick",
-                        req.request_id,
-                        "",
-                        view,
-                        self._scrapes(pool),
-                        views,
-                        pool=pool,
-                    )
-                )
-            return
-        chosen = decision.endpoint
+            decision = None
+        chosen = "" if decision is None else decision.endpoint
         if self.log:
-            self._record(
+            scrapes = self._scrapes(pool)
+            self._log(
                 DecisionLogEntry(
-                    self.now,
-                    "pick",
-                    req.request_id,
-                    "",
-                    view,
-                    self._scrapes(pool),
-                    views,
-                    chosen,
-                    pool=pool,
+                    self.now, "pick", req.request_id, "", view, scrapes, views, chosen, pool=pool
                 )
             )
+        if decision is None:
+            rec.shed = True
+            self.outstanding -= 1
+            return
         self.predicted_hits[req.request_id] = decision.cached_tokens
         if self.config.track_predictions:
-            self._track(req, views, decision.endpoint, decision.cached_tokens)
-        eng = self.by_id[chosen]
+            found = ttft_prediction(
+                views, decision.endpoint, req.input_tokens, decision.cached_tokens
+            )
+            if found is not None:
+                self.predictions[req.request_id] = found
+        eng = self.by_id[decision.endpoint]
         live = LiveRequest(req, view, rec, pool)
         self.live[req.request_id] = live
         live.engine = eng.index
@@ -520,35 +388,6 @@ class ClusterSimulator:
             self._submit(eng, live.erid, req.request_id, prompt, req.output_tokens)
         except ValueError:  # can never run there (too long): the engine refuses it at once
             self._fail(live)
-
-    def _track(
-        self, req: TraceRequest, views: Sequence[EndpointView], chosen: EndpointId, cached: int
-    ) -> None:
-        """What the chosen endpoint's model (central, and its prior) predicted for the TTFT."""
-        view = next(v for v in views if v.id == chosen)
-        perf = view.perf
-        if perf is None:
-            return
-        prior = getattr(perf, "prior", perf)
-        self.predictions[req.request_id] = (
-            view.accelerator,
-            predict_ttft(central_model(perf), view, req.input_tokens, cached),
-            predict_ttft(prior, view, req.input_tokens, cached),
-        )
-
-    def _fail(self, lv: LiveRequest) -> None:
-        """The engine refused the request: it is failed (counted, never silently dropped)."""
-        rec = lv.rec
-        rec.failed = True
-        del self.live[rec.request_id]
-        self.erid_owner.pop(lv.erid, None)
-        self.routers[lv.pool].on_completed(lv.view.id, at=self.now)
-        if self.log:
-            self._record(
-                DecisionLogEntry(self.now, "completed", rec.request_id, rec.endpoint, pool=lv.pool)
-            )
-        self.rejected += 1
-        self.outstanding -= 1
 
     def _submit(
         self, eng: SimEngine, erid: str, rid: str, prompt: list[int], max_tokens: int
@@ -606,7 +445,7 @@ class ClusterSimulator:
                 self.migrations.refused(lv)
                 self.routers[lv.pool].on_migration_aborted(lv.view.id)
                 if self.log:
-                    self._record(
+                    self._log(
                         DecisionLogEntry(
                             self.now, "migration_aborted", rid, str(eng.id), pool=lv.pool
                         )
@@ -643,96 +482,12 @@ class ClusterSimulator:
             for ev in work.events:
                 self.routers[eng.pool].on_kv_event(eng.id, ev)
                 if self.log:
-                    self._record(
+                    self._log(
                         DecisionLogEntry(ends[-1], "kv", endpoint=eng.id, event=ev, pool=eng.pool)
                     )
             work.events = []
         for erid, a, b, reason, cached in runs:
             self._deliver(erid, b - a, reason is not None, ends[b - 1], cached)
-
-    def _deliver(self, erid: str, n: int, finished: bool, t: float, cached: int) -> None:
-        """``n`` new tokens of engine request ``erid`` (its last at time ``t``)."""
-        rid = self.erid_owner.get(erid)
-        if rid is None:
-            return
-        if finished:
-            del self.erid_owner[erid]
-            self._release(erid)
-        lv = self.live.get(rid)
-        if lv is None:
-            return
-        mig = lv.mig
-        if erid == lv.erid:
-            self._deliver_current(lv, n, finished, t, cached)
-        elif mig is not None and erid == mig.dst_erid:
-            self._deliver_dst(lv, mig, n, finished, t)
-
-    def _stream(self, lv: LiveRequest, t: float) -> None:
-        """Stream the serving copy's tokens whose stream index the client does not have yet.
-
-        The serving engine request's token j has stream index ``stream_base + j``; after a
-        switch-over the first ``delivered - stream_base`` of them are duplicates and dropped.
-        """
-        new = lv.stream_base + lv.produced - lv.delivered
-        if new <= 0:
-            return
-        rec = lv.rec
-        rid = lv.view.id
-        router = self.routers[lv.pool]
-        if lv.delivered == 0 and rec.first_token_s is None:
-            rec.first_token_s = t
-            router.on_first_token(rid, at=t)
-            if self.log:
-                self._record(DecisionLogEntry(t, "first_token", rid, rec.endpoint, pool=lv.pool))
-        lv.delivered += new
-        rec.output_tokens = lv.delivered
-        router.on_tokens(rid, new, at=t)
-        if self.log:
-            self._record(DecisionLogEntry(t, "tokens", rid, rec.endpoint, n=new, pool=lv.pool))
-
-    def _deliver_current(
-        self, lv: LiveRequest, n: int, finished: bool, t: float, cached: int
-    ) -> None:
-        if lv.produced == 0 and lv.stream_base == 0:
-            lv.rec.cached_tokens = cached
-        lv.produced += n
-        self._stream(lv, t)
-        if finished:
-            # the serving copy won the race against a migration: cancel the destination
-            self.migrations.cancel(lv)
-            self._complete(lv, t)
-
-    def _deliver_dst(
-        self, lv: LiveRequest, mig: Handover, n: int, finished: bool, t: float
-    ) -> None:
-        """The destination's first token switches the stream over (make-before-break)."""
-        mig.seen += n
-        self._flush(self.engines[lv.engine], t)  # the source may have finished first
-        if lv.mig is not mig or lv.rec.finish_s is not None:
-            return
-        src, dst = self.migrations.switch_over(lv, mig)
-        self.routers[lv.pool].on_migrated(lv.view.id, dst)
-        if self.log:
-            self._record(
-                DecisionLogEntry(
-                    t, "migrated", lv.view.id, dst, src=src, n=lv.delivered, pool=lv.pool
-                )
-            )
-        self._stream(lv, t)
-        if finished:
-            self._complete(lv, t)
-
-    def _complete(self, lv: LiveRequest, t: float) -> None:
-        rec = lv.rec
-        rec.finish_s = t
-        rec.output_tokens = lv.delivered
-        self.routers[lv.pool].on_completed(lv.view.id, at=t)
-        if self.log:
-            self._record(
-                DecisionLogEntry(t, "completed", rec.request_id, rec.endpoint, pool=lv.pool)
-            )
-        del self.live[rec.request_id]
-        self.outstanding -= 1
 
     # ------------------------------------------------------------------ migration
     def _plan(self) -> None:
@@ -745,7 +500,7 @@ class ClusterSimulator:
             self._refresh(pool)
             rnd = router.plan()
             if self.log:
-                self._record(
+                self._log(
                     DecisionLogEntry(
                         self.now,
                         "plan",
@@ -762,7 +517,7 @@ class ClusterSimulator:
                 if lv is not None and self.migrations.start(lv, m, self.now):
                     router.on_migration_started(m.request_id, m.dst)
                     if self.log:
-                        self._record(
+                        self._log(
                             DecisionLogEntry(
                                 self.now,
                                 "migration_started",
@@ -775,22 +530,8 @@ class ClusterSimulator:
 
     # ------------------------------------------------------------------ sampling and metrics
     def _sample(self) -> None:
-        loads = []
-        for eng in self.engines:
-            st = eng.core.stats()
-            running = st.num_running
-            work = eng.work
-            if work is not None and work.participants and work.finished:
-                # Mid-burst the core is already past the sample time: put back the requests
-                # that finish in a later step than the one in progress now (single-step view).
-                j = bisect.bisect_right(work.ends, self.now) + 1
-                running += sum(
-                    1
-                    for erid, k in zip(work.participants, work.steps_run, strict=True)
-                    if k > j and erid in work.finished
-                )
-            loads.append(running + st.num_waiting)
-        self.samples.append(LoadSample(self.now, tuple(loads)))
+        loads = tuple(engine_load(eng, self.now) for eng in self.engines)
+        self.samples.append(LoadSample(self.now, loads))
         for pool, router in self.routers.items():
             learner = router.learner
             if learner is None:
@@ -800,15 +541,6 @@ class ClusterSimulator:
                     {"t": self.now, "pool": pool, "accelerator": key[0], **state.summary()}
                 )
 
-    def _predictions(self) -> list[tuple[float, str, float, float, float]]:
-        """(arrival, accelerator, predicted, prior-predicted, observed TTFT) per served request."""
-        out = []
-        for r in self.records:
-            found = self.predictions.get(r.request_id)
-            if found is not None and r.ttft_s is not None:
-                out.append((r.arrival_s, found[0], found[1], found[2], r.ttft_s))
-        return out
-
     def _bounds(self, trace: Trace, engines: Sequence[SimEngine]) -> PrefixBounds | None:
         if not self.config.compute_bounds or not trace.requests:
             return None
@@ -816,86 +548,13 @@ class ClusterSimulator:
         return prefix_bounds(trace, cap, engine_block=self.block_size)
 
     def _extra(self, records: Sequence[RequestRecord]) -> dict[str, float]:
-        """Counters of the run and the prefix index's predicted vs delivered hits."""
-        served = [r for r in records if r.first_token_s is not None]
-        predicted = sum(self.predicted_hits.get(r.request_id, 0) for r in served)
-        delivered = sum(r.cached_tokens for r in served)
-        return {
-            "migrations_started": float(self.migrations.started),
-            "migrations_cancelled": float(self.migrations.cancelled),
-            "migrations_refused": float(self.migrations.refused_count),
-            "engine_steps": float(self.steps),
-            "rejected_by_engine": float(self.rejected),
-            "predicted_hit_tokens": float(predicted),
-            "delivered_hit_tokens": float(delivered),
-            "hit_prediction_ratio": predicted / delivered if delivered else math.nan,
-        }
-
-    def _metrics(self) -> tuple[RunMetrics, dict[str, RunMetrics]]:
-        """The run's metrics and, with several pools, each pool's (load imbalance is then the
-        engine-weighted mean of the pools' own: max/mean across models means nothing)."""
-        ids = [str(e.id) for e in self.engines]
-        if len(self.pools) == 1:
-            m = compute_metrics(
-                self.records,
-                self.samples,
-                ids,
-                migrations=self.migrations.done,
-                bounds=self._bounds(self.trace, self.engines),
-                extra=self._extra(self.records),
-            )
-            return m, {}
-        per_pool: dict[str, RunMetrics] = {}
-        for pool in self.pools:
-            idx = [e.index for e in self.pool_engines[pool]]
-            recs = [
-                r for r, q in zip(self.records, self.trace.requests, strict=False) if q.pool == pool
-            ]
-            sub = dataclasses.replace(
-                self.trace, requests=tuple(q for q in self.trace.requests if q.pool == pool)
-            )
-            samples = [LoadSample(s.time_s, tuple(s.loads[i] for i in idx)) for s in self.samples]
-            per_pool[pool] = compute_metrics(
-                recs,
-                samples,
-                [ids[i] for i in idx],
-                migrations=sum(r.migrations for r in recs),
-                bounds=self._bounds(sub, self.pool_engines[pool]),
-                extra=self._extra(recs),
-            )
-        weights = {p: len(self.pool_engines[p]) for p in self.pools}
-        imbalance = sum(
-            weights[p]
-            * load_imbalance(
-                [
-                    LoadSample(s.time_s, tuple(s.loads[e.index] for e in self.pool_engines[p]))
-                    for s in self.samples
-                ]
-            )
-            for p in self.pools
-        ) / sum(weights.values())
-        bounds = None
-        parts = [
-            (m.bounds, sub_tokens)
-            for m, sub_tokens in (
-                (per_pool[p], sum(q.input_tokens for q in self.trace.requests if q.pool == p))
-                for p in self.pools
-            )
-            if m.bounds is not None
-        ]
-        if parts:
-            total = sum(t for _b, t in parts) or 1
-            bounds = PrefixBounds(
-                sum(b.infinite_cache * t for b, t in parts) / total,
-                sum(b.pooled_capacity * t for b, t in parts) / total,
-                sum(b.capacity_blocks for b, _t in parts),
-            )
-        m = compute_metrics(
-            self.records,
-            self.samples,
-            ids,
-            migrations=self.migrations.done,
-            bounds=bounds,
-            extra=self._extra(self.records),
+        mig = self.migrations
+        return run_counters(
+            records,
+            self.predicted_hits,
+            started=mig.started,
+            cancelled=mig.cancelled,
+            refused=mig.refused_count,
+            steps=self.steps,
+            rejected=self.rejected,
         )
-        return dataclasses.replace(m, load_imbalance=imbalance), per_pool
