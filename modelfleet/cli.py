@@ -17,14 +17,23 @@ from typing import Any
 from modelfleet import __version__
 
 DEFAULT_CRD_DIR = "crds"
+#: The Helm chart's copy of the CRDs (helm installs charts/modelfleet/crds/ before the release).
+DEFAULT_CHART_CRD_DIR = "charts/modelfleet/crds"
 
 
 def _crds_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=DEFAULT_CRD_DIR, help="directory to write into (default: crds)")
     p.add_argument(
+        "--chart-out",
+        default=DEFAULT_CHART_CRD_DIR,
+        help="the chart's copy, written and checked too when the directory exists "
+        "(default: charts/modelfleet/crds; '' = none)",
+    )
+    p.add_argument(
         "--check",
         action="store_true",
-        help="do not write; exit 1 if the files in --out differ from a fresh generation",
+        help="do not write; exit 1 if the files in --out (or --chart-out) differ from a fresh "
+        "generation",
     )
 
 
@@ -32,19 +41,23 @@ def _crds_run(args: argparse.Namespace) -> int:
     from modelfleet.api import KINDS
     from modelfleet.api.crdgen import crd_filename, render_crd, write_crds
 
-    out = Path(args.out)
+    outs = [Path(args.out)]
+    if args.chart_out and Path(args.chart_out).is_dir():
+        outs.append(Path(args.chart_out))
     if args.check:
         stale = [
-            crd_filename(k)
+            out / crd_filename(k)
+            for out in outs
             for k in KINDS
             if not (out / crd_filename(k)).exists()
             or (out / crd_filename(k)).read_text() != render_crd(k)
         ]
-        for name in stale:
-            print(f"{out / name}: differs from the models; run `modelfleet crds`", file=sys.stderr)
+        for path in stale:
+            print(f"{path}: differs from the models; run `modelfleet crds`", file=sys.stderr)
         return 1 if stale else 0
-    for path in write_crds(out):
-        print(path)
+    for out in outs:
+        for path in write_crds(out):
+            print(path)
     return 0
 
 

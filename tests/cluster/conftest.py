@@ -14,8 +14,8 @@
 * ``installed_crds``: ``crds/*.yaml`` applied and Established, once per session.
 * ``try_create(doc, namespace)``: POST one object as kubectl does (strict field validation);
   returns (status, body, text) and deletes an accepted object again (``keep=True`` keeps it).
-* ``no_leaked_processes`` (session): FAILS the run if any process of the control-plane
-  binaries that names this run's cluster temp dir outlives the suite (and kills it, so the
+* ``no_leaked_processes`` (session): FAILS the run if a process naming this run's cluster temp
+  dir, or a control-plane binary started by this run, outlives the suite (and kills it, so the
   machine stays clean); other runs' clusters on the same machine are left alone.
 """
 
@@ -98,25 +98,38 @@ def _binaries(config: pytest.Config) -> Binaries:
     return config.stash[_BINARIES]
 
 
+def _descends_from_us(pid: int) -> bool:
+    """True if ``pid`` is a child (at any depth) of this pytest process."""
+    me = os.getpid()
+    for _ in range(64):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # field 4, ppid
+        if pid == me:
+            return True
+        if pid <= 1:
+            return False
+    return False
+
+
 def _suspects(binaries: Binaries, workdirs: list[str]) -> dict[int, str]:
-    """pid → command line of processes naming one of this run's cluster workdirs (every
-    component, kubectl and helm call of our cluster, and any operator or scheduler process a
-    test starts against it, names that temp dir in its arguments). Running a control-plane
-    binary is not enough: other runs on the same machine (another checkout's suite, a
-    developer's ``dev-cluster up``) use the same cached binaries, and their processes are
-    neither ours to report nor ours to kill."""
-    del binaries  # kept in the signature: the callers locate the binaries first
-    if not workdirs:
-        return {}
+    """pid → command line of processes naming a workdir of this session, or running a
+    control-plane binary as a descendant of this process. Another session's control plane,
+    kubectl or helm (several engineers share one binary cache) is never a suspect."""
+    exes = {os.path.realpath(binaries.bin_dir / t) for t in ("controlplane", "kwok", "helm")}
     out: dict[int, str] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
+            exe = os.readlink(entry / "exe").removesuffix(" (deleted)")
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if any(w in cmdline for w in workdirs):
+        ours = exe in exes and _descends_from_us(int(entry.name))
+        if ours or any(w in cmdline for w in workdirs):
             out[int(entry.name)] = cmdline.strip()
     return out
 
