@@ -45,12 +45,19 @@ def values_for(folder: Path, every: dict[str, list[dict[str, Any]]]) -> dict[str
             targets = [t for r in o["spec"].get("rules", []) for t in r.get("targets", [])]
             targets += o["spec"].get("defaultTargets", [])
             for name in sorted({t["pool"] for t in targets} - pools):
-                wanted += [
-                    p
-                    for objs in every.values()
-                    for p in objs
-                    if p["kind"] == "ModelPool" and p["metadata"]["name"] == name
-                ]
+                # the first folder (in order) that defines it: several examples name a
+                # pool "coder", and one release can hold only one of them
+                found = next(
+                    (
+                        p
+                        for objs in every.values()
+                        for p in objs
+                        if p["kind"] == "ModelPool" and p["metadata"]["name"] == name
+                    ),
+                    None,
+                )
+                if found is not None:
+                    wanted.append(found)
                 pools.add(name)
     profiles = {
         v["acceleratorProfile"]

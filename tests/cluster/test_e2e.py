@@ -2,8 +2,9 @@
 
 The session's control plane has kwok GPU nodes of several types (H100, A100, L40S, L4, CPU)
 and hands pod IPs out of a loopback range. ``modelfleet operator`` runs as its own process
-(the entry point a container runs) watching ``default``; ``kubectl apply -R -f examples/``
-creates the profiles, the three pools and the routing policy exactly as a user would; kwok
+(the entry point a container runs) watching ``default``; ``kubectl apply`` of the cluster
+walkthrough (``examples/01`` to ``05``) creates the profiles, the three pools and the routing
+policy exactly as a user would; kwok
 runs the engine pods, and :class:`~modelfleet.testing.kwok_engines.KwokEngines` serves an
 engine simulator on each pod's ``<podIP>:8000``. Deleting the examples removes everything,
 and the fixtures fail the test if an engine or the operator process outlives it (the cluster
@@ -35,6 +36,7 @@ from operator_harness import (
     kube,
     wait_until,
 )
+from support.example_objects import WALKTHROUGH
 
 from modelfleet.testing.cluster import ClusterClient
 from modelfleet.testing.kwok_engines import KwokEngines
@@ -42,7 +44,10 @@ from modelfleet.testing.kwok_engines import KwokEngines
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO / "examples"
+#: ``kubectl -f`` arguments of the cluster walkthrough, examples/01 to 05, as its READMEs
+#: apply it (examples/quickstart and 06-local-fleet are standalone fleets, see
+#: support.example_objects)
+EXAMPLES = [a for folder in WALKTHROUGH for a in ("-f", str(folder))]
 NS = "default"  # where the examples put their objects
 PRODUCT = "nvidia.com/gpu.product"
 #: pool -> {variant: (replicas, GPU product of the node its pods must run on)}
@@ -101,10 +106,13 @@ def system(
     try:
         yield fleet
     finally:
-        cluster.kubectl("delete", "--ignore-not-found", "--wait=false", "-R", "-f", str(EXAMPLES))
-        cluster.kubectl("delete", "--ignore-not-found", "secret", "hf-token", "-n", NS)
-        cluster.kubectl("delete", "--ignore-not-found", "pvc", "model-weights", "-n", NS)
-        cluster.kubectl("delete", "--ignore-not-found", "--wait=false", "pv", pv)
+        # best effort: a failed delete must not leave the operator and the engines running
+        cluster.kubectl("delete", "--ignore-not-found", "--wait=false", *EXAMPLES, check=False)
+        cluster.kubectl("delete", "--ignore-not-found", "secret", "hf-token", "-n", NS, check=False)
+        cluster.kubectl(
+            "delete", "--ignore-not-found", "pvc", "model-weights", "-n", NS, check=False
+        )
+        cluster.kubectl("delete", "--ignore-not-found", "--wait=false", "pv", pv, check=False)
         fleet.stop()
         code = op.terminate()
         log = (tmp_path / "operator.log").read_text(errors="replace")
@@ -116,7 +124,7 @@ def system(
 def test_examples_served_end_to_end_and_removed_without_a_trace(
     cluster: ClusterClient, system: KwokEngines
 ) -> None:
-    cluster.kubectl("apply", "--server-side", "-R", "-f", str(EXAMPLES))
+    cluster.kubectl("apply", "--server-side", *EXAMPLES)
 
     # The operator creates the Deployments; their pods land on the right node types.
     for pool, variants in EXPECTED.items():
@@ -163,7 +171,7 @@ def test_examples_served_end_to_end_and_removed_without_a_trace(
     assert len([p for p in pieces if p]) >= 2
 
     # Deleting the examples removes every child (owner references) and every engine.
-    cluster.kubectl("delete", "-R", "-f", str(EXAMPLES), "--wait=true", "--timeout=60s")
+    cluster.kubectl("delete", *EXAMPLES, "--wait=true", "--timeout=60s")
     wait_until(
         lambda: (
             not _engine_pods(cluster)
@@ -210,7 +218,7 @@ def _load(url: str, stop: threading.Event, errors: list[str]) -> None:
 def test_a_demand_step_makes_the_autoscaler_add_replicas(
     cluster: ClusterClient, system: KwokEngines
 ) -> None:
-    cluster.kubectl("apply", "--server-side", "-R", "-f", str(EXAMPLES))
+    cluster.kubectl("apply", "--server-side", *EXAMPLES)
     wait_until(
         lambda: condition_is(cluster, "ModelPool", NS, "llama-8b", "Ready", "True"),
         "llama-8b Ready",

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+from support.example_objects import CLUSTER_KINDS
 
 from modelfleet.testing.cluster import ClusterClient
 from modelfleet.testing.cluster_manifests import load_manifests
@@ -21,7 +22,12 @@ from modelfleet.testing.cluster_manifests import load_manifests
 pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLE_FILES = [p for p in sorted((REPO / "examples").rglob("*.yaml")) if load_manifests(p)]
+# every file holding cluster objects (the scheduler's StaticEndpoints files are local config)
+EXAMPLE_FILES = [
+    p
+    for p in sorted((REPO / "examples").rglob("*.yaml"))
+    if load_manifests(p) and all(d["kind"] in CLUSTER_KINDS for d in load_manifests(p))
+]
 
 
 def in_namespace(docs: list[dict[str, Any]], namespace: str) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+from support.example_objects import WALKTHROUGH
 
 from modelfleet.testing.cluster import ClusterClient
 from modelfleet.testing.cluster_manifests import load_manifests
@@ -27,7 +28,12 @@ _SIMPLE_PATH = re.compile(r"^(\.[A-Za-z0-9_]+)+$")
 
 
 def example_docs(namespace: str) -> list[dict[str, Any]]:
-    docs = [d for p in sorted((REPO / "examples").rglob("*.yaml")) for d in load_manifests(p)]
+    docs = [
+        d
+        for folder in WALKTHROUGH
+        for p in sorted(folder.glob("*.yaml"))
+        for d in load_manifests(p)
+    ]
     for d in docs:
         if "namespace" in d.get("metadata", {}):
             d["metadata"]["namespace"] = namespace

@@ -1,5 +1,10 @@
 """The example manifests (``examples/``), parsed with the API models, for tests of the pure
-builders and decisions. Pools get a fixed ``metadata.uid`` so they can own objects."""
+builders and decisions. Pools get a fixed ``metadata.uid`` so they can own objects.
+
+The objects are those of the cluster walkthrough (:data:`WALKTHROUGH`, ``examples/01`` to
+``05``), one consistent set: ``examples/06-local-fleet`` and ``examples/quickstart`` are
+standalone local fleets that reuse some of its names (``coder``, ``h100-80gb``) with other
+specs, so they are applied on their own, never together with it."""
 
 from __future__ import annotations
 
@@ -13,11 +18,24 @@ from modelfleet.api.validate import validate_object
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
+#: The cluster walkthrough's folders, in the order their READMEs apply them.
+WALKTHROUGH = [
+    EXAMPLES / name
+    for name in (
+        "01-accelerators",
+        "02-llama-8b-mixed",
+        "03-llama-70b-tp4",
+        "04-coder-pool",
+        "05-routing-policy",
+    )
+]
+#: Kinds a cluster stores (the CRDs); ``StaticEndpoints`` is the scheduler's local config only.
+CLUSTER_KINDS = frozenset({"AcceleratorProfile", "ModelPool", "RoutingPolicy"})
 
 
 def example_docs() -> list[dict[str, Any]]:
     docs: list[dict[str, Any]] = []
-    for path in sorted(EXAMPLES.rglob("*.yaml")):
+    for path in sorted(p for folder in WALKTHROUGH for p in folder.glob("*.yaml")):
         docs += [d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict)]
     return docs
 
