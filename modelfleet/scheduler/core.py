@@ -37,6 +37,7 @@ from typing import Literal
 
 from modelfleet.api.accelerator import AcceleratorProfile
 from modelfleet.api.modelpool import ModelPool
+from modelfleet.api.names import PREFIX_HASH_ALGO, PREFIX_HASH_SEED
 from modelfleet.api.routingpolicy import MigrationSpec, PlacementSpec, RoutingPolicy, SLOClass
 from modelfleet.policy.admission import SloClassPolicy, admit
 from modelfleet.policy.baselines import build_policy
@@ -99,19 +100,19 @@ def _sig(obj: object) -> str:
 
 
 def _hash_settings(pool: ModelPool) -> tuple[str, str | None, bool]:
-    """(algo, PYTHONHASHSEED, int hashes) the pool's engines hash blocks with."""
+    """(algo, PYTHONHASHSEED, int hashes) the pool's engines hash blocks with.
+
+    With ``engine.kvEvents`` the operator (and ``--launch-engines``) render the hash algorithm
+    and seed themselves (``PREFIX_HASH_ALGO``, ``PREFIX_HASH_SEED``; the API refuses both in
+    ``extraArgs``/``env``), so an exact index can reproduce the engines' block hashes.
+    Without it the engines keep vLLM's defaults (sha256, a random seed per process).
+    """
     engine = pool.spec.engine
-    algo = "sha256"
-    args = list(engine.extra_args)
-    for i, a in enumerate(args):
-        if a == "--prefix-caching-hash-algo" and i + 1 < len(args):
-            algo = args[i + 1]
-        elif a.startswith("--prefix-caching-hash-algo="):
-            algo = a.split("=", 1)[1]
     env = {e.name: e.value for e in engine.env}
-    seed = env.get("PYTHONHASHSEED") or None
     as_int = env.get("VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES", "1") != "0"
-    return algo, seed, as_int
+    if engine.kv_events:
+        return PREFIX_HASH_ALGO, PREFIX_HASH_SEED, as_int
+    return "sha256", None, as_int
 
 
 def precise_hasher_for(pool: ModelPool) -> FunctionBlockHasher:

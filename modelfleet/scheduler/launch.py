@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import IO
 from urllib.parse import urlsplit
 
+from modelfleet.api.names import PREFIX_HASH_ALGO, PREFIX_HASH_SEED
 from modelfleet.scheduler.fleet import EndpointSpec, FleetSnapshot
 
 __all__ = ["LaunchedEngine", "engine_command", "launch_engines", "stop_engines"]
@@ -100,6 +101,9 @@ def engine_command(
             "launched engine knows where to publish"
         )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if eng.kv_events:  # the block hashing the operator renders for a KV-event pool
+        cmd += ["--prefix-caching-hash-algo", PREFIX_HASH_ALGO]
+        env["PYTHONHASHSEED"] = PREFIX_HASH_SEED
     for var in eng.env:
         env[var.name] = var.value
     return cmd, env

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from modelfleet.api.names import PREFIX_HASH_ALGO, PREFIX_HASH_SEED
 from modelfleet.engine.kvcache import BlockHasher, event_hash
 from modelfleet.policy.host import EndpointMetrics
 from modelfleet.policy.prefix import ApproxPrefixIndex
@@ -17,6 +18,7 @@ from modelfleet.scheduler.core import Attempt, SchedulerCore, Wait, precise_hash
 from modelfleet.scheduler.errors import ApiError
 from modelfleet.scheduler.fleet import FleetSnapshot
 from modelfleet.scheduler.hub import FleetHub
+from modelfleet.scheduler.launch import engine_command
 from modelfleet.scheduler.protocol import parse_body
 from modelfleet.scheduler.ratelimit import key_id
 from modelfleet.scheduler.telemetry import Telemetry
@@ -352,10 +354,9 @@ def test_endpoints_come_and_go(tmp_path: Path) -> None:
 
 
 def test_kv_event_pools_need_token_ids_and_hash_like_the_engine(tmp_path: Path) -> None:
-    engine = (
-        "{blockSize: 32, kvEvents: true, extraArgs: [--prefix-caching-hash-algo, sha256_cbor], "
-        "env: [{name: PYTHONHASHSEED, value: '7'}]}"
-    )
+    # the operator renders the hash algorithm and seed for a KV-event pool (the API refuses
+    # them in extraArgs/env); the scheduler hashes with the same
+    engine = "{blockSize: 32, kvEvents: true}"
     snap = fleet(
         tmp_path,
         pool("big", engine=engine),
@@ -367,10 +368,39 @@ def test_kv_event_pools_need_token_ids_and_hash_like_the_engine(tmp_path: Path) 
     assert core.pools[("default", "big")].needs_token_ids
     hasher = precise_hasher_for(snap.pools[("default", "big")])
     ids = list(range(100, 200))
-    want = [event_hash(d) for d in BlockHasher(32, "sha256_cbor", "7").hashes(ids)]
+    want = [event_hash(d) for d in BlockHasher(32, PREFIX_HASH_ALGO, PREFIX_HASH_SEED).hashes(ids)]
     from modelfleet.policy.types import RequestView
 
     assert list(hasher.chain(RequestView(RequestId("r"), token_ids=ids))) == want
+
+
+def test_launched_engines_of_a_kv_event_pool_hash_as_the_operator_renders(
+    tmp_path: Path,
+) -> None:
+    """--launch-engines gives a KV-event pool's engines the operator's algorithm and seed (the
+    ones precise_hasher_for reproduces); other pools keep the engine's defaults."""
+    rows = (
+        '    - {pool: big, variant: h100, url: "http://127.0.0.1:9001", '
+        'kvEvents: "tcp://127.0.0.1:9501"}\n'
+        '    - {pool: small, variant: h100, url: "http://127.0.0.1:9002"}\n'
+    )
+    snap = fleet(
+        tmp_path,
+        *(
+            pool(name, engine=engine).replace(f"m/{name}", "meta-llama/Llama-3.1-8B-Instruct")
+            for name, engine in (("big", "{kvEvents: true}"), ("small", "{}"))
+        ),
+        policy("chat", BASE_POLICY),
+        "apiVersion: modelfleet.io/v1alpha1\nkind: StaticEndpoints\n"
+        f"metadata: {{name: e, namespace: default}}\nspec:\n  endpoints:\n{rows}",
+    )
+    by_pool = {e.pool: e for e in snap.endpoints}
+    cmd, env = engine_command(snap, by_pool["big"], 0.1)
+    assert cmd[cmd.index("--prefix-caching-hash-algo") + 1] == PREFIX_HASH_ALGO
+    assert env["PYTHONHASHSEED"] == PREFIX_HASH_SEED
+    assert cmd[cmd.index("--kv-events-port") + 1] == "9501"
+    cmd, env = engine_command(snap, by_pool["small"], 0.1)
+    assert "--prefix-caching-hash-algo" not in cmd
 
 
 def test_replicas_share_prefixes_and_load_through_the_hub(tmp_path: Path) -> None:
