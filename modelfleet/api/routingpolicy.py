@@ -28,20 +28,41 @@ from modelfleet.api.common import (
     unique,
 )
 
-#: Regex syntax the scheduler (Python ``re``) and the API server (RE2) both accept: no
-#: lookaround and no backreferences, which RE2 lacks.
-_NOT_RE2 = ("(?=", "(?!", "(?<=", "(?<!", "(?P=")
+# The rule regex: the syntax Python's ``re`` (the scheduler runs it) and RE2 (the API server
+# compiles it, Go's flavour) read alike. Each engine still compiles the pattern; this grammar,
+# checked by both validators, keeps out every construct where the two engines' verdicts differ:
+# lookaround, backreferences and Python-only groups ((?#, (?>, (?(, (?x)...), RE2-only escapes
+# (\p, \z, \Q, \x{...}) and Python-only ones (\Z, \u, \N, octal), escapes of
+# non-ASCII, named groups (Python refuses duplicate names, RE2 takes them), flags other than
+# i, m, s and global flags past the start, stacked quantifiers (possessive a*+), counts above
+# 1000 or on groups (RE2 bounds nested counts), class escapes in ranges ([\d-z]), deep nesting.
+_PUNCT = r"""[-!"#$%&'()*+,./:;<=>?@\[\\\]^_`{|}~ ]"""
+_CLASS_CHAR = r"([^\]\\\[&~|-]|\\[afnrtv]|\\" + _PUNCT + ")"
+_CLASS_ITEM = r"(\\[dDsSwW]|" + _CLASS_CHAR + "(-" + _CLASS_CHAR + ")?)"
+_CLASS = r"\[\^?(-|-?" + _CLASS_ITEM + r"+-?)\]"
+_ATOM = r"""([^\\\[\](){}|*+?^$.]|\.|\\[dDsSwWafnrtv]|\\""" + _PUNCT + "|" + _CLASS + ")"
+_COUNT = r"(0|[1-9][0-9]{0,2}|1000)"
+_QUANTIFIER = r"[*+?]\??"
+_COUNTED = r"(" + _QUANTIFIER + r"|\{" + _COUNT + "(," + _COUNT + r"?)?\}\??)"
+_UNIT = "(" + _ATOM + _COUNTED + r"?|\)(" + _QUANTIFIER + r")?|[\^$|]|\\[bBA]|\((\?-?[ims]?:)?)"
+#: What a rule regex may look like (besides compiling in both engines): see above. At most
+#: 100 '(' (escaped ones too): Python's parser recurses per group and fails on deep nesting
+#: (RecursionError) where RE2 goes on to depth 1000.
+REGEX_SYNTAX = r"^(\(\?[ims]\))?" + _UNIT + "*$"
+REGEX_GROUPS = r"^[^(]*(\([^(]*){0,100}$"
 
 
 def regex_problem(pattern: str) -> str | None:
     """Why ``pattern`` is not a usable rule regex (None if it is): it must compile with Python's
-    ``re`` (the scheduler) and stay inside RE2's syntax (the API server checks it with RE2)."""
+    ``re`` (the scheduler) and stay inside :data:`REGEX_SYNTAX`, the syntax Python and RE2 (the
+    API server) read alike."""
+    # The syntax first: it also keeps out what makes re.compile warn ([a&&b], a nested set).
+    if not (full_match(REGEX_SYNTAX, pattern) and full_match(REGEX_GROUPS, pattern)):
+        return "outside the syntax Python re and RE2 share (docs/selection.md)"
     try:
         re.compile(pattern)
     except re.error as err:
         return f"does not compile: {err}"
-    if any(tok in pattern for tok in _NOT_RE2) or re.search(r"\\[1-9]", pattern):
-        return "lookaround and backreferences are not supported (RE2 syntax)"
     return None
 
 
@@ -121,8 +142,13 @@ class Match(ApiModel):
         default="",
         max_length=1024,
         description=(
-            "Pattern found anywhere in the prompt: Python re syntax within RE2's (no "
-            "lookaround, no backreferences); it must compile."
+            "Pattern found anywhere in the prompt (Python re), in the syntax Python re and "
+            "RE2 share; it must compile. Escapes: \\d \\D \\s \\S \\w \\W \\b \\B "
+            "\\A \\a \\f \\n \\r \\t \\v and escaped punctuation; groups ( ) and "
+            "(?:...), (?i:...) (flags i, m, s, or -i...); one (?i)-style flag at the start; "
+            "counts {n}, {n,}, {n,m} up to 1000 on a single atom; at most 100 '('. No "
+            "lookaround, backreferences, named groups, \\p, \\z or \\Z, possessive or "
+            "atomic forms (docs/selection.md)."
         ),
     )
     semantic_class: str = Field(
@@ -148,8 +174,15 @@ class Match(ApiModel):
             # matches() compiles the pattern with RE2 when the rule runs; a pattern that does
             # not compile makes the rule fail, and the conditional keeps that failure from
             # being absorbed by ||. Both branches of the conditional are true.
-            cel="self.regex == '' || (''.matches(self.regex) ? true : true)",
-            message="regex must compile (RE2 syntax: no lookaround, no backreferences)",
+            cel=(
+                f"self.regex == '' || (self.regex.matches({cel_string(REGEX_SYNTAX)}) && "
+                f"self.regex.matches({cel_string(REGEX_GROUPS)}) && "
+                "(''.matches(self.regex) ? true : true))"
+            ),
+            message=(
+                "regex must compile, in the syntax Python re and RE2 share (no lookaround, "
+                "backreferences, named groups or \\p; docs/selection.md)"
+            ),
             # No field: the API server reports a rule that fails to evaluate at the object
             # (match), whatever its fieldPath, so both validators name match.
             field="",

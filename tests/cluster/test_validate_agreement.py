@@ -41,6 +41,41 @@ def scorers(unique: bool) -> st.SearchStrategy[list[dict[str, Any]]]:
     return st.lists(items, max_size=3)
 
 
+#: Pieces of patterns for the regex rule (up to three are joined): ones Python's ``re`` (the
+#: scheduler) and RE2 (the API server) both take, and ones where the two engines' verdicts
+#: differ (each refused by one of them, or outside the syntax both share).
+REGEX_PIECES = [
+    "code",
+    "(?i)",
+    "\\bpy\\b",
+    "^def [a-z_]+\\(",
+    "[\\w-]+@corp\\.com",
+    "\\d{3}-\\d{1000}",
+    "(foo|bar)+?",
+    "\\\\1",
+    "[(?=]",
+    "[unclosed",
+    "a**",
+    "(?=x)",
+    "(a)\\1",
+    "(?P<n>a)",
+    "(?<n>a)",
+    "\\pL",
+    "\\z",
+    "\\Z",
+    "\\u0041",
+    "a{1001}",
+    "(?x)",
+    "a*+",
+    "[\\b]",
+    "[\\d-z]",
+    "\\\u00e9",
+    "\\12",
+    "[[:alpha:]]",
+    "(" * 101,
+    ")" * 101,
+]
+
 #: (model class name, rule message) -> strategy of manifests that vary what the rule reads.
 GENERATORS: dict[tuple[str, str], st.SearchStrategy[Manifest]] = {
     ("ModelSource", "path must be absolute when no pvcName is given"): st.builds(
@@ -169,6 +204,214 @@ GENERATORS: dict[tuple[str, str], st.SearchStrategy[Manifest]] = {
     ("RoutingPolicySpec", "modelNames must be unique"): st.builds(
         lambda ns: policy(modelNames=ns),
         st.lists(st.sampled_from(["llama", "mistral"]), min_size=1, max_size=3),
+    ),
+    # The operator's API hardening.
+    ("ModelSource", "path must be relative to the PVC (mounted at /models) when pvcName is set"): (
+        st.builds(
+            lambda pvc, path: pool(source={"pvcName": pvc, "path": path}),
+            st.sampled_from(["", "weights"]),
+            st.sampled_from(["", "llama", "models/llama", "/models/llama", "/"]),
+        )
+    ),
+    ("ModelSource", "path must not contain '..' components"): st.builds(
+        lambda pvc, path: pool(source={"pvcName": pvc, "path": path}),
+        st.just("weights"),
+        st.sampled_from(
+            ["llama", "..", "../llama", "a/../b", "a/..", "..a", "a..b/c", "a/.../b", "a//..//b"]
+        ),
+    ),
+    ("EngineSpec", "maxNumBatchedTokens must be >= maxNumSeqs (vLLM refuses to start otherwise)"): (
+        st.builds(
+            lambda seqs, tokens: pool(engine={"maxNumSeqs": seqs, "maxNumBatchedTokens": tokens}),
+            st.sampled_from([1, 16, 256, 4096]),
+            st.sampled_from([16, 255, 256, 8192]),
+        )
+    ),
+    ("EngineSpec", "port 5557 is the KV-events port; choose another"): st.builds(
+        lambda port: pool(engine={"port": port}),
+        st.sampled_from([1024, 5556, 5557, 5557, 5558, 8000]),
+    ),
+    ("EngineSpec", "extraArgs must not set a flag the operator renders from a field"): st.builds(
+        lambda args: pool(engine={"extraArgs": args}),
+        st.lists(
+            st.sampled_from(
+                [
+                    "--enforce-eager",
+                    "--model-impl=vllm",
+                    "--portx=1",
+                    "--seed=0",
+                    "--model",
+                    "--model=x",
+                    "--max_model_len=9",
+                    "--served_model_name=a_b",
+                    "-tp",
+                    "-tp=2",
+                    "--no-enable-prefix-caching",
+                    "--port 8001",
+                ]
+            ),
+            max_size=3,
+        ),
+    ),
+    ("EngineSpec", "env names must be unique"): st.builds(
+        lambda ns: pool(engine={"env": [{"name": n, "value": "1"} for n in ns]}),
+        st.lists(st.sampled_from(["VLLM_LOGGING_LEVEL", "NCCL_DEBUG"]), max_size=3),
+    ),
+    ("EngineSpec", "env must not set a variable the operator sets"): st.builds(
+        lambda ns: pool(engine={"env": [{"name": n, "value": "1"} for n in ns]}),
+        st.lists(
+            st.sampled_from(
+                [
+                    "HF_TOKEN",
+                    "HF_HOME",
+                    "PYTHONHASHSEED",
+                    "POD_NAME",
+                    "POD_NAMESPACE",
+                    "hf_token",
+                    "HF_TOKEN_PATH",
+                    "VLLM_LOGGING_LEVEL",
+                ]
+            ),
+            max_size=2,
+            unique=True,
+        ),
+    ),
+    ("Toleration", "operator must be Exists when key is empty (a toleration of every taint)"): (
+        st.builds(
+            lambda key, op: profile(tolerations=[{"key": key, "operator": op}]),
+            st.sampled_from(["", "nvidia.com/gpu"]),
+            st.sampled_from(["Exists", "Equal"]),
+        )
+    ),
+    ("AcceleratorProfileSpec", "nodeSelector keys must be label keys and values label values"): (
+        st.builds(
+            lambda items: profile(nodeSelector=dict(items)),
+            st.lists(
+                st.tuples(
+                    st.sampled_from(
+                        [
+                            "nvidia.com/gpu.product",
+                            "gpu",
+                            "a" * 63,
+                            "a" * 64,
+                            "Example.com/gpu",
+                            "a/b/c",
+                            "-gpu",
+                            "gpu\n",
+                        ]
+                    ),
+                    st.sampled_from(["", "NVIDIA-H100-80GB-HBM3", "a_b.c", "-x", "a b", "x\n"]),
+                ),
+                min_size=1,
+                max_size=2,
+            ),
+        )
+    ),
+    ("AcceleratorProfileSpec", "resourceName must be an extended resource outside kubernetes.io"): (
+        st.builds(
+            lambda name: profile(resourceName=name),
+            st.sampled_from(
+                [
+                    "nvidia.com/gpu",
+                    "amd.com/gpu",
+                    "xkubernetes.io/gpu",
+                    "kubernetes.io.example.com/gpu",
+                    "kubernetes.io/gpu",
+                    "gpu.kubernetes.io/x",
+                    "a.b.kubernetes.io/gpu",
+                ]
+            ),
+        )
+    ),
+    ("Match", "headers keys must be HTTP header names"): st.builds(
+        lambda keys: policy(
+            rules=[
+                {
+                    "name": "r",
+                    "match": {"headers": {k: "v" for k in keys}},
+                    "targets": [{"pool": "p"}],
+                }
+            ]
+        ),
+        st.lists(
+            st.sampled_from(
+                ["x-tenant", "X_Tenant", "~!#$%&'*+.^`|", "", "x tenant", "x:y", "x\n", "x-\u00e9"]
+            ),
+            min_size=1,
+            max_size=2,
+        ),
+    ),
+    (
+        "Match",
+        "regex must compile, in the syntax Python re and RE2 share (no lookaround, "
+        "backreferences, named groups or \\p; docs/selection.md)",
+    ): st.builds(
+        lambda pieces: policy(
+            rules=[{"name": "r", "match": {"regex": "".join(pieces)}, "targets": [{"pool": "p"}]}]
+        ),
+        st.lists(st.sampled_from(REGEX_PIECES), max_size=3),
+    ),
+    ("RoutingRule", "target pools must be unique"): st.builds(
+        lambda ps: policy(rules=[{"name": "r", "targets": [{"pool": p} for p in ps]}]),
+        st.lists(st.sampled_from(["p", "q"]), min_size=1, max_size=3),
+    ),
+    ("RoutingPolicySpec", "defaultTargets pools must be unique"): st.builds(
+        lambda ps: policy(defaultTargets=[{"pool": p} for p in ps]),
+        st.lists(st.sampled_from(["p", "q"]), min_size=1, max_size=3),
+    ),
+    (
+        "RoutingPolicySpec",
+        "a rule's match.semanticClass must name one of selection.semantic.classes",
+    ): st.builds(
+        lambda cs, refs: policy(
+            selection={"semantic": {"classes": [{"name": c, "examples": ["x"]} for c in cs]}},
+            rules=[
+                {"name": f"r{i}", "match": {"semanticClass": r}, "targets": [{"pool": "p"}]}
+                for i, r in enumerate(refs)
+            ],
+        ),
+        st.lists(st.sampled_from(["code", "chat"]), max_size=2, unique=True),
+        st.lists(st.sampled_from(["", "code", "chat", "Code"]), min_size=1, max_size=2),
+    ),
+    ("SelectionSpec", "strategy semantic needs at least one class in semantic.classes"): st.builds(
+        lambda strategy, cs: policy(
+            selection={
+                "strategy": strategy,
+                "semantic": {"classes": [{"name": c, "examples": ["x"]} for c in cs]},
+            }
+        ),
+        st.sampled_from(["semantic", "semantic", "weighted", "cascade"]),
+        st.lists(st.sampled_from(["code", "chat"]), max_size=2, unique=True),
+    ),
+    ("SemanticParams", "class names must be unique"): st.builds(
+        lambda cs: policy(
+            selection={"semantic": {"classes": [{"name": c, "examples": ["x"]} for c in cs]}}
+        ),
+        st.lists(st.sampled_from(["code", "chat"]), max_size=3),
+    ),
+    ("CostQualityParams", "poolModels keys must be pool names"): st.builds(
+        lambda keys: policy(
+            selection={
+                "strategy": "cost-quality",
+                "costQuality": {"poolModels": {k: "llama-8b" for k in keys}},
+            }
+        ),
+        st.lists(
+            st.sampled_from(["small", "llama-8b", "a" * 63, "a" * 64, "Big", "1pool", "p-", "p\n"]),
+            min_size=1,
+            max_size=2,
+        ),
+    ),
+    # cel "": the CRD's list type set refuses the duplicates (the test checks agreement only).
+    ("CascadeParams", "fallbackOn values must be unique"): st.builds(
+        lambda reasons: policy(
+            selection={"strategy": "cascade", "cascade": {"fallbackOn": reasons}}
+        ),
+        st.lists(st.sampled_from(["overload", "error", "timeout"]), max_size=3),
+    ),
+    ("MigrationSpec", "triggers must be unique"): st.builds(
+        lambda triggers: policy(migration={"enabled": True, "triggers": triggers}),
+        st.lists(st.sampled_from(["load-imbalance", "slo-rescue", "drain"]), max_size=3),
     ),
 }
 
