@@ -164,9 +164,44 @@ _POLICY_NOTES = {
     "policy-perf": _NOT_RUN,
     "policy-types": _NOT_RUN,
 }
+# The targets run after the first wave judge their mutants by the tests of their own modules
+# only (the narrowest selection: mutmut runs, per mutant, the selected tests that reach the
+# mutated function, so a wide selection makes every mutant pay for slow property tests that
+# touch it in passing).
+_P = "tests/policy/"
+_POLICY_NARROW: dict[str, tuple[str, ...]] = {
+    "policy-migration": (
+        _P + "test_migration.py",
+        _P + "test_migration_edges.py",
+        _P + "test_planner_knobs.py",
+        _P + "test_from_api.py",
+    ),
+    "policy-perf": (
+        _P + "test_perf.py",
+        _P + "test_prior.py",
+        _P + "test_learn.py",
+        _P + "test_admission.py",
+        _P + "test_host_learning.py",
+    ),
+    "policy-prefix": (_P + "test_prefix.py", "tests/properties/test_prefix_properties.py"),
+    "policy-framework": (
+        _P + "test_framework.py",
+        _P + "test_config.py",
+        _P + "test_plugins.py",
+        _P + "test_baselines.py",
+        _P + "test_from_api.py",
+        _P + "test_directions.py",
+    ),
+    "policy-types": (_P + "test_prefix.py", _P + "test_framework.py", _P + "test_types.py"),
+    "policy-selection": ("tests/selection",),
+}
 TARGETS.update(
     {
-        name: Target(mutate=files, tests=_POLICY_TESTS, note=_POLICY_NOTES.get(name, ""))
+        name: Target(
+            mutate=files,
+            tests=_POLICY_NARROW.get(name, _POLICY_TESTS),
+            note=_POLICY_NOTES.get(name, ""),
+        )
         for name, files in _POLICY_MODULES.items()
     }
 )
