@@ -178,6 +178,7 @@ _POLICY_NARROW: dict[str, tuple[str, ...]] = {
     ),
     "policy-perf": (
         _P + "test_perf.py",
+        _P + "test_perf_figures.py",
         _P + "test_prior.py",
         _P + "test_learn.py",
         _P + "test_admission.py",
