@@ -173,6 +173,7 @@ _POLICY_NARROW: dict[str, tuple[str, ...]] = {
     "policy-migration": (
         _P + "test_migration.py",
         _P + "test_migration_edges.py",
+        _P + "test_migration_margins.py",
         _P + "test_planner_knobs.py",
         _P + "test_from_api.py",
     ),
