@@ -182,6 +182,7 @@ _POLICY_NARROW: dict[str, tuple[str, ...]] = {
         _P + "test_perf_figures.py",
         _P + "test_prior.py",
         _P + "test_learn.py",
+        _P + "test_learn_steps.py",
         _P + "test_admission.py",
         _P + "test_host_learning.py",
     ),
