@@ -290,6 +290,40 @@ def _mutmut(workdir: Path, *args: str, log: Path | None = None) -> str:
     return proc.stdout
 
 
+KILLED = ("killed", "timeout", "caught by type check")
+
+_DIFFS = """
+import json, sys
+from mutmut.mutation.diff_apply import find_mutant, get_diff_for_mutant
+out = {}
+for name in json.loads(sys.stdin.read()):
+    out[name] = get_diff_for_mutant(name, path=find_mutant(name).path)
+print(json.dumps(out))
+"""
+
+
+def _diffs(workdir: Path, mutants: Sequence[str]) -> dict[str, str]:
+    """Every mutant's diff, from one process (``mutmut show`` per mutant starts one each)."""
+    if not mutants:
+        return {}
+    proc = subprocess.run(
+        [sys.executable, "-c", _DIFFS],
+        cwd=workdir,
+        input=json.dumps(list(mutants)),
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode == 0:
+        found: dict[str, str] = json.loads(proc.stdout)
+        return found
+    # mutmut's internals moved: fall back to its command, one process per mutant
+    out: dict[str, str] = {}
+    for mutant in mutants:
+        shown = _mutmut(workdir, "show", mutant)
+        out[mutant] = "\n".join(shown.splitlines()[1:])  # drop the "# name" line
+    return out
+
+
 def _parse_results(text: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for line in text.splitlines():
@@ -321,11 +355,8 @@ def run_target(
         statuses = {
             k: v for k, v in statuses.items() if any(fnmatch.fnmatch(k, g) for g in mutants)
         }
-    survivors: dict[str, str] = {}
-    for mutant, status in sorted(statuses.items()):
-        if status not in ("killed", "timeout", "caught by type check"):
-            shown = _mutmut(wd, "show", mutant)
-            survivors[mutant] = "\n".join(shown.splitlines()[1:])  # drop the "# name" line
+    alive = [m for m, st in sorted(statuses.items()) if st not in KILLED]
+    survivors = _diffs(wd, alive)
     counts = {s: sum(1 for v in statuses.values() if v == s) for s in STATUSES}
     counts["total"] = len(statuses)
     return {
@@ -339,9 +370,6 @@ def run_target(
         "commit": commit or _git_commit(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
     }
-
-
-KILLED = ("killed", "timeout", "caught by type check")
 
 
 def _check_same_source(run: dict[str, Any], target: Target) -> None:
