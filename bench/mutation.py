@@ -186,7 +186,11 @@ _POLICY_NARROW: dict[str, tuple[str, ...]] = {
         _P + "test_admission.py",
         _P + "test_host_learning.py",
     ),
-    "policy-prefix": (_P + "test_prefix.py", "tests/properties/test_prefix_properties.py"),
+    "policy-prefix": (
+        _P + "test_prefix.py",
+        _P + "test_pickers.py",  # the cache-aware picker's radix tree
+        "tests/properties/test_prefix_properties.py",
+    ),
     "policy-framework": (
         _P + "test_framework.py",
         _P + "test_config.py",
