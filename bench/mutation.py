@@ -189,6 +189,7 @@ _POLICY_NARROW: dict[str, tuple[str, ...]] = {
     "policy-prefix": (
         _P + "test_prefix.py",
         _P + "test_pickers.py",  # the cache-aware picker's radix tree
+        _P + "test_radix.py",
         "tests/properties/test_prefix_properties.py",
     ),
     "policy-framework": (
