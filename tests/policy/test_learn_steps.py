@@ -131,6 +131,17 @@ def test_each_observation_is_one_kalman_step(params: LearnerParams) -> None:
     assert (snap.central.ttft_observations, snap.central.tpot_observations) == (5, 4)
 
 
+def test_an_absurd_prior_prediction_teaches_nothing() -> None:
+    """A prior of 1e200 s makes the innovation variance overflow: the update is skipped."""
+    learner = LatencyLearner()
+    learner.register(A, "gpu", "m", PRIOR)
+    before = learner.model_for(A)
+    learner.observe_ttft(A, 1e200, 0, 1.0)
+    learner.observe_tpot(A, 1e200, 1.0)
+    (state,) = learner.variants().values()
+    assert learner.model_for(A) == before and (state.ttft.n, state.tpot.n) == (0, 0)
+
+
 def test_negative_means_read_as_zero_and_scales_have_a_floor() -> None:
     learner = LatencyLearner(LearnerParams(kappa=0.0, clip_sigmas=100.0))
     learner.register(A, "gpu", "m", PRIOR)
@@ -142,8 +153,9 @@ def test_negative_means_read_as_zero_and_scales_have_a_floor() -> None:
     assert snap is not None
     assert state.ttft.mean[1] < 0.05 and state.tpot.mean[1] < 0.05
     assert snap.ttft[1] == 0.05 and snap.tpot[1] == 0.05
-    for mean, got in ((state.ttft.mean[0], snap.ttft[0]), (state.tpot.mean[0], snap.tpot[0])):
-        assert got == (mean if mean > 0 else 0.0)
+    # the offsets were pulled below zero too: they read as zero
+    assert state.ttft.mean[0] < 0 and state.tpot.mean[0] < 0
+    assert snap.ttft[0] == 0.0 and snap.tpot[0] == 0.0
 
 
 def test_the_snapshot_predicts_with_its_coefficients() -> None:
@@ -169,6 +181,7 @@ def test_register_moves_an_endpoint_between_variants() -> None:
     other = ParametricPerfModel(prefill_base_s=0.003)
     learner.register(A, "gpu", "m", other)
     assert learner.prior_for(A) is other
+    assert learner.variants()[("gpu", "m", other)].endpoints == {A}
     snap = learner.model_for(A)
     assert snap is not None and snap.prior is other and snap.ttft_observations == 0
     old = learner.variants()[("gpu", "m", PRIOR)]
@@ -177,6 +190,10 @@ def test_register_moves_an_endpoint_between_variants() -> None:
     assert learner.model_for(A) is None and learner.prior_for(A) is None
     assert learner.variants()[("gpu", "m", other)].endpoints == set()
     learner.forget(A)  # forgetting an endpoint that is not learned is a no-op
+    assert learner.model_for(A) is None
+    learner.register(A, "gpu", "m", other)
+    learner.forget(A)
+    assert learner.variants()[("gpu", "m", other)].endpoints == set()
     assert learner.model_for(A) is None
 
 
@@ -211,7 +228,10 @@ def test_an_observation_without_a_positive_prior_teaches_nothing(kind: str, prio
     ids=str,
 )
 def test_more_bad_params_are_refused(kw: dict[str, Any]) -> None:
-    with pytest.raises(ValueError, match="LearnerParams"):
+    finite = "^LearnerParams: every value must be finite and >= 0$"
+    positive = "^LearnerParams: noise_floor, initial_relative_noise > 0, memory >= 1$"
+    expected = positive if "noise_memory" in kw or "initial_relative_noise" in kw else finite
+    with pytest.raises(ValueError, match=expected):
         LearnerParams(**kw)
 
 

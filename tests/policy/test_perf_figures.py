@@ -86,13 +86,17 @@ def test_front_end_per_stream_alone_still_counts() -> None:
     m = replace(M, front_end_s=0.0)
     got = m.predict_ttft(0, 0, running=0, waiting=0, pending_prefill_tokens=0, streams=5)
     assert got == pytest.approx(0.01 + 5 * 0.002)
+    # a caller that does not know the streams passes none: no stream term
+    assert m.predict_ttft(0, 0, running=0, waiting=0, pending_prefill_tokens=0) == 0.01
     none = replace(M, front_end_s=0.0, front_end_per_stream_s=0.0)
     assert none.predict_ttft(0, 0, running=0, waiting=0, pending_prefill_tokens=0, streams=5) == (
         pytest.approx(0.01)
     )
 
 
-@pytest.mark.parametrize(("running", "batch"), [(0, 1), (1, 1), (3, 3), (4, 4), (10, 4)], ids=str)
+@pytest.mark.parametrize(
+    ("running", "batch"), [(0, 1), (1, 1), (2, 2), (3, 3), (4, 4), (10, 4)], ids=str
+)
 def test_parametric_tpot_batch_floor_and_cap(running: int, batch: int) -> None:
     assert M.predict_tpot(running=running) == pytest.approx(0.02 + 1e-3 * batch, rel=1e-12)
 
@@ -117,7 +121,9 @@ def test_bad_coefficients_are_refused_naming_the_field(field: str, value: float)
 
 @pytest.mark.parametrize("kw", [{"chunk_tokens": 0}, {"max_num_seqs": 0}], ids=str)
 def test_chunk_and_batch_must_be_positive(kw: dict[str, Any]) -> None:
-    with pytest.raises(ValueError, match="chunk_tokens and max_num_seqs must be > 0"):
+    with pytest.raises(
+        ValueError, match=r"^ParametricPerfModel\.chunk_tokens and max_num_seqs must be > 0$"
+    ):
         ParametricPerfModel(**kw)
     ParametricPerfModel(**{next(iter(kw)): 1})
 
@@ -159,6 +165,12 @@ def test_estimates_pair_the_central_and_the_upper_model() -> None:
     )
     plain = predict_ttft(M, view, 2500, 500)
     assert ttft_estimate(M, view, 2500, 500) == (plain, plain)
+    # defaults: nothing cached, not queued itself
+    assert ttft_estimate(M, view, 2500) == (predict_ttft(M, view, 2500, 0),) * 2
+    # a learned model without the streams argument has no stream term
+    assert learned.predict_ttft(2500, 500, running=2, waiting=1, pending_prefill_tokens=1200) == (
+        pytest.approx(0.1 + 2.0 * base)
+    )
     tpot = M.predict_tpot(running=3)
     assert tpot_estimate(learned, 3) == pytest.approx((tpot, 0.005 + 3.0 * tpot))
     assert tpot_estimate(M, 3) == (tpot, tpot)
@@ -200,6 +212,10 @@ def test_prior_scales_with_the_declared_speeds_and_tensor_parallelism() -> None:
     assert one.mean_decode_s_per_request == pytest.approx(
         256 * (one.decode_base_s + one.decode_s_per_seq * 1)
     )
+    five = prior_perf_model(replace(H100_8B, max_num_seqs=5))  # half of 5 is 2 sequences
+    assert five.mean_decode_s_per_request == pytest.approx(
+        256 * (five.decode_base_s + five.decode_s_per_seq * 2)
+    )
 
 
 def test_kv_capacity_term_by_term() -> None:
@@ -214,20 +230,32 @@ def test_kv_capacity_term_by_term() -> None:
     assert kv_capacity_tokens(BIG) == 0  # 141 GB of weights do not fit on one GPU
 
 
+_SEQS = "max_num_seqs and max_num_batched_tokens must be >= 1"
+
+
 @pytest.mark.parametrize(
-    "kw",
-    [{"decode_speed": -1.0}, {"model_params": float("inf")}, {"kv_bytes_per_token": 0.0},
-     {"mean_output_tokens": 0.0}, {"dtype_bytes": 0}, {"gpu_memory_utilization": 0.0},
-     {"max_num_batched_tokens": 0}],
+    ("kw", "message"),
+    [({"decode_speed": -1.0}, "decode_speed must be finite and > 0, got -1.0"),
+     ({"model_params": float("inf")}, "model_params must be finite and > 0, got inf"),
+     ({"kv_bytes_per_token": 0.0}, "kv_bytes_per_token must be finite and > 0, got 0.0"),
+     ({"mean_output_tokens": 0.0}, "mean_output_tokens must be finite and > 0, got 0.0"),
+     ({"dtype_bytes": 0}, "gpus and dtype_bytes must be >= 1"),
+     ({"gpus": 0}, "gpus and dtype_bytes must be >= 1"),
+     ({"gpu_memory_utilization": 0.0}, r"gpu_memory_utilization must be in \(0, 1\]"),
+     ({"max_num_seqs": 0}, _SEQS), ({"max_num_batched_tokens": 0}, _SEQS)],
 )  # fmt: skip
-def test_more_bad_declarations_are_refused(kw: dict[str, Any]) -> None:
-    with pytest.raises(ValueError, match="DeclaredHardware"):
+def test_more_bad_declarations_are_refused(kw: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=rf"^DeclaredHardware\.{message}$"):
         DeclaredHardware(**kw)
 
 
 def test_boundary_declarations_are_accepted() -> None:
     hw = DeclaredHardware(gpu_memory_utilization=1.0, max_num_seqs=1, max_num_batched_tokens=1)
     assert kv_capacity_tokens(hw) > kv_capacity_tokens(H100_8B)
+    one_byte = DeclaredHardware(dtype_bytes=1)  # 8-bit weights: half the bytes of bf16
+    assert prior_perf_model(one_byte).decode_base_s == pytest.approx(
+        8.03e9 / (3.35e12 * 0.8) + 0.0015
+    )
 
 
 # -- admission with its figures ---------------------------------------------------------------
@@ -280,6 +308,14 @@ def test_unhealthy_endpoints_do_not_count() -> None:
     assert admit(r, [ep("blind")], {}, SloClassPolicy("c")).reason == (
         "no perf model to judge the target"
     )
+
+
+def test_a_prediction_exactly_on_target_is_admitted() -> None:
+    flat = ParametricPerfModel(prefill_base_s=0.25, prefill_s_per_token=0.0)  # 0.25 s, exactly
+    r = req(prompt_tokens=100, ttft_slo_s=0.25)
+    assert admit(r, [ep("a", perf=flat)], {}, SloClassPolicy("c")).action == "admit"
+    late = req(prompt_tokens=100, ttft_slo_s=0.125)
+    assert admit(late, [ep("a", perf=flat)], {}, SloClassPolicy("c", slack=2.0)).action == "admit"
 
 
 @pytest.mark.parametrize("slack", [0.0, -1.0])
