@@ -111,11 +111,13 @@ def test_a_decoding_request_within_its_target_on_the_destination() -> None:
 def test_a_queued_request_valued_by_its_wait_and_its_tpot_beyond_targets() -> None:
     src = ep("src", perf=UNSURE, running=30, waiting=3, inflight_prefill_tokens=8_000)
     dst = ep("dst", perf=UNSURE, running=2)
-    r = flight("r", "src", gen=0, phase="queued", age_s=0.5, ttft=1.0, tpot=0.012)
-    n, left, target = 200, 1.0 - 0.5, 0.012
+    # 0.1 s left: the re-prefill (0.112 s central, 0.168 s upper) is late on both figures
+    r = flight("r", "src", gen=0, phase="queued", age_s=0.9, ttft=1.0, tpot=0.012)
+    n, left, target = 200, 1.0 - 0.9, 0.012
     # waiting in place: not ahead of itself (2 waiting, 7000 pending)
     w_mid = ttft(1000, running=30, waiting=2, pending=7_000)
     cost = ttft(1000, running=2)
+    assert 1.5 * cost - left > cost - left > 0
     s_mid, d_mid = tpot(30), tpot(3)
     stay = (
         max(0.0, w_mid - left) + n * (s_mid - target),
