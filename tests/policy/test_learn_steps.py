@@ -131,6 +131,15 @@ def test_each_observation_is_one_kalman_step(params: LearnerParams) -> None:
     assert (snap.central.ttft_observations, snap.central.tpot_observations) == (5, 4)
 
 
+def test_an_exact_observation_brings_the_noise_to_its_floor() -> None:
+    learner = LatencyLearner(LearnerParams(noise_floor=0.2, noise_memory=1))
+    learner.register(A, "gpu", "m", PRIOR)
+    learner.observe_tpot(A, 0.01, 0.01)  # exactly the prior's prediction: no residual
+    (state,) = learner.variants().values()
+    assert state.tpot.noise2 == pytest.approx(0.2**2)
+    assert state.tpot.mean == [0.0, 1.0]
+
+
 def test_an_absurd_prior_prediction_teaches_nothing() -> None:
     """A prior of 1e200 s makes the innovation variance overflow: the update is skipped."""
     learner = LatencyLearner()

@@ -193,6 +193,8 @@ def test_prior_of_an_h100_running_8b_term_by_term() -> None:
     assert p.decode_base_s == pytest.approx(decode_base, rel=1e-12)
     assert p.decode_s_per_seq == pytest.approx(per_seq, rel=1e-12)
     assert (p.chunk_tokens, p.max_num_seqs) == (8192, 256)
+    other = prior_perf_model(replace(H100_8B, max_num_batched_tokens=2048, max_num_seqs=64))
+    assert (other.chunk_tokens, other.max_num_seqs) == (2048, 64)
     # the slot wait: 256 mean output tokens of decode steps at a half-full batch (128)
     assert p.mean_decode_s_per_request == pytest.approx(256 * (decode_base + per_seq * 128))
     assert (p.front_end_s, p.front_end_per_stream_s) == (0.01, 0.0)
@@ -203,6 +205,8 @@ def test_prior_scales_with_the_declared_speeds_and_tensor_parallelism() -> None:
     slow = prior_perf_model(replace(BIG, prefill_speed=0.5, decode_speed=0.25))
     assert slow.prefill_s_per_token == pytest.approx(2 * base.prefill_s_per_token)
     assert slow.decode_base_s - 0.0015 == pytest.approx(4 * (base.decode_base_s - 0.0015))
+    tp2 = prior_perf_model(replace(BIG, gpus=2))  # two GPUs already lose 15 %
+    assert base.prefill_s_per_token / tp2.prefill_s_per_token == pytest.approx(1.7)
     tp4 = prior_perf_model(replace(BIG, gpus=4))
     # four GPUs at 85 % efficiency each: 3.4 times the single GPU's throughput
     assert base.prefill_s_per_token / tp4.prefill_s_per_token == pytest.approx(3.4)
@@ -280,7 +284,8 @@ def test_slack_stretches_the_target_and_the_retry_after() -> None:
     eps = [ep("j", perf=PERF, **jam)]
     assert admit(r, eps, {}, SloClassPolicy("c", slack=3.0)).action == "admit"
     d = admit(r, eps, {}, SloClassPolicy("c", slack=2.0))
-    assert d.action == "queue"
+    assert (d.action, d.best_endpoint) == ("queue", "j")
+    assert d.best_predicted_ttft_s == pytest.approx(pred)
     assert d.retry_after_s == pytest.approx(pred - 2.0)
     assert d.reason == f"best predicted TTFT {pred:.3f}s on j exceeds class 'c' target 1.000s"
     shed = admit(r, eps, {}, SloClassPolicy("s", on_unmeetable="shed"))
