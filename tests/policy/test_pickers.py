@@ -58,7 +58,8 @@ def test_weighted_random_follows_the_weights() -> None:
     p = WeightedRandomPicker()
     eps = [ep("a"), ep("b")]
     n = sum(p.pick(state(req(), seed=s), eps, [1.0, 3.0]) for s in range(400))
-    assert 250 < n < 350  # about 3/4 pick "b" (index 1)
+    # 3/4 of 400 pick "b" (index 1): 300, within three binomial sds (8.7 each)
+    assert 274 <= n <= 326
 
 
 def routed(pk: CacheAwarePicker, r: RequestView, endpoint: str) -> None:

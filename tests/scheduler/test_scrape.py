@@ -31,7 +31,7 @@ def test_real_vllm_scrape() -> None:
 def test_simulator_scrape() -> None:
     m = parse_vllm_metrics((DATA / "sim-metrics.txt").read_text())
     assert (m.running, m.waiting) == (2, 1)
-    assert 0 < m.kv_cache_usage < 0.01
+    assert m.kv_cache_usage == 0.0007923074152771381  # the gauge, as exposed
     assert (m.prefix_cache_queries, m.prefix_cache_hits) == (653.0, 352.0)
     assert (m.block_size, m.num_gpu_blocks, m.hash_algo) == (16, 27767, "sha256")
     assert m.model_names == ("llama-3-8b",)
