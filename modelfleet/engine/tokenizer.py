@@ -84,8 +84,9 @@ class Tokenizer(Protocol):
     vocab_size: int
     bos_token_id: int | None
     eos_token_id: int | None
-    max_token_chars: int
 
+    @property
+    def max_token_chars(self) -> int: ...
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]: ...
     def token_bytes(self, token_id: int, skip_special_tokens: bool = False) -> bytes: ...
     def token_str(self, token_id: int) -> str: ...
@@ -153,10 +154,16 @@ class HFTokenizer:
         added = tokenizer.get_added_tokens_decoder()
         self._special = frozenset(i for i, t in added.items() if t.special)
         self._added: dict[int, str] = {i: str(t.content) for i, t in added.items()}
-        vocab = tokenizer.get_vocab(with_added_tokens=True)
-        self.max_token_chars = max((len(s) for s in vocab), default=1)
         self._bytes: dict[int, bytes] = {}
         self._template: Any = None
+
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The longest vocabulary string, in characters (computed on first use: reading the
+        whole vocabulary is a fifth of loading Llama-3's tokenizer, and every launched engine
+        loads one while the fleet starts)."""
+        vocab = self._tok.get_vocab(with_added_tokens=True)
+        return max((len(s) for s in vocab), default=1)
 
     # ---------------------------------------------------------------- encode / decode
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:

@@ -76,6 +76,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
 
 
+#: A private single-node Ray needs none of this: no usage report sent home at start.
+_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
+
+
 def _fail(problems: list[str], paths: list[str]) -> int:
     more = len(problems) - 1
     tail = f" (and {more} more: modelfleet validate --check-refs {' '.join(paths)})" if more else ""
@@ -229,8 +233,6 @@ def run(args: argparse.Namespace) -> int:
             snapshot, plan = write_fleet(fleet, files, objects, args.replicas, {args.port})
         except UpError as e:
             return _fail(e.problems, paths)
-        from modelfleet.scheduler import cli as scheduler_cli
-
         gpus = {
             v.accelerator_profile
             for e in snapshot.endpoints
@@ -242,7 +244,13 @@ def run(args: argparse.Namespace) -> int:
             f"{len(gpus)} GPU types) from {', '.join(paths)}",
             flush=True,
         )
+        # The engines start first, so that their start overlaps the scheduler's imports and
+        # Ray's, which take most of the time to ready.
         engines = _EngineThread(snapshot, args.time_scale)
+        from modelfleet.scheduler import cli as scheduler_cli
+
+        for name, value in _RAY_ENV.items():
+            os.environ.setdefault(name, value)
         os.environ.setdefault("RAY_TMPDIR", str(folder))  # this run's Ray files, removed below
         models = sorted(snapshot.public_models())
         threading.Thread(
