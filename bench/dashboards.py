@@ -8,14 +8,14 @@ up and down; then every panel's expression is sent to Prometheus's ``query_range
 Grafana's variables filled in, and the series are drawn in the dashboard's own grid (gridPos),
 titled and with legends from ``legendFormat``.
 
-The system: the real control plane (:mod:`modelfleet.testing.cluster`, the e2e tier's, pod IPs
-on 127.1.x.x) with example 06's profiles, pools and policies applied; ``modelfleet operator``
-as a process with its metrics port; kwok running the engine pods and
-:class:`~modelfleet.testing.kwok_engines.KwokEngines` serving an engine simulator on each pod's
-IP; ``modelfleet scheduler --kubernetes --no-ray`` in front. Until the scheduler serves its
-gRPC control API (issue 16) the SLO autoscaler has no demand, so an external autoscaler rule
-in this script (:func:`external_autoscaler`) scales ``chat-large`` through the scale
-subresource; the result file says so.
+The system: the real control plane (:mod:`modelfleet.testing.cluster`, the e2e tier's; pod IPs
+on 127.42.x.x, not the cluster tier's 127.1.x.x) with example 06's profiles, pools and policies
+applied; ``modelfleet operator`` as a process with its metrics port; kwok running the engine
+pods and :class:`~modelfleet.testing.kwok_engines.KwokEngines` serving an engine simulator on
+each pod's IP; ``modelfleet scheduler --kubernetes --no-ray`` in front. Until the scheduler
+serves its gRPC control API (issue 16) the SLO autoscaler has no demand, so an external
+autoscaler rule in this script (:func:`external_autoscaler`) scales ``chat-large`` through the
+scale subresource; the result file says so.
 
     python bench/dashboards.py [--seconds 300] [--out bench/results/dashboards]
 
