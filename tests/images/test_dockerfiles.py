@@ -27,7 +27,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 ROLES = ["operator", "scheduler"]
 #: What each role's process imports (the extra must bring them).
-IMPORTS = {"operator": ["kopf", "kubernetes", "grpc"], "scheduler": ["ray.serve", "httpx", "grpc"]}
+#: What each role's image must import: the scheduler subscribes to the engines' KV events (zmq).
+IMPORTS = {
+    "operator": ["kopf", "kubernetes", "grpc"],
+    "scheduler": ["ray.serve", "httpx", "grpc", "zmq"],
+}
 VENV = "/opt/modelfleet"
 
 
