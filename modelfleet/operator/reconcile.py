@@ -827,9 +827,12 @@ class Reconciler:
             kind, namespace, name = item
             try:
                 if kind == "ModelPool":
+                    # the first pass of this process applies every child anyway (nothing
+                    # applied yet to compare with), so the first forced one is due a full
+                    # FORCE_APPLY_EVERY periods after the first resync
                     now = time.monotonic()
-                    last = self._last_forced.get((namespace, name))
-                    force = last is None or now - last >= FORCE_APPLY_EVERY * self.config.resync_s
+                    last = self._last_forced.setdefault((namespace, name), now)
+                    force = now - last >= FORCE_APPLY_EVERY * self.config.resync_s
                     if force:
                         self._last_forced[(namespace, name)] = now
                     self.reconcile_pool(namespace, name, force_apply=force)
