@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from modelfleet.api.accelerator import AcceleratorProfile
-from modelfleet.api.modelpool import ModelPoolSpec
+from modelfleet.api.accelerator import AcceleratorProfile, AcceleratorProfileSpec
+from modelfleet.api.modelpool import ModelPoolSpec, Variant
 from modelfleet.operator.builders import replica_cost_per_hour
 from modelfleet.operator.observe import PodInfo
 from modelfleet.policy.autoscale import (
@@ -24,8 +24,8 @@ from modelfleet.policy.autoscale import (
     ScalingWindows,
     SloTarget,
     VariantModel,
-    prior_perf_model,
 )
+from modelfleet.policy.prior import DeclaredHardware, prior_perf_model
 
 
 @dataclass(frozen=True)
@@ -67,22 +67,36 @@ def manual_replicas(
     return ManualTarget(out, note)
 
 
+def declared_hardware(
+    spec: ModelPoolSpec, variant: Variant, profile: AcceleratorProfileSpec
+) -> DeclaredHardware:
+    """What a variant's replica declares (:class:`~modelfleet.policy.prior.DeclaredHardware`):
+    the profile's speeds and memory, the variant's tensor parallelism and the pool's engine
+    settings. The model's size is the prior's default (an 8B model): a ModelPool does not
+    declare its model's architecture, and the operator reads no model files."""
+    return DeclaredHardware(
+        prefill_speed=profile.prefill_speed,
+        decode_speed=profile.decode_speed,
+        memory_gib=float(profile.memory_gib),
+        gpus=variant.tensor_parallel_size,
+        gpu_memory_utilization=spec.engine.gpu_memory_utilization,
+        max_num_seqs=spec.engine.max_num_seqs,
+        max_num_batched_tokens=spec.engine.max_num_batched_tokens,
+    )
+
+
 def slo_inputs(
     spec: ModelPoolSpec, profiles: Mapping[str, AcceleratorProfile | None]
 ) -> tuple[list[VariantModel], SloTarget, ScalingWindows]:
-    """The autoscaler's view of a pool: per-variant cost and performance model (the prior
-    of :func:`~modelfleet.policy.autoscale.prior_perf_model`; ``None`` when the profile is
-    missing), the SLO at its percentile, and the windows."""
+    """The autoscaler's view of a pool: per-variant cost and performance model — the prior
+    the scheduler starts every endpoint from (:func:`modelfleet.policy.prior.prior_perf_model`
+    of :func:`declared_hardware`), ``None`` when the profile is missing — the SLO at its
+    percentile, and the windows."""
     variants = []
     for v in spec.variants:
         profile = profiles.get(v.accelerator_profile)
         perf = (
-            prior_perf_model(
-                profile.spec,
-                tensor_parallel_size=v.tensor_parallel_size,
-                max_num_seqs=spec.engine.max_num_seqs,
-                max_num_batched_tokens=spec.engine.max_num_batched_tokens,
-            )
+            prior_perf_model(declared_hardware(spec, v, profile.spec))
             if profile is not None
             else None
         )

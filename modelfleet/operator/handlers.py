@@ -6,12 +6,16 @@ as an import side effect), for one :class:`~modelfleet.operator.reconcile.Reconc
 ============================================ =============================================
 watch                                        does
 ============================================ =============================================
+ModelPool, RoutingPolicy, engine             the reconcilers' watch cache (every read of a
+Deployments and Pods (any event)             reconcile is served from it, no API call)
 ModelPool resume / create / update           full reconcile of the pool
 ModelPool ADDED / DELETED events             re-resolve the namespace's RoutingPolicies
-engine Deployments, Pods (any event)         status refresh of their pool (coalesced); a pod
-                                             starting to terminate is drained through the
-                                             scheduler
-RoutingPolicy, AcceleratorProfile (any)      the reconcilers' caches of them
+                                             (coalesced)
+engine Deployments, Pods (any event)         status refresh of their pool (coalesced); a
+                                             Deployment deleted or edited by someone else is
+                                             re-applied; a pod starting to terminate is
+                                             drained through the scheduler
+AcceleratorProfile (any)                     the reconcilers' cache of profiles
 RoutingPolicy resume / create / update       Accepted / ResolvedRefs
 AcceleratorProfile resume / create / update, status (matching nodes, GPUs), re-render the
 DELETED                                      pools that use it
@@ -24,8 +28,10 @@ a finalizer on every object a timer watches, and then a pool could not be delete
 operator runs. Nothing the operator does on deletion needs a finalizer: children go by owner
 references, their pods drain on the way out.
 
-Handlers are synchronous: kopf runs them in its thread pool, where the blocking Kubernetes and
-gRPC clients belong. kopf keeps its own bookkeeping in annotations under ``modelfleet.io/``
+Handlers that reconcile are synchronous: kopf runs them in its thread pool, where the
+blocking Kubernetes and gRPC clients belong. The watch-event handlers that only feed the cache
+and queue passes are ``async`` (they never block), so a thread pool busy reconciling does not
+delay what the cache sees. kopf keeps its own bookkeeping in annotations under ``modelfleet.io/``
 (the status is the operator's alone).
 """
 
@@ -39,7 +45,7 @@ import kopf
 import kubernetes.client as k8s
 
 from modelfleet.api.common import GROUP, VERSION
-from modelfleet.api.names import APP_MANAGED_BY_LABEL, FIELD_MANAGER, POOL_LABEL
+from modelfleet.api.names import APP_MANAGED_BY_LABEL, FIELD_MANAGER
 from modelfleet.operator.reconcile import Reconciler
 
 _CHILD = {APP_MANAGED_BY_LABEL: FIELD_MANAGER}
@@ -110,52 +116,46 @@ def build_registry(
     @kopf.on.resume(GROUP, VERSION, "modelpools", registry=registry)
     @kopf.on.create(GROUP, VERSION, "modelpools", registry=registry)
     @kopf.on.update(GROUP, VERSION, "modelpools", registry=registry)
-    def pool_changed(namespace: str | None, name: str, **_: Any) -> None:
+    def pool_changed(namespace: str | None, name: str, body: Any, **_: Any) -> None:
+        rec.observe("ModelPool", _plain(body))
         rec.reconcile_pool(str(namespace), name)
 
     @kopf.on.event(GROUP, VERSION, "modelpools", registry=registry)
-    def pool_event(type: str | None, body: Any, **_: Any) -> None:
-        meta = body.get("metadata") or {}
+    async def pool_event(type: str | None, body: Any, **_: Any) -> None:
+        raw = _plain(body)
+        rec.observe("ModelPool", raw, deleted=type == "DELETED")
+        meta = raw.get("metadata") or {}
         namespace, name = str(meta.get("namespace")), str(meta.get("name"))
         seen = pools_seen.setdefault(namespace, set())
         if type == "DELETED":
             seen.discard(name)
             rec.forget_pool(namespace, name, str(meta.get("uid", "")))
-            rec.reconcile_policies(namespace)
+            rec.request_policies(namespace)
         elif name not in seen:  # a new pool (or the first sight after a start)
             seen.add(name)
-            rec.reconcile_policies(namespace)
+            rec.request_policies(namespace)
 
     # -- children -----------------------------------------------------------------------
 
     @kopf.on.event("apps", "v1", "deployments", labels=_CHILD, registry=registry)
-    def deployment_event(type: str | None, body: Any, **_: Any) -> None:
-        meta = body.get("metadata") or {}
-        pool = (meta.get("labels") or {}).get(POOL_LABEL)
-        if pool and type != "DELETED":
-            rec.request_refresh(str(meta.get("namespace")), str(pool))
+    async def deployment_event(type: str | None, body: Any, **_: Any) -> None:
+        rec.on_deployment(str(type), _plain(body))
 
     @kopf.on.event("", "v1", "pods", labels=_CHILD, registry=registry)
-    def pod_event(type: str | None, body: Any, **_: Any) -> None:
-        raw = _plain(body)
-        rec.on_pod(str(type), raw)
-        meta = raw.get("metadata") or {}
-        pool = (meta.get("labels") or {}).get(POOL_LABEL)
-        if pool:
-            rec.request_refresh(str(meta.get("namespace")), str(pool))
+    async def pod_event(type: str | None, body: Any, **_: Any) -> None:
+        rec.on_pod(str(type), _plain(body))
 
     # -- RoutingPolicy ------------------------------------------------------------------
 
     @kopf.on.event(GROUP, VERSION, "routingpolicies", registry=registry)
-    def policy_event(type: str | None, body: Any, **_: Any) -> None:
-        meta = body.get("metadata") or {}
-        raw = None if type == "DELETED" else _plain(body)
-        rec.observe_policy(str(meta.get("namespace")), str(meta.get("name")), raw)
+    async def policy_event(type: str | None, body: Any, **_: Any) -> None:
+        rec.observe("RoutingPolicy", _plain(body), deleted=type == "DELETED")
 
     @kopf.on.resume(GROUP, VERSION, "routingpolicies", registry=registry)
     @kopf.on.create(GROUP, VERSION, "routingpolicies", registry=registry)
     @kopf.on.update(GROUP, VERSION, "routingpolicies", registry=registry)
-    def policy_changed(namespace: str | None, name: str, **_: Any) -> None:
+    def policy_changed(namespace: str | None, name: str, body: Any, **_: Any) -> None:
+        rec.observe("RoutingPolicy", _plain(body))
         rec.reconcile_policy(str(namespace), name)
 
     # -- AcceleratorProfile -------------------------------------------------------------

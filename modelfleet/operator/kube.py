@@ -138,6 +138,18 @@ class Kube:
         items = self.request("GET", self._collection(kind, namespace), query=query).get("items")
         return [i for i in items or [] if isinstance(i, dict)]
 
+    def list_snapshot(
+        self, kind: str, namespace: str | None, selector: str = ""
+    ) -> tuple[list[JSON], str]:
+        """Every object of ``kind`` in ``namespace`` (None: in every namespace) matching
+        ``selector``, and the list's ``resourceVersion`` (the snapshot it shows)."""
+        path = self._collection(kind, namespace or "x")
+        if namespace is None:
+            path = path.replace("/namespaces/x", "")
+        data = self.request("GET", path, query={"labelSelector": selector} if selector else None)
+        items = [i for i in data.get("items") or [] if isinstance(i, dict)]
+        return items, str((data.get("metadata") or {}).get("resourceVersion") or "")
+
     def list_all_namespaces(self, kind: str) -> list[JSON]:
         """Every object of a namespaced kind in every namespace."""
         path = self._collection(kind, "x").replace("/namespaces/x", "")
@@ -157,10 +169,13 @@ class Kube:
             content_type="application/apply-patch+yaml",
         )
 
-    def patch_status(self, kind: str, namespace: str | None, name: str, status: JSON) -> None:
-        """Replace what the operator computed of an object's status (JSON merge patch)."""
+    def patch_status(self, kind: str, namespace: str | None, name: str, status: JSON) -> JSON:
+        """Replace what the operator computed of an object's status (JSON merge patch);
+        returns the object as stored after it."""
         path = f"{self._collection(kind, namespace)}/{name}/status"
-        self.request("PATCH", path, {"status": status}, content_type="application/merge-patch+json")
+        return self.request(
+            "PATCH", path, {"status": status}, content_type="application/merge-patch+json"
+        )
 
     def annotate(
         self, kind: str, namespace: str | None, name: str, annotations: Mapping[str, str | None]

@@ -38,8 +38,8 @@ from modelfleet.api.accelerator import AcceleratorProfile
 from modelfleet.api.modelpool import ModelPool
 from modelfleet.api.names import (
     POD_DELETION_COST_ANNOTATION,
+    POOL_LABEL,
     endpoint_id,
-    pod_selector,
     selector_string,
 )
 from modelfleet.api.routingpolicy import RoutingPolicy
@@ -51,6 +51,7 @@ from modelfleet.operator.builders import (
     build_service,
     replica_cost_per_hour,
 )
+from modelfleet.operator.cache import WatchCache
 from modelfleet.operator.control_client import DrainResult, SchedulerClient
 from modelfleet.operator.decisions import (
     EndpointLoad,
@@ -70,6 +71,8 @@ JSON = dict[str, Any]
 VICTIM_COST = -1_000_000
 #: Status refreshes asked for by watch events wait this long, so a burst becomes one, s.
 REFRESH_DELAY_S = 0.3
+#: Levels of a queued pool pass (see :meth:`Reconciler.request_refresh`).
+STATUS, FULL, FORCED = 0, 1, 2
 #: Every this many resync periods a pool's children are applied even if unchanged (repairs
 #: hand edits of them; in between, only what changed is sent).
 FORCE_APPLY_EVERY = 10
@@ -249,18 +252,21 @@ class Reconciler:
         self._draining: set[str] = set()  # pod uids with a drain started by us
         self._draining_lock = threading.Lock()
         self._predictor: Any = None
-        # Caches fed by the watches (kopf handlers call observe_*): profiles by name, policies
-        # by namespace. A miss reads the API once.
+        # Reads come from the watches (kopf handlers call observe*): pools, policies, engine
+        # Deployments and pods in the WatchCache, profiles by name here (a miss reads once).
+        self.cache = WatchCache(kube, self.config.namespaces)
         self._cache_lock = threading.Lock()
         self._profile_cache: dict[str, JSON | None] = {}
-        self._policy_cache: dict[str, dict[str, JSON]] = {}
         self._last_full: dict[tuple[str, str], float] = {}
-        # What this process last applied of each pool's children: (kind, name) -> body; and
-        # when a resync last applied them regardless.
+        # What this process last applied of each pool's children: (kind, name) -> body, the
+        # generation each Deployment had after it; and when a resync last applied them
+        # regardless.
         self._last_forced: dict[tuple[str, str], float] = {}
         self._applied: dict[tuple[str, str], dict[tuple[str, str], str]] = {}
-        # Status refreshes asked for by watch events, coalesced (see request_refresh).
-        self._refresh: set[tuple[str, str]] = set()
+        self._applied_gen: dict[tuple[str, str], dict[str, int]] = {}
+        # Passes asked for by watch events, coalesced: ("pool", ns, name) -> level (STATUS,
+        # FULL, FORCED), ("policies", ns, "") -> FULL. See request_refresh.
+        self._refresh: dict[tuple[str, str, str], int] = {}
         self._refresh_wake = threading.Event()
         self._closing = threading.Event()
         self._refresher = threading.Thread(
@@ -283,16 +289,9 @@ class Reconciler:
         with self._cache_lock:
             self._profile_cache[name] = raw
 
-    def observe_policy(self, namespace: str, name: str, raw: JSON | None) -> None:
-        """A watch event of a RoutingPolicy (None: it was deleted)."""
-        with self._cache_lock:
-            policies = self._policy_cache.get(namespace)
-            if policies is None:
-                return  # not cached yet: the first reader lists the namespace
-            if raw is None:
-                policies.pop(name, None)
-            else:
-                policies[name] = raw
+    def observe(self, kind: str, raw: JSON, *, deleted: bool = False) -> None:
+        """A watch event of a ModelPool or RoutingPolicy (``deleted``: a DELETED event)."""
+        self.cache.observe(kind, raw, deleted=deleted)
 
     def _cached_profile(self, name: str) -> JSON | None:
         with self._cache_lock:
@@ -304,23 +303,26 @@ class Reconciler:
         return raw
 
     def _cached_policies(self, namespace: str) -> list[JSON]:
-        with self._cache_lock:
-            if namespace in self._policy_cache:
-                return list(self._policy_cache[namespace].values())
-        listed = self.kube.list_objects("RoutingPolicy", namespace)
-        with self._cache_lock:
-            self._policy_cache.setdefault(
-                namespace, {str(p["metadata"]["name"]): p for p in listed}
-            )
-        return listed
+        return self.cache.list("RoutingPolicy", namespace)
 
     # ================================================================== refreshes
 
-    def request_refresh(self, namespace: str, name: str) -> None:
-        """Refresh a pool's status soon (a watch event of one of its pods or Deployments).
-        Requests within :data:`REFRESH_DELAY_S` of each other are served by one refresh."""
+    def request_refresh(self, namespace: str, name: str, level: int = STATUS) -> None:
+        """Pass over a pool soon (a watch event of one of its pods or Deployments): its
+        status (``STATUS``), a full reconcile (``FULL``: a Deployment went), or one that
+        applies every child (``FORCED``: a Deployment was edited by someone else). Requests
+        within :data:`REFRESH_DELAY_S` of each other are served by one pass, at the highest
+        level asked."""
+        self._enqueue(("pool", namespace, name), level)
+
+    def request_policies(self, namespace: str) -> None:
+        """Resolve every RoutingPolicy of a namespace again soon (a pool appeared or went);
+        a burst of pools is served by one pass."""
+        self._enqueue(("policies", namespace, ""), FULL)
+
+    def _enqueue(self, item: tuple[str, str, str], level: int) -> None:
         with self._cache_lock:
-            self._refresh.add((namespace, name))
+            self._refresh[item] = max(level, self._refresh.get(item, STATUS))
         self._refresh_wake.set()
 
     def _refresh_loop(self) -> None:
@@ -330,14 +332,25 @@ class Reconciler:
                 return
             self._refresh_wake.clear()
             with self._cache_lock:
-                batch, self._refresh = self._refresh, set()
-            for namespace, name in sorted(batch):
+                batch, self._refresh = self._refresh, {}
+            for (what, namespace, name), level in sorted(batch.items()):
                 if self._closing.is_set():
                     return
                 try:
-                    self.reconcile_pool(namespace, name, status_only=True)
+                    if what == "policies":
+                        self.reconcile_policies(namespace)
+                    elif (
+                        not self.reconcile_pool(
+                            namespace,
+                            name,
+                            status_only=level == STATUS,
+                            force_apply=level == FORCED,
+                        )
+                        and level == FORCED
+                    ):
+                        self._enqueue((what, namespace, name), level)  # busy: the force waits
                 except Exception:
-                    log.exception("status refresh of %s/%s failed", namespace, name)
+                    log.exception("refresh of %s %s/%s failed", what, namespace, name)
 
     # ================================================================== ModelPool
 
@@ -376,7 +389,7 @@ class Reconciler:
             self.metrics.reconcile_duration.labels(kind).observe(time.perf_counter() - start)
 
     def _pool(self, namespace: str, name: str, full: bool, force_apply: bool = False) -> None:
-        raw = self.kube.get("ModelPool", namespace, name)
+        raw = self.cache.get("ModelPool", namespace, name)
         if raw is None or (raw.get("metadata") or {}).get("deletionTimestamp"):
             return
         generation = int(raw["metadata"].get("generation") or 0)
@@ -393,12 +406,11 @@ class Reconciler:
             for v in spec.variants
             if profiles.get(v.accelerator_profile) is None
         }
-        selector = selector_string(pod_selector(name))
         deployments = {
             d.variant: d
-            for d in map(deployment_info, self.kube.list_objects("Deployment", namespace, selector))
+            for d in map(deployment_info, self.cache.list("Deployment", namespace, pool=name))
         }
-        pods = [pod_info(p) for p in self.kube.list_objects("Pod", namespace, selector)]
+        pods = [pod_info(p) for p in self.cache.list("Pod", namespace, pool=name)]
         variants = {v.name: v for v in spec.variants}
         current = {v: (deployments[v].replicas if v in deployments else 0) for v in variants}
         old_status: JSON = raw.get("status") or {}
@@ -447,7 +459,8 @@ class Reconciler:
             kv_events = spec.engine.kv_events or self._kv_events_forced(namespace, name)
             self._scale_down(raw, pool, pods, deployments, current, desired)
             applied = self._applied.setdefault((namespace, name), {})
-            apply = partial(self._apply_child, applied, force=force_apply)
+            generations = self._applied_gen.setdefault((namespace, name), {})
+            apply = partial(self._apply_child, applied, generations, force=force_apply)
             for v, variant in variants.items():
                 profile = profiles.get(variant.accelerator_profile)
                 if profile is not None:
@@ -499,15 +512,26 @@ class Reconciler:
         )
 
     def _apply_child(
-        self, applied: dict[tuple[str, str], str], obj: JSON, *, exists: bool, force: bool
+        self,
+        applied: dict[tuple[str, str], str],
+        generations: dict[str, int],
+        obj: JSON,
+        *,
+        exists: bool,
+        force: bool,
     ) -> None:
-        """Server-side apply ``obj`` unless it is exactly what was last applied (and exists)."""
-        key = (str(obj["kind"]), str(obj["metadata"]["name"]))
+        """Server-side apply ``obj`` unless it is exactly what was last applied (and exists).
+        A Deployment's answer goes to the cache, and its generation is remembered: a watch
+        event with a later one is an edit by someone else (:meth:`on_deployment`)."""
+        kind, name = str(obj["kind"]), str(obj["metadata"]["name"])
         body = json.dumps(obj, sort_keys=True)
-        if not force and exists and applied.get(key) == body:
+        if not force and exists and applied.get((kind, name)) == body:
             return
-        self.kube.apply(obj)
-        applied[key] = body
+        stored = self.kube.apply(obj)
+        applied[(kind, name)] = body
+        if kind == "Deployment":
+            generations[name] = int((stored.get("metadata") or {}).get("generation") or 0)
+            self.cache.store(kind, stored)
 
     def _invalid_pool(self, raw: JSON, generation: int, problems: Sequence[Problem]) -> None:
         meta = raw["metadata"]
@@ -529,7 +553,9 @@ class Reconciler:
         if dict(old) == new:
             return
         try:
-            self.kube.patch_status(kind, namespace, name, new)
+            stored = self.kube.patch_status(kind, namespace, name, new)
+            if kind in ("ModelPool", "RoutingPolicy"):
+                self.cache.store(kind, stored)
         except ApiError as err:
             if err.status != 404:  # deleted meanwhile: nothing to report on
                 raise
@@ -713,11 +739,35 @@ class Reconciler:
 
     # -- pods the operator did not remove -------------------------------------------------
 
+    def on_deployment(self, event_type: str, raw: JSON) -> None:
+        """A watch event of an engine Deployment: into the cache, and a pass over its pool —
+        a status refresh; a full reconcile if it is gone (it is created again); one that
+        applies every child if its generation passed the one this process's last apply left
+        (someone else edited its spec: it is repaired)."""
+        deleted = event_type == "DELETED"
+        self.cache.observe("Deployment", raw, deleted=deleted)
+        meta = raw.get("metadata") or {}
+        namespace = str(meta.get("namespace"))
+        pool = (meta.get("labels") or {}).get(POOL_LABEL)
+        if not pool:
+            return
+        level = FULL if deleted else STATUS
+        mine = self._applied_gen.get((namespace, str(pool)), {}).get(str(meta.get("name")))
+        if not deleted and mine is not None and int(meta.get("generation") or 0) > mine:
+            log.info("Deployment %s/%s edited by someone else: repairing", namespace, meta["name"])
+            level = FORCED
+        self.request_refresh(namespace, str(pool), level)
+
     def on_pod(self, event_type: str, raw: JSON) -> None:
-        """A watch event of an engine pod: drain it when it starts terminating (a rollout, a
-        node drain, an eviction, a deleted pool); forget it when it is gone."""
+        """A watch event of an engine pod: into the cache, a status refresh of its pool; drain
+        it when it starts terminating (a rollout, a node drain, an eviction, a deleted pool);
+        forget it when it is gone."""
         meta = raw.get("metadata") or {}
         uid = str(meta.get("uid", ""))
+        self.cache.observe("Pod", raw, deleted=event_type == "DELETED")
+        pool = (meta.get("labels") or {}).get(POOL_LABEL)
+        if pool:
+            self.request_refresh(str(meta.get("namespace")), str(pool))
         if event_type == "DELETED":
             with self._draining_lock:
                 self._draining.discard(uid)
@@ -748,6 +798,7 @@ class Reconciler:
         """A pool is gone: drop its metric series and event memory."""
         self._last_full.pop((namespace, name), None)
         self._applied.pop((namespace, name), None)
+        self._applied_gen.pop((namespace, name), None)
         self._last_forced.pop((namespace, name), None)
         self.metrics.forget_pool(namespace, name)
         self.events.forget(uid)
@@ -761,15 +812,10 @@ class Reconciler:
         ``executor`` when given (the caller waits for all), else one after the other; an
         error on one object is logged and does not stop the others."""
         work: list[tuple[str, str, str]] = []
+        self.cache.relist()
         for kind in ("ModelPool", "RoutingPolicy"):
-            namespaces = self.config.namespaces
-            objs = (
-                [o for ns in namespaces for o in self.kube.list_objects(kind, ns)]
-                if namespaces
-                else self.kube.list_all_namespaces(kind)
-            )
             now = time.monotonic()
-            for o in objs:
+            for o in self.cache.list(kind):
                 meta = o.get("metadata") or {}
                 key = (str(meta.get("namespace")), str(meta.get("name")))
                 last = self._last_full.get(key) if kind == "ModelPool" else None
@@ -781,9 +827,12 @@ class Reconciler:
             kind, namespace, name = item
             try:
                 if kind == "ModelPool":
+                    # the first pass of this process applies every child anyway (nothing
+                    # applied yet to compare with), so the first forced one is due a full
+                    # FORCE_APPLY_EVERY periods after the first resync
                     now = time.monotonic()
-                    last = self._last_forced.get((namespace, name))
-                    force = last is None or now - last >= FORCE_APPLY_EVERY * self.config.resync_s
+                    last = self._last_forced.setdefault((namespace, name), now)
+                    force = now - last >= FORCE_APPLY_EVERY * self.config.resync_s
                     if force:
                         self._last_forced[(namespace, name)] = now
                     self.reconcile_pool(namespace, name, force_apply=force)
@@ -807,12 +856,12 @@ class Reconciler:
 
     def reconcile_policies(self, namespace: str) -> None:
         """Every policy of a namespace (a pool appeared or went)."""
-        for raw in self.kube.list_objects("RoutingPolicy", namespace):
+        for raw in self.cache.list("RoutingPolicy", namespace):
             meta = raw.get("metadata") or {}
             self.reconcile_policy(namespace, str(meta.get("name")))
 
     def _policy(self, namespace: str, name: str) -> None:
-        raw = self.kube.get("RoutingPolicy", namespace, name)
+        raw = self.cache.get("RoutingPolicy", namespace, name)
         if raw is None or (raw.get("metadata") or {}).get("deletionTimestamp"):
             return
         generation = int(raw["metadata"].get("generation") or 0)
@@ -828,7 +877,8 @@ class Reconciler:
             refs = parsed.referenced_pools()
         pools = {
             str((p.get("metadata") or {}).get("name"))
-            for p in self.kube.list_objects("ModelPool", namespace)
+            for p in self.cache.list("ModelPool", namespace)
+            if not (p.get("metadata") or {}).get("deletionTimestamp")
         }
         missing = sorted(refs - pools)
         conditions = st.policy_conditions(
@@ -933,13 +983,7 @@ class Reconciler:
     def rerender_pools_using(self, profile: str) -> None:
         """Reconcile every pool with a variant on ``profile`` (a profile appeared, changed or
         went): the Deployments follow its selector and tolerations, or report it missing."""
-        namespaces = self.config.namespaces
-        raws = (
-            [p for ns in namespaces for p in self.kube.list_objects("ModelPool", ns)]
-            if namespaces
-            else self.kube.list_all_namespaces("ModelPool")
-        )
-        for raw in raws:
+        for raw in self.cache.list("ModelPool"):
             variants = (raw.get("spec") or {}).get("variants") or []
             if any(v.get("acceleratorProfile") == profile for v in variants if isinstance(v, dict)):
                 meta = raw["metadata"]

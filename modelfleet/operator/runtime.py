@@ -69,6 +69,9 @@ class Operator:
     reconciler: Reconciler
     registry: kopf.OperatorRegistry
     executor: ThreadPoolExecutor
+    #: The resync's own threads: a resync of every pool must not queue kopf's handlers (a
+    #: RoutingPolicy edit, a new pool) behind hundreds of routine passes.
+    resync_executor: ThreadPoolExecutor
 
     def thread(
         self, namespaces: Sequence[str] = (), *, liveness_endpoint: str | None = None
@@ -78,13 +81,14 @@ class Operator:
             self.registry,
             namespaces,
             liveness_endpoint=liveness_endpoint,
-            resync=lambda: self.reconciler.resync(self.executor),
+            resync=lambda: self.reconciler.resync(self.resync_executor),
             resync_s=self.reconciler.config.resync_s,
         )
 
     def close(self) -> None:
         """Release everything (after kopf has stopped)."""
         self.executor.shutdown(wait=True, cancel_futures=True)
+        self.resync_executor.shutdown(wait=True, cancel_futures=True)
         self.reconciler.close()
         if self.scheduler is not None:
             self.scheduler.close()
@@ -110,8 +114,13 @@ def build_operator(
     executor = ThreadPoolExecutor(
         max_workers=handler_threads, thread_name_prefix="modelfleet-handler"
     )
+    resync_executor = ThreadPoolExecutor(
+        max_workers=max(1, handler_threads // 4), thread_name_prefix="modelfleet-resync"
+    )
     registry = build_registry(reconciler, connection_info(client.configuration), executor)
-    return Operator(client, kube, scheduler, metrics, reconciler, registry, executor)
+    return Operator(
+        client, kube, scheduler, metrics, reconciler, registry, executor, resync_executor
+    )
 
 
 class OperatorThread:

@@ -49,10 +49,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from modelfleet.api.accelerator import AcceleratorProfileSpec
-from modelfleet.policy.perf import ParametricPerfModel, PerfModel
+from modelfleet.policy.perf import PerfModel
 
 __all__ = [
     "HEADROOM",
@@ -64,7 +63,6 @@ __all__ = [
     "VariantModel",
     "cheapest_mix",
     "decide",
-    "prior_perf_model",
     "replica_capacity",
 ]
 
@@ -158,37 +156,6 @@ class ScaleDecision:
     def cost_per_hour(self, variants: Sequence[VariantModel]) -> float:
         cost = {v.name: v.cost_per_hour for v in variants}
         return sum(n * cost[name] for name, n in self.replicas.items() if n)
-
-
-def prior_perf_model(
-    profile: AcceleratorProfileSpec,
-    *,
-    tensor_parallel_size: int = 1,
-    max_num_seqs: int = 256,
-    max_num_batched_tokens: int = 8192,
-) -> ParametricPerfModel:
-    """A performance model for a GPU type before anything is measured on it.
-
-    :class:`ParametricPerfModel`'s defaults (an 8B-class model on one H100) with the prefill
-    terms divided by the profile's ``prefillSpeed`` and the decode terms by its
-    ``decodeSpeed``, each also by the tensor-parallel degree (an optimistic linear speed-up;
-    the measured-latency feedback of :func:`decide` corrects what this gets wrong). The
-    learned per-variant model replaces this prior once the scheduler has fitted one.
-    """
-    base = ParametricPerfModel()
-    tp = max(1, tensor_parallel_size)
-    prefill = profile.prefill_speed * tp
-    decode = profile.decode_speed * tp
-    return replace(
-        base,
-        prefill_base_s=base.prefill_base_s / prefill,
-        prefill_s_per_token=base.prefill_s_per_token / prefill,
-        decode_base_s=base.decode_base_s / decode,
-        decode_s_per_seq=base.decode_s_per_seq / decode,
-        chunk_tokens=max_num_batched_tokens,
-        max_num_seqs=max_num_seqs,
-        mean_decode_s_per_request=base.mean_decode_s_per_request / decode,
-    )
 
 
 # ------------------------------------------------------------------------------ capacity

@@ -472,6 +472,87 @@ def test_editing_a_pool_rolls_its_deployments(
     assert len(rs) == 2  # the old template's ReplicaSet (scaled to 0) and the new one
 
 
+def test_a_deployment_edited_or_deleted_by_hand_is_repaired_from_its_watch(
+    cluster: ClusterClient, namespace: str, start_operator: StartOperator
+) -> None:
+    """No resync runs (1 h period): the repair comes from the Deployment's watch events."""
+    apply(cluster, namespace, *example("01-accelerators/profiles.yaml", namespace))
+    variant = {"name": "a", "acceleratorProfile": "a100-80gb", "minReplicas": 1, "maxReplicas": 1}
+    apply(cluster, namespace, pool("hand", namespace, [variant]))
+    start_operator(resync_s=3600)
+    wait_until(lambda: deployment_args(cluster, namespace, "hand-a"), "the Deployment")
+    rendered = deployment_args(cluster, namespace, "hand-a")
+    cluster.kubectl(
+        "patch", "deployment", "hand-a", "-n", namespace, "--type=json", "-p",
+        json.dumps([{"op": "replace", "path": "/spec/template/spec/containers/0/args",
+                     "value": ["--hand-edited"]}]),
+    )  # fmt: skip
+    wait_until(
+        lambda: deployment_args(cluster, namespace, "hand-a") == rendered,
+        "the hand-edited args replaced by the rendered ones",
+    )
+    uid = get(cluster, "Deployment", namespace, "hand-a")["metadata"]["uid"]
+    cluster.kubectl("delete", "deployment", "hand-a", "-n", namespace, "--wait=false")
+
+    def recreated() -> bool:
+        dep = kube(cluster).get("Deployment", namespace, "hand-a")
+        return dep is not None and dep["metadata"]["uid"] != uid
+
+    wait_until(recreated, "the deleted Deployment created again")
+    assert deployment_args(cluster, namespace, "hand-a") == rendered
+
+
+def test_reconciles_read_the_watch_cache_not_the_api(
+    cluster: ClusterClient, namespace: str, start_operator: StartOperator
+) -> None:
+    apply(cluster, namespace, *example("01-accelerators/profiles.yaml", namespace))
+    variant = {"name": "a", "acceleratorProfile": "a100-80gb", "minReplicas": 1, "maxReplicas": 1}
+    apply(cluster, namespace, pool("cached", namespace, [variant]))
+    apply(
+        cluster,
+        namespace,
+        {
+            "apiVersion": "modelfleet.io/v1alpha1",
+            "kind": "RoutingPolicy",
+            "metadata": {"name": "to-cached", "namespace": namespace},
+            "spec": {"modelNames": ["cached"], "defaultTargets": [{"pool": "cached"}]},
+        },
+    )
+    op = start_operator(resync_s=3600)
+    wait_until(
+        lambda: condition_is(cluster, "ModelPool", namespace, "cached", "Ready", "True"), "Ready"
+    )
+    wait_until(
+        lambda: condition_is(
+            cluster, "RoutingPolicy", namespace, "to-cached", "ResolvedRefs", "True"
+        ),
+        "ResolvedRefs",
+    )
+    rec = op.op.reconciler
+    before = dict(op.op.kube.calls)
+    for _ in range(3):
+        rec.reconcile_pool(namespace, "cached")
+        rec.reconcile_pool(namespace, "cached", status_only=True)
+        rec.reconcile_policy(namespace, "to-cached")
+    reads = {k: n - before.get(k, 0) for k, n in op.op.kube.calls.items() if k[0] == "GET"}
+    assert not any(reads.values()), f"reconciles read the API: {reads}"
+    # the cache follows the cluster: a pod deleted by hand is replaced and the new one seen
+    old = {
+        p["metadata"]["name"] for p in live_pods(cluster, namespace, "modelfleet.io/pool=cached")
+    }
+    cluster.kubectl("delete", "pod", "-n", namespace, *old, "--wait=false")
+
+    def new_pod_cached() -> bool:
+        cached = {
+            p["metadata"]["name"]
+            for p in rec.cache.list("Pod", namespace, pool="cached")
+            if not p["metadata"].get("deletionTimestamp")
+        }
+        return bool(cached) and not cached & old
+
+    wait_until(new_pod_cached, "the replacement pod in the cache, the deleted one gone")
+
+
 # ------------------------------------------------------------------------------ scaling
 
 

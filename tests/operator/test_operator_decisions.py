@@ -24,6 +24,13 @@ from modelfleet.operator.status import (
     pool_conditions,
     pool_status,
 )
+from modelfleet.policy.autoscale import (
+    AutoscalerMemory,
+    Demand,
+    decide,
+    replica_capacity,
+)
+from modelfleet.policy.prior import DeclaredHardware, prior_perf_model
 
 pytestmark = pytest.mark.unit
 
@@ -166,6 +173,47 @@ def test_slo_inputs_take_costs_and_models_from_profiles() -> None:
     assert not by["h100"].available  # its profile is missing
     assert (slo.ttft_s, slo.tpot_s, slo.percentile) == (0.8, 0.06, 0.9)
     assert windows.down_s == 300 and windows.up_s == 0 and windows.zero_after_s == 600
+
+
+def test_the_autoscalers_model_is_the_prior_the_scheduler_starts_from() -> None:
+    """The autoscaler sizes with the scheduler's prior of the same declared hardware: the
+    profile's speeds and memory, the variant's parallelism, the pool's engine settings."""
+    pool = two_variant_pool()
+    variants, _, _ = slo_inputs(pool.spec, PROFILES)
+    l4 = PROFILES["l4"].spec
+    want = prior_perf_model(
+        DeclaredHardware(
+            prefill_speed=l4.prefill_speed,
+            decode_speed=l4.decode_speed,
+            memory_gib=l4.memory_gib,
+            gpu_memory_utilization=pool.spec.engine.gpu_memory_utilization,
+            max_num_seqs=pool.spec.engine.max_num_seqs,
+            max_num_batched_tokens=pool.spec.engine.max_num_batched_tokens,
+        )
+    )
+    assert next(v for v in variants if v.name == "l4").perf == want
+
+
+def test_an_l4_that_holds_the_tpot_slo_is_part_of_the_cheapest_mix() -> None:
+    """Llama-3.1-8B at TPOT 100 ms: the declared L4 (0.09 of an H100's bandwidth) decodes a
+    token in ~70 ms, so a replica holds the SLO at a low rate (~0.3 req/s), and 1.5 req/s
+    costs less on five L4s ($3.5/h) than on the minimum L4 plus an H100 ($4.6/h). At TPOT
+    60 ms no L4 can (a physical bound: the weights alone take 16 GB / 241 GB/s = 67 ms per
+    step), so the H100 serves."""
+    demand = Demand(arrival_rate=1.5, mean_prompt_tokens=1300, mean_output_tokens=150)
+    for tpot_ms, l4_serves in ((100, True), (60, False)):
+        base = two_variant_pool().spec
+        spec = base.model_copy(update={"slo": base.slo.model_copy(update={"tpot_ms": tpot_ms})})
+        variants, slo, windows = slo_inputs(spec, PROFILES)
+        l4 = next(v for v in variants if v.name == "l4")
+        assert (replica_capacity(l4.perf, demand, slo) > 0) == l4_serves  # type: ignore[arg-type]
+        decision = decide(
+            variants, slo, windows, demand, {"l4": 1, "h100": 0}, AutoscalerMemory(), 0.0
+        )
+        if l4_serves:
+            assert decision.replicas == {"l4": 5, "h100": 0}
+        else:
+            assert decision.replicas == {"l4": 1, "h100": 1}
 
 
 # ------------------------------------------------------------------------------ observe

@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelfleet.api.accelerator import AcceleratorProfileSpec
 from modelfleet.policy.autoscale import (
     AutoscalerMemory,
     Demand,
@@ -20,9 +19,9 @@ from modelfleet.policy.autoscale import (
     _predict,
     cheapest_mix,
     decide,
-    prior_perf_model,
     replica_capacity,
 )
+from modelfleet.policy.prior import DeclaredHardware, prior_perf_model
 
 pytestmark = pytest.mark.unit
 
@@ -31,14 +30,7 @@ LOAD = Demand(arrival_rate=10.0, mean_prompt_tokens=1000, mean_output_tokens=200
 
 
 def perf(prefill: float = 1.0, decode: float = 1.0, tp: int = 1):
-    spec = AcceleratorProfileSpec(
-        gpu_product="X",
-        memory_gib=80,
-        cost_per_hour=1.0,
-        prefill_speed=prefill,
-        decode_speed=decode,
-    )
-    return prior_perf_model(spec, tensor_parallel_size=tp)
+    return prior_perf_model(DeclaredHardware(prefill_speed=prefill, decode_speed=decode, gpus=tp))
 
 
 FAST, SLOW = perf(1.0, 1.0), perf(0.35, 0.3)
