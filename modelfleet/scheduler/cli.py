@@ -40,7 +40,7 @@ from modelfleet.scheduler.config import ConfigError, load_static_fleet
 from modelfleet.scheduler.fleet import FleetSnapshot
 from modelfleet.scheduler.runtime import RuntimeSettings
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "replica_share", "run", "runtime_settings"]
 
 log = logging.getLogger("modelfleet.scheduler.cli")
 
@@ -86,6 +86,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=None, help="seed of the policies' RNGs")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+
+
+def runtime_settings(args: argparse.Namespace) -> RuntimeSettings:
+    """The replicas' settings from parsed flags (this command and the Serve builder share it)."""
+    return RuntimeSettings(
+        config=os.path.abspath(args.config) if args.config else None,
+        kubernetes=bool(args.kubernetes),
+        kubeconfig=args.kubeconfig,
+        namespace=args.namespace,
+        scrape_period_s=args.scrape_period,
+        max_body_bytes=args.max_body_bytes,
+        replicas=1 if args.no_ray else args.replicas,
+        seed=args.seed,
+    )
+
+
+def replica_share(args: argparse.Namespace) -> str:
+    """``--share`` resolved: ``auto`` is ``actor`` with more than one replica."""
+    if args.share != "auto":
+        return str(args.share)
+    return "actor" if args.replicas > 1 else "none"
 
 
 class _Stop:
@@ -185,7 +206,7 @@ def _serve_ray(settings: RuntimeSettings, args: argparse.Namespace, stop: _Stop)
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
         if stop.event.is_set():
             return
-        share = args.share if args.share != "auto" else ("actor" if args.replicas > 1 else "none")
+        share = replica_share(args)
         serve.start(
             http_options={"host": args.host, "port": args.port},
             logging_config={"enable_access_log": False, "log_level": "WARNING"},
@@ -233,16 +254,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.launch_engines:
         print("modelfleet scheduler: --launch-engines needs --config", file=sys.stderr)
         return 2
-    settings = RuntimeSettings(
-        config=os.path.abspath(args.config) if args.config else None,
-        kubernetes=bool(args.kubernetes),
-        kubeconfig=args.kubeconfig,
-        namespace=args.namespace,
-        scrape_period_s=args.scrape_period,
-        max_body_bytes=args.max_body_bytes,
-        replicas=1 if args.no_ray else args.replicas,
-        seed=args.seed,
-    )
+    settings = runtime_settings(args)
     stop = _Stop()
     engines: list[Any] = []
     try:
