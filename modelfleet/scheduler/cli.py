@@ -35,43 +35,14 @@ import threading
 import time
 from typing import Any
 
+from modelfleet.cliargs import port, positive_float, positive_int
 from modelfleet.scheduler.config import ConfigError, load_static_fleet
 from modelfleet.scheduler.fleet import FleetSnapshot
 from modelfleet.scheduler.runtime import RuntimeSettings
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "replica_share", "run", "runtime_settings"]
 
 log = logging.getLogger("modelfleet.scheduler.cli")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return v
-
-
-def _port(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a port number, got {text!r}") from None
-    if not 1 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number in 1..65535, got {text!r}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not 0 < v < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return v
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,8 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kubeconfig", help="kubeconfig (default: in-cluster, $KUBECONFIG, ~/.kube)")
     p.add_argument("--namespace", help="watch one namespace (default: all)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=_port, default=8000, help="HTTP port (default 8000)")
-    p.add_argument("--replicas", type=_positive_int, default=1, help="Serve replicas")
+    p.add_argument("--port", type=port, default=8000, help="HTTP port, 1..65535 (default 8000)")
+    p.add_argument("--replicas", type=positive_int, default=1, help="Serve replicas")
     p.add_argument(
         "--share", choices=["auto", "actor", "none"], default="auto",
         help="how replicas share prefixes and load: actor (a Ray actor) or none; "
@@ -95,14 +66,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-ray", action="store_true", help="serve with uvicorn in this process")
     p.add_argument("--ray-address", default=None, help="join this Ray cluster ($RAY_ADDRESS)")
     p.add_argument(
-        "--ray-cpus", type=_positive_int, default=2, help="CPUs of a local Ray (default 2)"
+        "--ray-cpus", type=positive_int, default=2, help="CPUs of a local Ray (default 2)"
     )
     p.add_argument(
-        "--scrape-period", type=_positive_float, default=0.05, metavar="S",
+        "--scrape-period", type=positive_float, default=0.05, metavar="S",
         help="engine /metrics period, seconds (default 0.05)",
     )  # fmt: skip
     p.add_argument(
-        "--max-body-bytes", type=_positive_int, default=32 * 1024 * 1024, metavar="N",
+        "--max-body-bytes", type=positive_int, default=32 * 1024 * 1024, metavar="N",
         help="larger request bodies are answered 413 (default 32 MiB)",
     )  # fmt: skip
     p.add_argument(
@@ -110,11 +81,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="start one engine simulator per static endpoint (stopped on exit)",
     )  # fmt: skip
     p.add_argument(
-        "--engine-time-scale", type=_positive_float, default=1.0, metavar="X",
+        "--engine-time-scale", type=positive_float, default=1.0, metavar="X",
         help="--time-scale of launched engines (default 1.0)",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=None, help="seed of the policies' RNGs")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+
+
+def runtime_settings(args: argparse.Namespace) -> RuntimeSettings:
+    """The replicas' settings from parsed flags (this command and the Serve builder share it)."""
+    return RuntimeSettings(
+        config=os.path.abspath(args.config) if args.config else None,
+        kubernetes=bool(args.kubernetes),
+        kubeconfig=args.kubeconfig,
+        namespace=args.namespace,
+        scrape_period_s=args.scrape_period,
+        max_body_bytes=args.max_body_bytes,
+        replicas=1 if args.no_ray else args.replicas,
+        seed=args.seed,
+    )
+
+
+def replica_share(args: argparse.Namespace) -> str:
+    """``--share`` resolved: ``auto`` is ``actor`` with more than one replica."""
+    if args.share != "auto":
+        return str(args.share)
+    return "actor" if args.replicas > 1 else "none"
 
 
 class _Stop:
@@ -214,7 +206,7 @@ def _serve_ray(settings: RuntimeSettings, args: argparse.Namespace, stop: _Stop)
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
         if stop.event.is_set():
             return
-        share = args.share if args.share != "auto" else ("actor" if args.replicas > 1 else "none")
+        share = replica_share(args)
         serve.start(
             http_options={"host": args.host, "port": args.port},
             logging_config={"enable_access_log": False, "log_level": "WARNING"},
@@ -244,6 +236,12 @@ def run(args: argparse.Namespace) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if args.port == 0:  # the shared type takes 0 (any free port); Serve's proxy needs a fixed one
+        print(
+            "modelfleet scheduler: argument --port: must be a port number in 1..65535, got '0'",
+            file=sys.stderr,
+        )
+        return 2
     snapshot: FleetSnapshot | None = None
     if args.config:
         try:
@@ -256,16 +254,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.launch_engines:
         print("modelfleet scheduler: --launch-engines needs --config", file=sys.stderr)
         return 2
-    settings = RuntimeSettings(
-        config=os.path.abspath(args.config) if args.config else None,
-        kubernetes=bool(args.kubernetes),
-        kubeconfig=args.kubeconfig,
-        namespace=args.namespace,
-        scrape_period_s=args.scrape_period,
-        max_body_bytes=args.max_body_bytes,
-        replicas=1 if args.no_ray else args.replicas,
-        seed=args.seed,
-    )
+    settings = runtime_settings(args)
     stop = _Stop()
     engines: list[Any] = []
     try:
