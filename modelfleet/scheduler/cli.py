@@ -43,6 +43,8 @@ __all__ = ["add_arguments", "run"]
 
 log = logging.getLogger("modelfleet.scheduler.cli")
 
+CONTROL_TOKEN_ENV = "MODELFLEET_CONTROL_TOKEN"
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -62,6 +64,37 @@ def _port(text: str) -> int:
     if not 1 <= v <= 65535:
         raise argparse.ArgumentTypeError(f"must be a port number in 1..65535, got {text!r}")
     return v
+
+
+def _port_or_zero(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number, got {text!r}") from None
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number in 0..65535, got {text!r}")
+    return v
+
+
+def _control_token(args: argparse.Namespace) -> str:
+    """The control API's token: the file's first line, else $MODELFLEET_CONTROL_TOKEN."""
+    if args.control_token_file:
+        try:
+            with open(args.control_token_file) as f:
+                token = f.read().strip()
+        except OSError as e:
+            raise ValueError(
+                f"--control-token-file: {e.strerror}: {args.control_token_file}"
+            ) from None
+        if not token:
+            raise ValueError(f"--control-token-file: {args.control_token_file} is empty")
+        return token
+    token = os.environ.get(CONTROL_TOKEN_ENV, "").strip()
+    if not token:
+        raise ValueError(
+            f"--control-port needs a token: set ${CONTROL_TOKEN_ENV} or --control-token-file"
+        )
+    return token
 
 
 def _positive_float(text: str) -> float:
@@ -112,6 +145,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--engine-time-scale", type=_positive_float, default=1.0, metavar="X",
         help="--time-scale of launched engines (default 1.0)",
+    )  # fmt: skip
+    p.add_argument(
+        "--control-port", type=_port_or_zero, default=None, metavar="PORT",
+        help="serve the gRPC control API (Drain, Undrain, ListEndpoints, Stats) on this port "
+        "of --host (0: a free one); needs a token: $MODELFLEET_CONTROL_TOKEN or "
+        "--control-token-file. One scheduler replica only",
+    )  # fmt: skip
+    p.add_argument(
+        "--control-token-file", metavar="FILE",
+        help="file holding the control API's bearer token (default: $MODELFLEET_CONTROL_TOKEN)",
+    )  # fmt: skip
+    p.add_argument(
+        "--drain-timeout", type=_positive_float, default=120.0, metavar="S",
+        help="deadline of a Drain call that gives none, seconds (default 120)",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=None, help="seed of the policies' RNGs")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
@@ -256,6 +303,20 @@ def run(args: argparse.Namespace) -> int:
     elif args.launch_engines:
         print("modelfleet scheduler: --launch-engines needs --config", file=sys.stderr)
         return 2
+    token: str | None = None
+    if args.control_port is not None:
+        if args.replicas > 1 and not args.no_ray:
+            print(
+                "modelfleet scheduler: --control-port serves one replica's requests; "
+                "use it with --replicas 1",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            token = _control_token(args)
+        except ValueError as e:
+            print(f"modelfleet scheduler: {e}", file=sys.stderr)
+            return 2
     settings = RuntimeSettings(
         config=os.path.abspath(args.config) if args.config else None,
         kubernetes=bool(args.kubernetes),
@@ -265,6 +326,10 @@ def run(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         replicas=1 if args.no_ray else args.replicas,
         seed=args.seed,
+        control_port=args.control_port,
+        control_host=args.host,
+        control_token=token,
+        drain_timeout_s=args.drain_timeout,
     )
     stop = _Stop()
     engines: list[Any] = []
