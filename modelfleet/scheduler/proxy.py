@@ -424,6 +424,9 @@ class Relay:
             context = len(self.prompt_token_ids) + cut
             tel.migration_reprefill_tokens.labels(pool).inc(context)
             tel.migration_prefix_hit_tokens.labels(pool).inc(min(context, decision.cached_tokens))
+        log.debug(
+            "hand-off %s -> %s (%s) at %d of %d", self.request_id, dst.id, trigger, cut, position
+        )
         self.wake.set()
         return None
 
@@ -507,6 +510,11 @@ class Relay:
         core = self.proxy.core
         now = core.clock()
         stall = now - self.last_sent_s if self.last_sent_s is not None else 0.0
+        log.debug(
+            "switch %s at %d (cut %d): stall %.3f s, %.3f s after the start, first %.3f",
+            self.request_id, len(self.generated_ids), h.cut, stall, now - h.started_s,
+            (h.first_s or now) - h.started_s,
+        )  # fmt: skip
         core.migrated(self.attempt, h.dst)
         old = self.upstream
         self.upstream = h.upstream
