@@ -17,7 +17,10 @@ Composition root of the scheduler process::
    through Serve's direct ingress (each replica listens itself, the first on ``--port``).
    ``--no-ray`` serves the same app with uvicorn in this process (one replica; for comparison
    and for machines without Ray).
-4. It prints ``modelfleet scheduler listening on http://HOST:PORT`` once requests are served,
+4. ``--control-port`` serves the gRPC control API (:mod:`~modelfleet.scheduler.control_server`)
+   inside the one replica (or the ``--no-ray`` process), with the bearer token from
+   ``--control-token-file`` or ``$MODELFLEET_CONTROL_TOKEN`` (refused to start without one).
+5. It prints ``modelfleet scheduler listening on http://HOST:PORT`` once requests are served,
    then runs until SIGINT or SIGTERM and exits 0 after stopping Serve, Ray (if it started it)
    and the engines it launched.
 """

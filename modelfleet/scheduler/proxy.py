@@ -24,15 +24,16 @@ and relays the chosen engine's answer:
 5. **End.** ``[DONE]`` → ``core.finish(ok)``. A client that goes away → the engine stream is
    closed (the engine aborts the request within a step) and ``core.finish(aborted)``.
 
-**Migration seam.** A streamed request is a :class:`Relay`: it holds the prompt's token ids
-(from the engine's first chunk), every generated id in order, the current :class:`Upstream`
-and :class:`~modelfleet.scheduler.core.Attempt`. The relay loop reads events from
-``relay.upstream`` afresh on every iteration, so a migration executor can open a second
-upstream on another engine (prompt ids + generated ids as the prompt, ``max_tokens`` reduced
-by the ids generated, see ``shared/reference/vllm-migration.md``), and call
-:meth:`Relay.switch_to` when its first token matches; :meth:`Relay.upstream_lost` is where a
-stream that breaks after its first token ends today (an error event, then ``[DONE]``) and
-where a resume on another engine belongs.
+**Live migration.** A streamed request is a :class:`Relay`: it holds the prompt's token ids
+(from the engine's first chunk), every generated id the client was sent, the last clean cut
+position, the current :class:`Upstream` and :class:`~modelfleet.scheduler.core.Attempt`.
+:meth:`Relay.begin_handoff` (called by :class:`~modelfleet.scheduler.migrate.Migrator` for a
+drain, or by the relay itself when its engine dies mid-stream) opens the request on another
+engine by token ids; the relay loop then waits on both streams, checks the destination's
+tokens against what the client has, and switches over make-before-break (the whole recipe:
+:mod:`~modelfleet.scheduler.migrate` and ``docs/migration.md``). A stream that breaks after
+its first token is resumed elsewhere; only when that fails does the client get an
+``upstream_lost`` error event and ``[DONE]``.
 """
 
 from __future__ import annotations
@@ -520,6 +521,7 @@ class Relay:
         self.upstream = h.upstream
         old.close_soon(self.proxy.background)
         self.held_src = []
+        self.src_dead = None
         self._rewrite = (h.request_id.encode(), h.cut)
         if h.trigger != "resume":
             self.migrations += 1
@@ -712,7 +714,7 @@ class Relay:
             if self.proxy.relays.get(self.request_id) is self:
                 del self.proxy.relays[self.request_id]
             if self.handoff is not None:
-                self._end_handoff(False, "failed", "client gone")
+                self._end_handoff(False, "aborted", "client gone")
             if not self.finished:
                 core.finish(self.attempt, "aborted", 499)
             self.upstream.close_soon(self.proxy.background)

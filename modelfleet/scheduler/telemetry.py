@@ -38,7 +38,8 @@ Prometheus (one ``CollectorRegistry`` per scheduler; several may share a test pr
 ``modelfleet_migrations_total``                        counter {pool, trigger, outcome}: live
                                                        migrations; outcome switched | failed |
                                                        superseded (finished on the source
-                                                       before the switch)
+                                                       before the switch) | aborted (the
+                                                       client went away)
 ``modelfleet_migration_failures_total``                counter {pool, reason}
 ``modelfleet_migration_stall_seconds``                 histogram {pool, trigger}: the client's
                                                        gap across the switch
@@ -320,7 +321,7 @@ class Telemetry:
         self.migrations = Counter(
             "modelfleet_migrations",
             "Live migrations of a running request by trigger (drain | resume | slo-rescue | "
-            "load-balance | manual) and outcome (switched | failed | superseded).",
+            "load-balance | manual) and outcome (switched | failed | superseded | aborted).",
             ["pool", "trigger", "outcome"],
             registry=r,
         )

@@ -368,7 +368,7 @@ def test_rolling_drains_keep_every_stream_identical(fleet: MigFleet) -> None:
     failed = _delta(before, after, "modelfleet_migrations_total", "outcome=failed")
     print(f"{drains} drains, {moved:.0f} migrations, {failed:.0f} failed hand-offs")
     assert failed == 0
-    assert drains >= 3 and moved >= 10
+    assert drains >= 3 and moved >= 5
 
 
 def test_stats_reports_the_pool(fleet: MigFleet) -> None:
