@@ -19,8 +19,10 @@ reference runs, and this client (httpx, SSE, ``return_token_ids``).
    position) and the text. Migrations, failed hand-offs and the switch stall come from the
    scheduler's ``/metrics`` (``modelfleet_migrations_total``,
    ``modelfleet_migration_stall_seconds``; percentiles interpolated within the histogram's
-   buckets); one decode step of the destination is the median client-side gap between
-   consecutive tokens over all streams in the same run (the engines' step under this load).
+   buckets). The stall is also given in decode steps of the destination
+   (``modelfleet_migration_stall_steps``: the gap over the destination's mean step while it
+   caught up), and one decode step is the median over streams of each stream's mean gap
+   between tokens in the same run.
 2. **Engine kills.** ``--kills`` trials: streams run, one engine that holds some of them is
    SIGKILLed mid-stream and restarted on the same port; the affected streams must complete
    with the reference's ids and text (resume from what was streamed).
@@ -270,7 +272,11 @@ async def phase_identity(
         changed += c
         text_bad += 0 if ok else 1
         errors += 1 if g["errors"] else 0
-    gaps = sorted(t2 - t1 for g in got for t1, t2 in zip(g["times"], g["times"][1:], strict=False))
+    itl = sorted(
+        (g["times"][-1] - g["times"][0]) / (len(g["ids"]) - 1)
+        for g in got
+        if len(g["times"]) > 1 and len(g["ids"]) > 1
+    )
     delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     return {
         "requests": n,
@@ -286,7 +292,11 @@ async def phase_identity(
         "errors": errors,
         "stall_p50": hist_quantile(delta, "modelfleet_migration_stall_seconds", 0.5),
         "stall_p99": hist_quantile(delta, "modelfleet_migration_stall_seconds", 0.99),
-        "step_p50": gaps[len(gaps) // 2] if gaps else float("nan"),
+        "step_p50": itl[len(itl) // 2] if itl else float("nan"),
+        "stall_steps_p50": hist_quantile(delta, "modelfleet_migration_stall_steps", 0.5),
+        "stall_steps_p99": hist_quantile(delta, "modelfleet_migration_stall_steps", 0.99),
+        "stall_steps_le1": total(delta, "modelfleet_migration_stall_steps_bucket", "le=1.0,")
+        / max(1.0, total(delta, "modelfleet_migration_stall_steps_count")),
         "reprefill_tokens": total(delta, "modelfleet_migration_reprefill_tokens_total"),
         "prefix_hit_tokens": total(delta, "modelfleet_migration_prefix_hit_tokens_total"),
         "drains": drains,
@@ -385,7 +395,15 @@ def main() -> int:
     lines.append(f"| wall (s) | {ident['wall_s']:.1f} |")
     lines.append(f"| switch stall p50 (ms) | {ident['stall_p50'] * 1000:.1f} |")
     lines.append(f"| switch stall p99 (ms) | {ident['stall_p99'] * 1000:.1f} |")
-    lines.append(f"| one decode step, p50 client gap (ms) | {ident['step_p50'] * 1000:.1f} |")
+    lines.append(
+        f"| one decode step: median over streams of the mean gap (ms) | "
+        f"{ident['step_p50'] * 1000:.1f} |"
+    )
+    lines.append(
+        f"| stall in decode steps of the destination, p50 / p99 | "
+        f"{ident['stall_steps_p50']:.2f} / {ident['stall_steps_p99']:.2f} |"
+    )
+    lines.append(f"| switches with stall <= 1 step | {ident['stall_steps_le1'] * 100:.0f} % |")
     lines += ["", "## 3. Drains (each of phase 1)", ""]
     drains = ident["drains"]
     states: dict[str, int] = {}

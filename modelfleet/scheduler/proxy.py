@@ -526,9 +526,16 @@ class Relay:
         if h.trigger != "resume":
             self.migrations += 1
         self.stalls.append(stall)
+        # The destination's decode step while it caught up (cut+1 .. the client's position):
+        caught_up = len(self.generated_ids) - h.cut
+        step = (now - h.first_s) / caught_up if h.first_s is not None and caught_up > 0 else 0.0
         tel = core.telemetry
         if tel is not None:
             tel.migration_stall.labels(self.attempt.pool.name, h.trigger).observe(stall)
+            if step > 0:
+                tel.migration_stall_steps.labels(self.attempt.pool.name, h.trigger).observe(
+                    stall / step
+                )
         self._end_handoff(True, "switched")
         events, h.events = h.events, []
         for payload, _ev in events:

@@ -43,6 +43,8 @@ Prometheus (one ``CollectorRegistry`` per scheduler; several may share a test pr
 ``modelfleet_migration_failures_total``                counter {pool, reason}
 ``modelfleet_migration_stall_seconds``                 histogram {pool, trigger}: the client's
                                                        gap across the switch
+``modelfleet_migration_stall_steps``                   histogram {pool, trigger}: that gap in
+                                                       decode steps of the destination
 ``modelfleet_migration_reprefill_tokens_total``,       counters {pool}: context tokens sent
 ``modelfleet_migration_prefix_hit_tokens_total``       to destinations, and those predicted
                                                        cached there
@@ -336,6 +338,14 @@ class Telemetry:
             "The client's gap at the switch: last token before it to first token after it.",
             ["pool", "trigger"],
             buckets=STALL_BUCKETS,
+            registry=r,
+        )
+        self.migration_stall_steps = Histogram(
+            "modelfleet_migration_stall_steps",
+            "The switch stall in decode steps of the destination (its mean step while it caught "
+            "up with the client; greedy hand-offs that overlapped only).",
+            ["pool", "trigger"],
+            buckets=(0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 50.0),
             registry=r,
         )
         self.migration_reprefill_tokens = Counter(
