@@ -17,7 +17,10 @@ Composition root of the scheduler process::
    through Serve's direct ingress (each replica listens itself, the first on ``--port``).
    ``--no-ray`` serves the same app with uvicorn in this process (one replica; for comparison
    and for machines without Ray).
-4. It prints ``modelfleet scheduler listening on http://HOST:PORT`` once requests are served,
+4. ``--control-port`` serves the gRPC control API (:mod:`~modelfleet.scheduler.control_server`)
+   inside the one replica (or the ``--no-ray`` process), with the bearer token from
+   ``--control-token-file`` or ``$MODELFLEET_CONTROL_TOKEN`` (refused to start without one).
+5. It prints ``modelfleet scheduler listening on http://HOST:PORT`` once requests are served,
    then runs until SIGINT or SIGTERM and exits 0 after stopping Serve, Ray (if it started it)
    and the engines it launched.
 """
@@ -43,6 +46,29 @@ from modelfleet.scheduler.runtime import RuntimeSettings
 __all__ = ["add_arguments", "replica_share", "run", "runtime_settings"]
 
 log = logging.getLogger("modelfleet.scheduler.cli")
+
+CONTROL_TOKEN_ENV = "MODELFLEET_CONTROL_TOKEN"
+
+
+def _control_token(args: argparse.Namespace) -> str:
+    """The control API's token: the file's first line, else $MODELFLEET_CONTROL_TOKEN."""
+    if args.control_token_file:
+        try:
+            with open(args.control_token_file) as f:
+                token = f.read().strip()
+        except OSError as e:
+            raise ValueError(
+                f"--control-token-file: {e.strerror}: {args.control_token_file}"
+            ) from None
+        if not token:
+            raise ValueError(f"--control-token-file: {args.control_token_file} is empty")
+        return token
+    token = os.environ.get(CONTROL_TOKEN_ENV, "").strip()
+    if not token:
+        raise ValueError(
+            f"--control-port needs a token: set ${CONTROL_TOKEN_ENV} or --control-token-file"
+        )
+    return token
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -84,12 +110,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--engine-time-scale", type=positive_float, default=1.0, metavar="X",
         help="--time-scale of launched engines (default 1.0)",
     )  # fmt: skip
+    p.add_argument(
+        "--control-port", type=port, default=None, metavar="PORT",
+        help="serve the gRPC control API (Drain, Undrain, ListEndpoints, Stats) on this port "
+        "of --host (0: a free one); needs a token: $MODELFLEET_CONTROL_TOKEN or "
+        "--control-token-file. One scheduler replica only",
+    )  # fmt: skip
+    p.add_argument(
+        "--control-token-file", metavar="FILE",
+        help="file holding the control API's bearer token (default: $MODELFLEET_CONTROL_TOKEN)",
+    )  # fmt: skip
+    p.add_argument(
+        "--drain-timeout", type=positive_float, default=120.0, metavar="S",
+        help="deadline of a Drain call that gives none, seconds (default 120)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=None, help="seed of the policies' RNGs")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
 
 
 def runtime_settings(args: argparse.Namespace) -> RuntimeSettings:
-    """The replicas' settings from parsed flags (this command and the Serve builder share it)."""
+    """The replicas' settings from parsed flags (this command and the Serve builder share it).
+
+    ``ValueError`` when ``--control-port`` is given without a usable token."""
     return RuntimeSettings(
         config=os.path.abspath(args.config) if args.config else None,
         kubernetes=bool(args.kubernetes),
@@ -99,6 +141,10 @@ def runtime_settings(args: argparse.Namespace) -> RuntimeSettings:
         max_body_bytes=args.max_body_bytes,
         replicas=1 if args.no_ray else args.replicas,
         seed=args.seed,
+        control_port=args.control_port,
+        control_host=args.host,
+        control_token=_control_token(args) if args.control_port is not None else None,
+        drain_timeout_s=args.drain_timeout,
     )
 
 
@@ -254,7 +300,18 @@ def run(args: argparse.Namespace) -> int:
     elif args.launch_engines:
         print("modelfleet scheduler: --launch-engines needs --config", file=sys.stderr)
         return 2
-    settings = runtime_settings(args)
+    if args.control_port is not None and args.replicas > 1 and not args.no_ray:
+        print(
+            "modelfleet scheduler: --control-port serves one replica's requests; "
+            "use it with --replicas 1",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        settings = runtime_settings(args)
+    except ValueError as e:
+        print(f"modelfleet scheduler: {e}", file=sys.stderr)
+        return 2
     stop = _Stop()
     engines: list[Any] = []
     try:

@@ -454,6 +454,35 @@ class SchedulerCore:
         if state.router.endpoint(EndpointId(endpoint)).healthy != healthy:
             state.router.set_healthy(EndpointId(endpoint), healthy)
 
+    def set_draining(self, endpoint: str, draining: bool) -> bool | None:
+        """Stop (or resume) placing new requests on ``endpoint``; returns whether it was
+        draining (``None`` for an unknown endpoint). The flag survives fleet snapshots."""
+        found = self.find_endpoint(endpoint)
+        if found is None:
+            return None
+        router = found[0].router
+        was = router.endpoint(EndpointId(endpoint)).draining
+        if was != draining:
+            router.set_draining(EndpointId(endpoint), draining)
+        return was
+
+    # -------------------------------------------------------------- migration
+    def migration_started(self, attempt: Attempt, dst: EndpointSpec) -> None:
+        """A destination copy of ``attempt``'s request was started on ``dst``."""
+        attempt.pool.router.on_migration_started(attempt.ticket.request_id, EndpointId(dst.id))
+
+    def migration_aborted(self, attempt: Attempt) -> None:
+        """The destination copy was given up; the request stays where it runs."""
+        attempt.pool.router.on_migration_aborted(attempt.ticket.request_id)
+
+    def migrated(self, attempt: Attempt, dst: EndpointSpec) -> None:
+        """The client's stream switched to ``dst``: the attempt now runs there (its tokens,
+        first-token time and accounting carry on; the router moves its in-flight counts)."""
+        if attempt.done:
+            return
+        attempt.pool.router.on_migrated(attempt.ticket.request_id, EndpointId(dst.id))
+        attempt.endpoint = dst
+
     def on_kv_event(self, endpoint: str, event: object) -> None:
         found = self.find_endpoint(endpoint)
         if found is not None:

@@ -24,15 +24,16 @@ and relays the chosen engine's answer:
 5. **End.** ``[DONE]`` → ``core.finish(ok)``. A client that goes away → the engine stream is
    closed (the engine aborts the request within a step) and ``core.finish(aborted)``.
 
-**Migration seam.** A streamed request is a :class:`Relay`: it holds the prompt's token ids
-(from the engine's first chunk), every generated id in order, the current :class:`Upstream`
-and :class:`~modelfleet.scheduler.core.Attempt`. The relay loop reads events from
-``relay.upstream`` afresh on every iteration, so a migration executor can open a second
-upstream on another engine (prompt ids + generated ids as the prompt, ``max_tokens`` reduced
-by the ids generated, see ``shared/reference/vllm-migration.md``), and call
-:meth:`Relay.switch_to` when its first token matches; :meth:`Relay.upstream_lost` is where a
-stream that breaks after its first token ends today (an error event, then ``[DONE]``) and
-where a resume on another engine belongs.
+**Live migration.** A streamed request is a :class:`Relay`: it holds the prompt's token ids
+(from the engine's first chunk), every generated id the client was sent, the last clean cut
+position, the current :class:`Upstream` and :class:`~modelfleet.scheduler.core.Attempt`.
+:meth:`Relay.begin_handoff` (called by :class:`~modelfleet.scheduler.migrate.Migrator` for a
+drain, or by the relay itself when its engine dies mid-stream) opens the request on another
+engine by token ids; the relay loop then waits on both streams, checks the destination's
+tokens against what the client has, and switches over make-before-break (the whole recipe:
+:mod:`~modelfleet.scheduler.migrate` and ``docs/migration.md``). A stream that breaks after
+its first token is resumed elsewhere; only when that fails does the client get an
+``upstream_lost`` error event and ``[DONE]``.
 """
 
 from __future__ import annotations
@@ -48,9 +49,18 @@ from typing import Any
 import httpx
 
 from modelfleet.policy.selection import Outcome
-from modelfleet.policy.types import RequestId
+from modelfleet.policy.types import Decision, RequestId
 from modelfleet.scheduler.core import Attempt, SchedulerCore, Ticket, Wait
 from modelfleet.scheduler.errors import ApiError, error_body
+from modelfleet.scheduler.fleet import EndpointSpec
+from modelfleet.scheduler.migrate import (
+    Handoff,
+    Migrator,
+    Trigger,
+    handoff_body,
+    is_greedy,
+    not_migratable,
+)
 from modelfleet.scheduler.protocol import RequestKind, parse_body
 
 __all__ = ["JsonResult", "Proxy", "Relay", "StreamResult", "Upstream"]
@@ -106,16 +116,24 @@ class _Failed(Exception):
 
 
 class Upstream:
-    """One open streaming response from an engine, read as SSE event payloads."""
+    """One open streaming response from an engine, read as SSE event payloads.
+
+    :meth:`pending` starts reading the next event in a task (a relay that waits on two
+    engines during a hand-off, or on an engine and a wake-up, needs a future to wait on);
+    :meth:`next_event` returns that task's result first, so no event is read twice or lost.
+    """
 
     def __init__(self, response: httpx.Response) -> None:
         self.response = response
         self._chunks = response.aiter_raw()
         self._buf = b""
+        self._task: asyncio.Task[bytes | None] | None = None
         self.closed = False
 
     def buffered_event(self) -> bytes | None:
         """The next event's data payload if it has fully arrived already, else ``None``."""
+        if self._task is not None:
+            return None
         while True:
             cut = self._buf.find(b"\n\n")
             if cut < 0:
@@ -125,26 +143,58 @@ class Upstream:
             if data:
                 return b"\n".join(data)
 
-    async def next_event(self) -> bytes | None:
-        """The next event's data payload (``None`` at the end of the body)."""
+    async def _read(self) -> bytes | None:
         while True:
-            event = self.buffered_event()
-            if event is not None:
-                return event
+            cut = self._buf.find(b"\n\n")
+            if cut >= 0:
+                raw, self._buf = self._buf[:cut], self._buf[cut + 2 :]
+                data = [
+                    line[5:].lstrip(b" ") for line in raw.split(b"\n") if line.startswith(b"data:")
+                ]
+                if data:
+                    return b"\n".join(data)
+                continue
             try:
                 chunk = await self._chunks.__anext__()
             except StopAsyncIteration:
                 return None
             self._buf += chunk.replace(b"\r\n", b"\n")
 
+    def pending(self) -> asyncio.Task[bytes | None]:
+        """The task reading the next event (started if none is)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._read())
+        return self._task
+
+    @property
+    def ready(self) -> bool:
+        """A pending read has finished (its result is the next event)."""
+        return self._task is not None and self._task.done()
+
+    async def next_event(self) -> bytes | None:
+        """The next event's data payload (``None`` at the end of the body)."""
+        task = self._task
+        if task is not None:
+            self._task = None
+            return await task
+        return await self._read()
+
     def close_soon(self, tasks: set[asyncio.Task[None]]) -> None:
         """Close the connection without awaiting here (safe inside a cancelled task)."""
         if self.closed:
             return
         self.closed = True
+        if self._task is not None:
+            self._task.add_done_callback(_swallow)
+            self._task = None
         task = asyncio.get_running_loop().create_task(self.response.aclose())
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+
+
+def _swallow(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 @dataclass
@@ -155,10 +205,11 @@ class _Event:
     prompt_ids: list[int] | None = None
     finished: bool = False
     error: bool = False
+    text: str | None = None
 
 
 def _scan(payload: bytes) -> _Event:
-    """Token ids, prompt ids, finish and error of one SSE payload (vLLM's chunk shapes)."""
+    """Token ids, prompt ids, text, finish and error of one SSE payload (vLLM's shapes)."""
     ev = _Event(payload)
     try:
         obj = json.loads(payload)
@@ -175,15 +226,16 @@ def _scan(payload: bytes) -> _Event:
     for choice in obj.get("choices") or ():
         if not isinstance(choice, dict):
             continue
+        delta = choice.get("delta")
+        text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+        if isinstance(text, str):
+            ev.text = text if ev.text is None else ev.text + text
         ids = choice.get("token_ids")
         if isinstance(ids, list):
             ev.ids = (ev.ids or []) + ids
             ev.tokens += len(ids)
-        else:  # an engine that ignores return_token_ids: one token per non-empty delta
-            delta = choice.get("delta")
-            text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-            if text:
-                ev.tokens += 1
+        elif text:  # an engine that ignores return_token_ids: one token per non-empty delta
+            ev.tokens += 1
         p = choice.get("prompt_token_ids")
         if isinstance(p, list):
             ev.prompt_ids = p
@@ -193,7 +245,13 @@ def _scan(payload: bytes) -> _Event:
 
 
 class Relay:
-    """The state of one streamed request (the migration seam, see the module docstring)."""
+    """The state of one streamed request (the migration seam, see the module docstring).
+
+    ``generated_ids`` are the ids the client has been sent, in order (the client's position
+    is their count); ``clean_pos`` is the last position whose text delta was clean (a cut
+    there gives the destination a clean text start). During a hand-off (``handoff``) the
+    source's events are held in ``held`` once it is frozen.
+    """
 
     def __init__(self, proxy: Proxy, attempt: Attempt, upstream: Upstream) -> None:
         self.proxy = proxy
@@ -204,6 +262,19 @@ class Relay:
         self.generated_ids: list[int] = []
         self.held: list[bytes] = []
         self.finished = False
+        self.clean_pos = 0
+        self.last_sent_s: float | None = None
+        self.handoff: Handoff | None = None
+        self.held_src: list[bytes] = []
+        self.src_dead: str | None = None
+        self.wake = asyncio.Event()
+        self.migrations = 0
+        self.resumes = 0
+        self.stalls: list[float] = []
+        self._rewrite: tuple[bytes, int] | None = None  # (destination request id, cut)
+        parsed = attempt.ticket.parsed
+        self.not_migratable = not_migratable(parsed)
+        self.greedy = is_greedy(parsed)
 
     def account(self, ev: _Event) -> None:
         """Record the event's ids and report its tokens to the core."""
@@ -211,24 +282,22 @@ class Relay:
             self.prompt_token_ids = ev.prompt_ids
         if ev.ids:
             self.generated_ids.extend(ev.ids)
+            if ev.text and not ev.text.endswith("\ufffd"):
+                self.clean_pos = len(self.generated_ids)
         if ev.tokens:
             self.proxy.core.on_tokens(self.attempt, ev.tokens)
 
     def switch_to(self, attempt: Attempt, upstream: Upstream) -> None:
-        """Continue the stream from another engine (a migration's switch-over).
-
-        The caller has checked that ``upstream``'s next token is the one after
-        ``generated_ids`` and reported the move to the router (``on_migrated``); the old
-        upstream is closed, which aborts the request on its engine.
-        """
+        """Continue the stream from another upstream (the old one is closed, which aborts
+        the request on its engine)."""
         old = self.upstream
         self.attempt = attempt
         self.upstream = upstream
         old.close_soon(self.proxy.background)
 
     def upstream_lost(self, reason: str) -> bytes:
-        """The engine's stream broke after the first token: today the client gets an error
-        event (then ``[DONE]``); a resume on another engine would continue here instead."""
+        """The stream broke after the first token and could not be resumed elsewhere: the
+        client gets an error event, then ``[DONE]``."""
         self.proxy.core.finish(self.attempt, "error", 502)
         body = error_body(
             f"the engine serving this request failed mid-stream ({reason})",
@@ -236,6 +305,388 @@ class Relay:
             code="upstream_lost",
         )
         return b"data: " + json.dumps(body).encode() + b"\n\ndata: [DONE]\n\n"
+
+    # ------------------------------------------------------------ forwarding
+    def _rewritten(self, payload: bytes) -> bytes:
+        """A destination's event in the source's terms: the original request id, no prompt
+        ids (the destination's prompt holds generated ids), usage summed over the cut."""
+        rw = self._rewrite
+        if rw is None:
+            return payload
+        b_id, cut = rw
+        payload = payload.replace(b_id, str(self.request_id).encode())
+        if (
+            b"prompt_tokens" not in payload
+            and b'prompt_token_ids":[' not in payload
+            and (b'prompt_token_ids": [' not in payload)
+        ):
+            return payload
+        try:
+            obj = json.loads(payload)
+        except ValueError:
+            return payload
+        if not isinstance(obj, dict):
+            return payload
+        if isinstance(obj.get("prompt_token_ids"), list):
+            obj["prompt_token_ids"] = None
+        for choice in obj.get("choices") or ():
+            if isinstance(choice, dict) and isinstance(choice.get("prompt_token_ids"), list):
+                choice["prompt_token_ids"] = None
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            prompt = len(self.prompt_token_ids or ())
+            done = int(usage.get("completion_tokens") or 0) + cut
+            usage["prompt_tokens"] = prompt
+            usage["completion_tokens"] = done
+            usage["total_tokens"] = prompt + done
+            details = usage.get("prompt_tokens_details")
+            if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+                details["cached_tokens"] = min(details["cached_tokens"], prompt)
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+    def _forward(self, payload: bytes, out: list[bytes]) -> None:
+        """Send one event on to the client (``[DONE]`` ends the request)."""
+        if payload == DONE:
+            self.proxy.core.finish(self.attempt, "ok")
+            self.finished = True
+            out.append(b"data: [DONE]\n\n")
+            return
+        if self._rewrite is not None:
+            payload = self._rewritten(payload)
+        ev = _scan(payload)
+        self.account(ev)
+        if ev.tokens:
+            self.last_sent_s = self.proxy.core.clock()
+        out.append(b"data: " + payload + b"\n\n")
+
+    def _from_source(self, payload: bytes, out: list[bytes]) -> None:
+        h = self.handoff
+        if h is not None and h.frozen:
+            self.held_src.append(payload)
+        else:
+            self._forward(payload, out)
+
+    # --------------------------------------------------------------- hand-off
+    def begin_handoff(
+        self,
+        dst: EndpointSpec,
+        decision: Decision,
+        trigger: Trigger,
+        *,
+        on_end: Callable[[bool, str], None] | None = None,
+    ) -> str | None:
+        """Start moving the request to ``dst`` (``None`` when started, else why not)."""
+        if self.finished:
+            return "finished"
+        if self.handoff is not None:
+            return "a hand-off is in progress"
+        if self.not_migratable is not None:
+            return self.not_migratable
+        if self.prompt_token_ids is None:
+            return "prompt token ids unknown"
+        position = len(self.generated_ids)
+        if self.greedy or self.src_dead is not None:
+            cut = self.clean_pos
+        elif self.clean_pos == position:
+            cut = position
+        else:
+            return "no clean cut yet"
+        core = self.proxy.core
+        ticket = self.attempt.ticket
+        n = self.migrations + self.resumes + 1
+        b_id = f"{self.request_id}-m{n}"
+        body = handoff_body(
+            ticket.parsed,
+            self.attempt.pool.served_model,
+            self.prompt_token_ids,
+            self.generated_ids,
+            cut,
+            b_id,
+        )
+        if body is None:
+            return "nothing left to generate"
+        h = Handoff(
+            trigger=trigger,
+            dst=dst,
+            decision=decision,
+            cut=cut,
+            greedy=self.greedy,
+            request_id=b_id,
+            started_s=core.clock(),
+            frozen=not self.greedy or self.src_dead is not None,
+            on_end=on_end,
+        )
+        self.handoff = h
+        core.migration_started(self.attempt, dst)
+        h.opening = asyncio.get_running_loop().create_task(self._open_handoff(h, body))
+        tel = core.telemetry
+        if tel is not None:
+            pool = self.attempt.pool.name
+            context = len(self.prompt_token_ids) + cut
+            tel.migration_reprefill_tokens.labels(pool).inc(context)
+            tel.migration_prefix_hit_tokens.labels(pool).inc(min(context, decision.cached_tokens))
+        log.debug(
+            "hand-off %s -> %s (%s) at %d of %d", self.request_id, dst.id, trigger, cut, position
+        )
+        self.wake.set()
+        return None
+
+    async def _open_handoff(self, h: Handoff, body: dict[str, Any]) -> None:
+        proxy = self.proxy
+        request = proxy.client.build_request(
+            "POST",
+            h.dst.url + PATHS[self.attempt.ticket.parsed.kind],
+            content=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "X-Request-Id": h.request_id},
+        )
+        try:
+            response = await proxy.client.send(request, stream=True)
+        except (httpx.HTTPError, OSError) as e:
+            h.error = "connect" if isinstance(e, httpx.ConnectError) else type(e).__name__
+        else:
+            if response.status_code == 200:
+                h.upstream = Upstream(response)
+                if self.handoff is not h:  # given up meanwhile
+                    h.upstream.close_soon(proxy.background)
+            else:
+                h.error = f"engine-{response.status_code}"
+                await response.aclose()
+        self.wake.set()
+
+    def _end_handoff(self, ok: bool, outcome: str, reason: str = "") -> None:
+        h = self.handoff
+        assert h is not None
+        self.handoff = None
+        core = self.proxy.core
+        if not ok:
+            if h.upstream is not None:
+                h.upstream.close_soon(self.proxy.background)
+            elif h.opening is not None and not h.opening.done():
+                pass  # _open_handoff closes it when it sees the hand-off is gone
+            core.migration_aborted(self.attempt)
+        tel = core.telemetry
+        if tel is not None:
+            pool = self.attempt.pool.name
+            tel.migrations.labels(pool, h.trigger, outcome).inc()
+            if outcome == "failed":
+                tel.migration_failures.labels(pool, reason).inc()
+        if h.on_end is not None:
+            h.on_end(ok, reason)
+
+    def _give_up(self, reason: str, out: list[bytes]) -> None:
+        """The hand-off failed: carry on on the source (or resume elsewhere if it is dead)."""
+        log.warning("hand-off of %s failed: %s", self.request_id, reason)
+        h = self.handoff
+        assert h is not None
+        failed_dst = h.dst.id
+        self._end_handoff(False, "failed", reason)
+        if self.src_dead is None:
+            held, self.held_src = self.held_src, []
+            for payload in held:
+                if self.finished:
+                    break
+                self._forward(payload, out)
+            return
+        self.held_src = []
+        if not self._resume(frozenset({failed_dst})):
+            self.finished = True
+            out.append(self.upstream_lost(f"{self.src_dead}; resume failed: {reason}"))
+
+    def _resume(self, avoid: frozenset[str] = frozenset()) -> bool:
+        """The source died mid-stream: continue on another engine (``False`` if none)."""
+        if self.resumes >= self.proxy.max_attempts:
+            return False
+        migrator = self.proxy.migrator
+        if migrator is None:
+            return False
+        avoid = avoid | {self.attempt.endpoint.id}
+        if migrator.migrate(self, "resume", avoid=avoid) is not None:
+            return False
+        self.resumes += 1
+        return True
+
+    def _switch(self, h: Handoff, out: list[bytes]) -> None:
+        """The destination reached the client's position: it feeds the client from now."""
+        assert h.upstream is not None
+        core = self.proxy.core
+        now = core.clock()
+        stall = now - self.last_sent_s if self.last_sent_s is not None else 0.0
+        log.debug(
+            "switch %s at %d (cut %d): stall %.3f s, %.3f s after the start, first %.3f",
+            self.request_id, len(self.generated_ids), h.cut, stall, now - h.started_s,
+            (h.first_s or now) - h.started_s,
+        )  # fmt: skip
+        core.migrated(self.attempt, h.dst)
+        old = self.upstream
+        self.upstream = h.upstream
+        old.close_soon(self.proxy.background)
+        self.held_src = []
+        self.src_dead = None
+        self._rewrite = (h.request_id.encode(), h.cut)
+        if h.trigger != "resume":
+            self.migrations += 1
+        self.stalls.append(stall)
+        # The destination's decode step while it caught up (cut+1 .. the client's position):
+        caught_up = len(self.generated_ids) - h.cut
+        step = (now - h.first_s) / caught_up if h.first_s is not None and caught_up > 0 else 0.0
+        tel = core.telemetry
+        if tel is not None:
+            tel.migration_stall.labels(self.attempt.pool.name, h.trigger).observe(stall)
+            if step > 0:
+                tel.migration_stall_steps.labels(self.attempt.pool.name, h.trigger).observe(
+                    stall / step
+                )
+        self._end_handoff(True, "switched")
+        events, h.events = h.events, []
+        for payload, _ev in events:
+            if self.finished:
+                break
+            self._forward(payload, out)
+
+    def _pull_destination(self, h: Handoff) -> None:
+        """Move every event the destination has sent into ``h.events`` (role chunks before
+        its first token are dropped: the client has had one)."""
+        up = h.upstream
+        if up is None or h.done or h.error is not None or not up.ready:
+            return
+        while True:
+            task = up._task
+            if task is not None:
+                if not task.done():
+                    return
+                up._task = None
+                try:
+                    payload = task.result()
+                except (httpx.HTTPError, OSError) as e:
+                    h.error = type(e).__name__
+                    return
+            else:
+                payload = up.buffered_event()
+                if payload is None:
+                    up.pending()
+                    return
+            if payload is None:
+                h.error = "eof"
+                return
+            if payload == DONE:
+                h.done = True
+                h.events.append((payload, None))
+                return
+            ev = _scan(payload)
+            if ev.error:
+                h.error = "error-event"
+                return
+            if h.first_s is None and not ev.ids and not ev.finished:
+                continue
+            if h.first_s is None:
+                h.first_s = self.proxy.core.clock()
+            h.events.append((payload, ev))
+
+    def _advance(self, out: list[bytes]) -> None:
+        """Check the destination's tokens against the client's and switch when it is there."""
+        h = self.handoff
+        assert h is not None
+        if h.error is not None:
+            self._give_up(h.error, out)
+            return
+        if h.upstream is None:
+            return
+        self._pull_destination(h)
+        position = len(self.generated_ids)
+        while h.events:
+            _payload, ev = h.events[0]
+            ids = ev.ids if ev is not None else None
+            if not ids:
+                if h.next_pos - 1 == position:
+                    self._switch(h, out)
+                else:
+                    self._give_up("destination ended behind the client", out)
+                return
+            start = h.next_pos
+            end = start + len(ids) - 1
+            if h.greedy and start <= position:
+                h.frozen = True  # the destination lags: stop the source so it can catch up
+            if start == position + 1:
+                self._switch(h, out)
+                return
+            overlap = ids[: max(0, min(end, position) - start + 1)]
+            if h.greedy and overlap != self.generated_ids[start - 1 : start - 1 + len(overlap)]:
+                self._give_up("mismatch", out)
+                return
+            if end > position:
+                self._give_up("chunk straddles the client's position", out)
+                return
+            h.events.pop(0)
+            h.next_pos = end + 1
+        if h.error is not None:
+            self._give_up(h.error, out)
+
+    async def _migrating(self, out: list[bytes]) -> None:
+        """One step while a hand-off runs: wait for the source, the destination or a wake-up."""
+        h = self.handoff
+        assert h is not None
+        waits: list[asyncio.Future[Any]] = []
+        if self.src_dead is None and not self.upstream.closed:
+            waits.append(self.upstream.pending())
+        if h.upstream is not None and not h.done and h.error is None:
+            waits.append(h.upstream.pending())
+        if not self.wake.is_set():
+            wake = asyncio.get_running_loop().create_task(self.wake.wait())
+            waits.append(wake)
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                wake.cancel()
+        self.wake.clear()
+        if self.upstream.ready:
+            try:
+                payload = await self.upstream.next_event()
+            except (httpx.HTTPError, OSError) as e:
+                self.src_dead = type(e).__name__
+            else:
+                if payload is None:
+                    self.src_dead = "stream ended without [DONE]"
+                else:
+                    self._from_source(payload, out)
+                    while not self.finished:
+                        nxt = self.upstream.buffered_event()
+                        if nxt is None:
+                            break
+                        self._from_source(nxt, out)
+        if self.finished:  # the source finished the request before the switch
+            self._end_handoff(False, "superseded", "finished first")
+            return
+        if self.src_dead is not None and self.handoff is not None:
+            self.handoff.frozen = True
+        if self.handoff is not None:
+            self._advance(out)
+
+    async def _direct(self, out: list[bytes]) -> None:
+        """One step without a hand-off: every event that has arrived from the source."""
+        try:
+            payload: bytes | None = await self.upstream.next_event()
+        except (httpx.HTTPError, OSError) as e:
+            self._lost(type(e).__name__, out)
+            return
+        while payload is not None and payload != DONE:
+            self._from_source(payload, out)
+            if self.handoff is not None:
+                return
+            payload = self.upstream.buffered_event()
+            if payload is None:
+                return
+        if payload is None:  # the body ended
+            self._lost("stream ended without [DONE]", out)
+        else:
+            self._from_source(payload, out)
+
+    def _lost(self, reason: str, out: list[bytes]) -> None:
+        self.src_dead = reason
+        log.warning("request %s lost its engine mid-stream (%s)", self.request_id, reason)
+        if self.not_migratable is None and self._resume():
+            return
+        self.finished = True
+        out.append(self.upstream_lost(reason))
 
     async def stream(self) -> AsyncIterator[bytes]:
         """The client's byte stream: held events, then every event as it arrives.
@@ -247,38 +698,30 @@ class Relay:
         per batch instead of once per token, which is what lets it catch up.
         """
         core = self.proxy.core
+        self.proxy.relays[self.request_id] = self
         try:
             if self.held:
                 yield b"".join(b"data: " + raw + b"\n\n" for raw in self.held)
+                if self.generated_ids:
+                    self.last_sent_s = core.clock()
             self.held = []
             if self.finished:
                 return
             while True:
-                try:
-                    payload: bytes | None = await self.upstream.next_event()
-                except (httpx.HTTPError, OSError) as e:
-                    self.finished = True
-                    yield self.upstream_lost(type(e).__name__)
-                    return
                 out: list[bytes] = []
-                while payload is not None and payload != DONE:
-                    self.account(_scan(payload))
-                    out.append(b"data: " + payload + b"\n\n")
-                    payload = self.upstream.buffered_event()
-                    if payload is None:
-                        break
+                if self.handoff is not None:
+                    await self._migrating(out)
                 else:
-                    if payload is None:  # the body ended
-                        self.finished = True
-                        out.append(self.upstream_lost("stream ended without [DONE]"))
-                    else:
-                        core.finish(self.attempt, "ok")
-                        self.finished = True
-                        out.append(b"data: [DONE]\n\n")
-                yield b"".join(out)
+                    await self._direct(out)
+                if out:
+                    yield b"".join(out)
                 if self.finished:
                     return
         finally:
+            if self.proxy.relays.get(self.request_id) is self:
+                del self.proxy.relays[self.request_id]
+            if self.handoff is not None:
+                self._end_handoff(False, "aborted", "client gone")
             if not self.finished:
                 core.finish(self.attempt, "aborted", 499)
             self.upstream.close_soon(self.proxy.background)
@@ -295,6 +738,7 @@ class Proxy:
         max_attempts: int = 3,
         max_body_bytes: int = 32 * 1024 * 1024,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        migrate: bool = True,
     ) -> None:
         self.core = core
         self.client = client
@@ -302,6 +746,11 @@ class Proxy:
         self.max_body_bytes = max_body_bytes
         self.sleep = sleep
         self.background: set[asyncio.Task[None]] = set()
+        #: Streams being relayed now, by request id (what a migration can move).
+        self.relays: dict[RequestId, Relay] = {}
+        #: Requests waiting for admission now, by (namespace, pool, SLO class).
+        self.waiting: dict[tuple[str, str, str], int] = {}
+        self.migrator: Migrator | None = Migrator(self) if migrate else None
 
     @staticmethod
     def new_request_id() -> RequestId:
@@ -340,6 +789,7 @@ class Proxy:
         deadline = self.core.clock() + min(30.0, max(0.5, patience))
         tel = self.core.telemetry
         waiting = False
+        where: tuple[str, str, str] = ("", "", "")
         try:
             while True:
                 state = self.core.pool_of(ticket)
@@ -353,13 +803,20 @@ class Proxy:
                 result = self.core.place(ticket, avoid=avoid, force=self.core.clock() >= deadline)
                 if not isinstance(result, Wait):
                     return result
-                if not waiting and tel is not None:
-                    tel.queue_depth.labels(ticket.parsed.model).inc()
+                if not waiting:
+                    where = (*state.key, ticket.slo_class)
+                    self.waiting[where] = self.waiting.get(where, 0) + 1
+                    if tel is not None:
+                        tel.queue_depth.labels(ticket.parsed.model).inc()
                     waiting = True
                 await self.sleep(result.retry_after_s)
         finally:
-            if waiting and tel is not None:
-                tel.queue_depth.labels(ticket.parsed.model).dec()
+            if waiting:
+                self.waiting[where] -= 1
+                if not self.waiting[where]:
+                    del self.waiting[where]
+                if tel is not None:
+                    tel.queue_depth.labels(ticket.parsed.model).dec()
 
     async def _tokenize(
         self, model: str, ticket: Ticket, avoid: frozenset[str]

@@ -66,6 +66,14 @@ class RuntimeSettings:
     connect_timeout_s: float = 10.0
     replicas: int = 1
     seed: int | None = None
+    #: The gRPC control API (:mod:`~modelfleet.scheduler.control_server`): served on
+    #: ``control_host:control_port`` when the port is set (0: a free port), refusing calls
+    #: without ``control_token``.
+    control_port: int | None = None
+    control_host: str = "127.0.0.1"
+    control_token: str | None = None
+    #: Default deadline of a drain whose caller gives none, seconds.
+    drain_timeout_s: float = 120.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -109,6 +117,10 @@ class SchedulerRuntime:
             max_attempts=settings.max_attempts,
             max_body_bytes=settings.max_body_bytes,
         )
+        if self.proxy.migrator is not None:
+            self.proxy.migrator.default_deadline_s = settings.drain_timeout_s
+        self.control: Any = None
+        self.control_port: int | None = None
         self.app: Starlette = build_app(
             self.proxy, ready=lambda: self.ready, render_metrics=self.telemetry.render
         )
@@ -140,14 +152,40 @@ class SchedulerRuntime:
         stream = source.snapshots()
         first = await anext(stream)
         await self.apply(first)
+        await self._start_control()
         self.ready = True
         self._spawn_main(self._follow(stream), "fleet")
         self._spawn_main(self._watch_loop(), "loop-lag")
+
+    async def _start_control(self) -> None:
+        s = self.settings
+        if s.control_port is None:
+            return
+        from modelfleet.scheduler.control_server import ControlService, start_control_server
+
+        if not s.control_token:
+            raise ValueError("the control API needs a token (control_token)")
+        migrator = self.proxy.migrator
+        assert migrator is not None
+        service = ControlService(
+            self.core,
+            migrator,
+            s.control_token,
+            scrape_age=self.scrape_age_s,
+            queued=lambda: dict(self.proxy.waiting),
+        )
+        self.control, self.control_port = await start_control_server(
+            service, s.control_host, s.control_port
+        )
+        log.info("control API on %s:%d", s.control_host, self.control_port)
 
     def _spawn_main(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self._main.append(asyncio.get_running_loop().create_task(coro, name=name))
 
     async def stop(self) -> None:
+        if self.control is not None:
+            await self.control.stop(grace=1.0)
+            self.control = None
         tasks = [*self._main, *self._tasks.values(), *self._kv_tasks.values()]
         for t in tasks:
             t.cancel()

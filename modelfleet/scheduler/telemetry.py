@@ -35,6 +35,20 @@ Prometheus (one ``CollectorRegistry`` per scheduler; several may share a test pr
 ``modelfleet_kv_events_total``                         counter {endpoint}
 ``modelfleet_config_reloads_total``                    counter {result}: applied | rejected
 ``modelfleet_event_loop_lag_seconds``                  histogram: how late a 100 ms timer ran
+``modelfleet_migrations_total``                        counter {pool, trigger, outcome}: live
+                                                       migrations; outcome switched | failed |
+                                                       superseded (finished on the source
+                                                       before the switch) | aborted (the
+                                                       client went away)
+``modelfleet_migration_failures_total``                counter {pool, reason}
+``modelfleet_migration_stall_seconds``                 histogram {pool, trigger}: the client's
+                                                       gap across the switch
+``modelfleet_migration_stall_steps``                   histogram {pool, trigger}: that gap in
+                                                       decode steps of the destination
+``modelfleet_migration_reprefill_tokens_total``,       counters {pool}: context tokens sent
+``modelfleet_migration_prefix_hit_tokens_total``       to destinations, and those predicted
+                                                       cached there
+``modelfleet_drain_seconds``                           histogram {reason, state}
 =====================================================  ========================================
 
 Windowed statistics (:class:`WindowStats`) keep the finished requests of the last
@@ -65,6 +79,10 @@ TPOT_BUCKETS = (
 )  # fmt: skip
 LAG_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+)  # fmt: skip
+STALL_BUCKETS = (
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0,
+    5.0,
 )  # fmt: skip
 DECISION_BUCKETS = (
     0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -300,6 +318,53 @@ class Telemetry:
             "modelfleet_admission_queue",
             "Requests waiting for admission right now.",
             ["model"],
+            registry=r,
+        )
+        self.migrations = Counter(
+            "modelfleet_migrations",
+            "Live migrations of a running request by trigger (drain | resume | slo-rescue | "
+            "load-balance | manual) and outcome (switched | failed | superseded | aborted).",
+            ["pool", "trigger", "outcome"],
+            registry=r,
+        )
+        self.migration_failures = Counter(
+            "modelfleet_migration_failures",
+            "Hand-offs given up, by reason (connect, engine-<status>, mismatch, eof, ...).",
+            ["pool", "reason"],
+            registry=r,
+        )
+        self.migration_stall = Histogram(
+            "modelfleet_migration_stall_seconds",
+            "The client's gap at the switch: last token before it to first token after it.",
+            ["pool", "trigger"],
+            buckets=STALL_BUCKETS,
+            registry=r,
+        )
+        self.migration_stall_steps = Histogram(
+            "modelfleet_migration_stall_steps",
+            "The switch stall in decode steps of the destination (its mean step while it caught "
+            "up with the client; greedy hand-offs that overlapped only).",
+            ["pool", "trigger"],
+            buckets=(0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 50.0),
+            registry=r,
+        )
+        self.migration_reprefill_tokens = Counter(
+            "modelfleet_migration_reprefill_tokens",
+            "Context tokens (prompt + generated up to the cut) sent to hand-off destinations.",
+            ["pool"],
+            registry=r,
+        )
+        self.migration_prefix_hit_tokens = Counter(
+            "modelfleet_migration_prefix_hit_tokens",
+            "Of those, the tokens the placement predicted cached on the destination.",
+            ["pool"],
+            registry=r,
+        )
+        self.drain_seconds = Histogram(
+            "modelfleet_drain_seconds",
+            "How long drains took, by reason and final state (empty | deadline).",
+            ["reason", "state"],
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
 

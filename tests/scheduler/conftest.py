@@ -80,6 +80,9 @@ spec:
 """
 
 
+LIVE_CONTROL_TOKEN = "live-control-token"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -108,6 +111,7 @@ class LiveScheduler:
     proc: subprocess.Popen[str]
     config: Path
     engines: dict[str, list[EngineProc]]
+    control: str = ""  # host:port of its gRPC control API (token LIVE_CONTROL_TOKEN)
 
     def switch_to(self, pool: str) -> None:
         """Rewrite the ``switch`` policy (atomically, as an editor's save does)."""
@@ -180,11 +184,16 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveScheduler]:
         rows = [(p, variant[p], e) for p, es in engines.items() for e in es]
         (config / "fleet.yaml").write_text(fleet_yaml(*pools, POLICIES, endpoints_yaml(rows)))
         (config / "switch.yaml").write_text(SWITCH.format(pool="small"))
-        port = free_port()
-        proc = start_scheduler(config, port, "--max-body-bytes", "1048576")
+        port, cport = free_port(), free_port()
+        token_file = tmp_path_factory.mktemp("control") / "token"
+        token_file.write_text(LIVE_CONTROL_TOKEN + "\n")
+        proc = start_scheduler(
+            config, port, "--max-body-bytes", "1048576", "--control-port", str(cport),
+            "--control-token-file", str(token_file),
+        )  # fmt: skip
         try:
             url = wait_listening(proc)
-            yield LiveScheduler(url, proc, config, engines)
+            yield LiveScheduler(url, proc, config, engines, f"127.0.0.1:{cport}")
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)

@@ -206,3 +206,30 @@ def test_routing_policy_edit_takes_effect_without_dropping_requests(live: LiveSc
         live.switch_to("small")
         loop.close()
     assert lasts == ["data: [DONE]"] * 10
+
+
+def test_control_api_in_the_serve_replica(live: LiveScheduler) -> None:
+    """Under Ray Serve the control API runs in the replica: it answers with the token (every
+    endpoint of the fleet) and refuses without it; a drain of an idle endpoint is EMPTY at
+    once and Undrain reports it was draining."""
+    import grpc
+
+    from modelfleet.control import bearer
+    from modelfleet.control import control_pb2 as pb
+    from modelfleet.control import control_pb2_grpc as pb_grpc
+
+    from .conftest import LIVE_CONTROL_TOKEN
+
+    with grpc.insecure_channel(live.control) as channel:
+        stub = pb_grpc.ControlStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ListEndpoints(pb.ListEndpointsRequest(), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        meta = bearer(LIVE_CONTROL_TOKEN)
+        resp = stub.ListEndpoints(pb.ListEndpointsRequest(pool="steady"), metadata=meta, timeout=10)
+        urls = {e.address for e in resp.endpoints}
+        assert urls == {e.url for e in live.engines["steady"]}
+        ep = resp.endpoints[0].id
+        progress = list(stub.Drain(pb.DrainRequest(endpoint=ep), metadata=meta, timeout=30))
+        assert progress[-1].state == pb.EMPTY
+        assert stub.Undrain(pb.UndrainRequest(endpoint=ep), metadata=meta, timeout=10).was_draining
