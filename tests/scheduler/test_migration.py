@@ -395,7 +395,10 @@ def test_non_migratable_requests_finish_in_place(fleet: MigFleet) -> None:
 
     async def run() -> tuple[Streamed, Streamed, list[pb.DrainProgress]]:
         async with httpx.AsyncClient() as client:
-            body = {**_body("completion", 7, 60), "frequency_penalty": 0.5}
+            body = {
+                **_body("completion", 7, 400),
+                "frequency_penalty": 0.5,
+            }  # still running when the drain starts
             # place it on the target: drain the others first
             for ep in fleet.ids:
                 if ep != target:
