@@ -187,7 +187,12 @@ def main() -> int:
         results["admission"] = {"apply_s": time.monotonic() - t0}
         cluster.kubectl("delete", "namespace", "admission", "--wait=false")
 
-        # -- the operator
+        # -- the operator, once the baselines' namespaces are gone (their teardown — 200
+        # Deployments, ReplicaSets and pods — would otherwise load the API server meanwhile)
+        for ns in ("baseline", "admission"):
+            cluster.kubectl(
+                "wait", "--for=delete", f"namespace/{ns}", "--timeout=600s", timeout=700
+            )
         import kubernetes.config as k8s_config
 
         client = k8s_config.new_client_from_config(str(cluster.kubeconfig))
