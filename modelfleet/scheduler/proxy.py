@@ -97,6 +97,13 @@ def error_result(e: ApiError, request_id: str | None = None) -> JsonResult:
     return JsonResult(e.status, json.dumps(e.body()).encode(), headers)
 
 
+#: A connection that could not be made. An engine killed while httpcore sets up a connection
+#: to it surfaces as AttributeError from anyio (the closed socket is None when it reads the
+#: peer name) instead of httpx.ConnectError; it is the same failure (seen under Ray Serve in
+#: tests/scheduler/test_live.py: a 500 instead of a retry on another engine).
+_CONNECT_ERRORS = (httpx.ConnectError, AttributeError)
+
+
 class _Failed(Exception):
     """An attempt ended before its first token (retryable unless ``passthrough``)."""
 
@@ -904,7 +911,7 @@ class Proxy:
     async def _open(self, ticket: Ticket, attempt: Attempt) -> Upstream:
         try:
             response = await self.client.send(self._request(ticket, attempt), stream=True)
-        except httpx.ConnectError as e:
+        except _CONNECT_ERRORS as e:
             raise _Failed("connect", Outcome.ERROR) from e
         except (httpx.HTTPError, OSError) as e:
             raise _Failed(type(e).__name__, Outcome.ERROR) from e
@@ -994,7 +1001,7 @@ class Proxy:
             try:
                 try:
                     response = await self.client.send(self._request(ticket, attempt))
-                except httpx.ConnectError as e:
+                except _CONNECT_ERRORS as e:
                     raise _Failed("connect", Outcome.ERROR) from e
                 except (httpx.HTTPError, OSError) as e:
                     raise _Failed(type(e).__name__, Outcome.ERROR) from e
