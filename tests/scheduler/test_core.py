@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from pathlib import Path
 
+import httpx
 import pytest
 
 from modelfleet.api.names import PREFIX_HASH_ALGO, PREFIX_HASH_SEED
@@ -20,6 +22,7 @@ from modelfleet.scheduler.fleet import FleetSnapshot
 from modelfleet.scheduler.hub import FleetHub
 from modelfleet.scheduler.launch import engine_command
 from modelfleet.scheduler.protocol import parse_body
+from modelfleet.scheduler.proxy import Proxy
 from modelfleet.scheduler.ratelimit import key_id
 from modelfleet.scheduler.telemetry import Telemetry
 
@@ -436,3 +439,28 @@ def test_replicas_share_prefixes_and_load_through_the_hub(tmp_path: Path) -> Non
     hub.stale_s = 0.0
     _, peers, _ = hub.exchange("B", [], {}, cursor_a)
     assert peers == {}
+
+
+def test_an_engine_gone_during_connection_setup_is_retried_elsewhere(tmp_path: Path) -> None:
+    """httpcore surfaces a peer that closed while it set up the connection as anyio's
+    AttributeError (no socket to read the peer name of); that is a failed connection like
+    ConnectError: the request goes to the other engine, not a 500."""
+    core = make_core()
+    core.apply(two_engines(tmp_path))
+    tried: list[str] = []
+
+    def engine(request: httpx.Request) -> httpx.Response:
+        tried.append(f"{request.url.host}:{request.url.port}")
+        if len(tried) == 1:
+            raise AttributeError("'NoneType' object has no attribute 'getpeername'")
+        usage = {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}
+        return httpx.Response(200, json={"choices": [], "usage": usage})
+
+    async def run() -> int:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(engine)) as client:
+            result = await Proxy(core, client, migrate=False).handle("chat", chat(), {})
+            return result.status
+
+    assert asyncio.run(run()) == 200
+    assert len(tried) == 2 and tried[0] != tried[1]
+    assert core.pools[("default", "big")].router.in_flight == 0
