@@ -144,6 +144,23 @@ def start_scheduler(config: Path, port: int, *extra: str) -> subprocess.Popen[st
         )  # fmt: skip
 
 
+def stop_scheduler(proc: subprocess.Popen[str], settle_s: float = 1.0) -> tuple[int, list[str]]:
+    """SIGINT the scheduler, wait for it (SIGKILL after 60 s), then SIGKILL whatever of its
+    session is left ``settle_s`` later: (its exit code, the processes that outlived it)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        rc = proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rc = proc.wait()
+    time.sleep(settle_s)
+    left = session_processes(proc.pid)
+    for line in left:
+        os.kill(int(line.split(":")[0]), signal.SIGKILL)
+    return rc, left
+
+
 def wait_listening(proc: subprocess.Popen[str], timeout: float = 180.0) -> str:
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
@@ -195,17 +212,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveScheduler]:
             url = wait_listening(proc)
             yield LiveScheduler(url, proc, config, engines, f"127.0.0.1:{cport}")
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-            try:
-                rc = proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                rc = proc.wait()
-            time.sleep(1.0)
-            left = session_processes(proc.pid)
-            for line in left:
-                os.kill(int(line.split(":")[0]), signal.SIGKILL)
+            rc, left = stop_scheduler(proc)
             assert rc == 0, f"scheduler exited with {rc}"
             assert not left, "processes outlived the scheduler:\n" + "\n".join(left)
     finally:

@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import random
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from modelfleet.control import bearer
 from modelfleet.control import control_pb2 as pb
 from modelfleet.control import control_pb2_grpc as pb_grpc
 
-from .conftest import free_port, session_processes, start_scheduler, wait_listening
+from .conftest import free_port, start_scheduler, stop_scheduler, wait_listening
 from .fleet_helpers import EngineProc, endpoints_yaml, fleet_yaml, pool_yaml, start_engine, stop_all
 
 pytestmark = pytest.mark.integration
@@ -95,17 +94,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MigFleet]:
             ids = [e.url.removeprefix("http://") for e in engines]
             yield MigFleet(url, f"127.0.0.1:{cport}", engines, ref, proc, ids)
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-            try:
-                rc = proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                rc = proc.wait()
-            time.sleep(1.0)
-            left = session_processes(proc.pid)
-            for line in left:
-                os.kill(int(line.split(":")[0]), signal.SIGKILL)
+            rc, left = stop_scheduler(proc)
             assert rc == 0, f"scheduler exited with {rc}"
             assert not left, "processes outlived the scheduler:\n" + "\n".join(left)
     finally:

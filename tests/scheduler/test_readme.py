@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import session_processes, wait_listening
+from .conftest import stop_scheduler, wait_listening
 
 pytestmark = pytest.mark.integration
 
@@ -71,16 +70,7 @@ def scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.P
         assert wait_listening(proc) == "http://127.0.0.1:8000"
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        try:
-            rc = proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
-        left = session_processes(proc.pid)
-        for line in left:
-            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+        rc, _ = stop_scheduler(proc, settle_s=0.0)
         assert rc == 0, f"scheduler exited with {rc}: {log.read_text()[-2000:]}"
         assert all(port_free(p) for p in (8101, 8102, 8103, 8104)), "engines outlived it"
 
