@@ -38,7 +38,7 @@ import threading
 import time
 from typing import Any
 
-from modelfleet.cliargs import port, positive_float, positive_int
+from modelfleet.cliargs import non_negative_float, port, positive_float, positive_int
 from modelfleet.scheduler.config import ConfigError, load_static_fleet
 from modelfleet.scheduler.fleet import FleetSnapshot
 from modelfleet.scheduler.runtime import RuntimeSettings
@@ -103,6 +103,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="larger request bodies are answered 413 (default 32 MiB)",
     )  # fmt: skip
     p.add_argument(
+        "--write-interval", type=non_negative_float, default=0.05, metavar="S",
+        help="after a stream's first token, write its tokens every S seconds, batched "
+        "(default 0.05; 0 = each as it arrives)",
+    )  # fmt: skip
+    p.add_argument(
         "--launch-engines", action="store_true",
         help="start one engine simulator per static endpoint (stopped on exit)",
     )  # fmt: skip
@@ -139,6 +144,7 @@ def runtime_settings(args: argparse.Namespace) -> RuntimeSettings:
         namespace=args.namespace,
         scrape_period_s=args.scrape_period,
         max_body_bytes=args.max_body_bytes,
+        write_interval_s=args.write_interval,
         replicas=1 if args.no_ray else args.replicas,
         seed=args.seed,
         control_port=args.control_port,

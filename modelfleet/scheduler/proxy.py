@@ -19,8 +19,10 @@ and relays the chosen engine's answer:
    is down is the metrics poller's call (refused scrapes), not one request's: under load a
    connection can fail while the engine is fine. An engine's other 4xx is the
    client's fault and is passed through as it is.
-4. **Stream.** Each SSE event is forwarded as soon as it is complete (no buffering beyond one
-   event); its token ids are counted (``core.on_tokens``) and recorded.
+4. **Stream.** The first token is forwarded at once; after it, the events that arrived are
+   forwarded together every ``write_interval_s`` (50 ms: one message per interval instead of
+   one per token through Serve's proxy, see :meth:`Relay.stream`); their token ids are
+   counted (``core.on_tokens``) and recorded.
 5. **End.** ``[DONE]`` → ``core.finish(ok)``. A client that goes away → the engine stream is
    closed (the engine aborts the request within a step) and ``core.finish(aborted)``.
 
@@ -70,6 +72,8 @@ log = logging.getLogger("modelfleet.scheduler.proxy")
 PATHS: dict[RequestKind, str] = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DONE = b"[DONE]"
+#: Most events one write carries (see :meth:`Relay.stream`).
+MAX_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,7 @@ class Upstream:
         self.response = response
         self._chunks = response.aiter_raw()
         self._buf = b""
+        self._pos = 0  # where the unread events start: a backlog is scanned once, not re-copied
         self._task: asyncio.Task[bytes | None] | None = None
         self.closed = False
 
@@ -141,31 +146,30 @@ class Upstream:
         """The next event's data payload if it has fully arrived already, else ``None``."""
         if self._task is not None:
             return None
+        return self._take()
+
+    def _take(self) -> bytes | None:
+        """The next complete event in the buffer (skipping events without data), else ``None``."""
         while True:
-            cut = self._buf.find(b"\n\n")
+            cut = self._buf.find(b"\n\n", self._pos)
             if cut < 0:
                 return None
-            raw, self._buf = self._buf[:cut], self._buf[cut + 2 :]
+            raw, self._pos = self._buf[self._pos : cut], cut + 2
             data = [line[5:].lstrip(b" ") for line in raw.split(b"\n") if line.startswith(b"data:")]
             if data:
                 return b"\n".join(data)
 
     async def _read(self) -> bytes | None:
         while True:
-            cut = self._buf.find(b"\n\n")
-            if cut >= 0:
-                raw, self._buf = self._buf[:cut], self._buf[cut + 2 :]
-                data = [
-                    line[5:].lstrip(b" ") for line in raw.split(b"\n") if line.startswith(b"data:")
-                ]
-                if data:
-                    return b"\n".join(data)
-                continue
+            payload = self._take()
+            if payload is not None:
+                return payload
             try:
                 chunk = await self._chunks.__anext__()
             except StopAsyncIteration:
                 return None
-            self._buf += chunk.replace(b"\r\n", b"\n")
+            self._buf = self._buf[self._pos :] + chunk.replace(b"\r\n", b"\n")
+            self._pos = 0
 
     def pending(self) -> asyncio.Task[bytes | None]:
         """The task reading the next event (started if none is)."""
@@ -668,24 +672,28 @@ class Relay:
         if self.handoff is not None:
             self._advance(out)
 
-    async def _direct(self, out: list[bytes]) -> None:
-        """One step without a hand-off: every event that has arrived from the source."""
+    async def _direct(self, out: list[bytes]) -> int:
+        """One step without a hand-off: every event that has arrived from the source (up to
+        ``MAX_BATCH``); returns how many were taken."""
         try:
             payload: bytes | None = await self.upstream.next_event()
         except (httpx.HTTPError, OSError) as e:
             self._lost(type(e).__name__, out)
-            return
+            return 0
+        taken = 0
         while payload is not None and payload != DONE:
             self._from_source(payload, out)
-            if self.handoff is not None:
-                return
+            taken += 1
+            if self.handoff is not None or taken == MAX_BATCH:
+                return taken
             payload = self.upstream.buffered_event()
             if payload is None:
-                return
+                return taken
         if payload is None:  # the body ended
             self._lost("stream ended without [DONE]", out)
         else:
             self._from_source(payload, out)
+        return taken
 
     def _lost(self, reason: str, out: list[bytes]) -> None:
         self.src_dead = reason
@@ -696,15 +704,26 @@ class Relay:
         out.append(self.upstream_lost(reason))
 
     async def stream(self) -> AsyncIterator[bytes]:
-        """The client's byte stream: held events, then every event as it arrives.
+        """The client's byte stream: held events, then the events as they arrive.
 
-        Each write carries every event that had fully arrived from the engine when it was
-        made: one event when the relay keeps up, several when the engine's stream got ahead
-        (a busy replica). Nothing waits for more to arrive, so no event is held back; but a
-        busy replica pays the per-write cost (Serve's proxy hop, the client's socket) once
-        per batch instead of once per token, which is what lets it catch up.
+        The first token is written at once; after it, writes are at least the proxy's
+        ``write_interval_s`` apart (default 50 ms), and each carries every event that had
+        fully arrived from the engine by then (up to ``MAX_BATCH``; a fuller backlog is
+        worked off in turns with the other streams). A token waits at most one interval.
+        While a hand-off runs, events are written as they come (the switch is when the
+        client must see no gap).
+
+        Why an interval: every write crosses Serve's proxy hop as one message, and its cost
+        is per message. Writing each token as it arrived (one message per token per stream)
+        saturated the path between replica and proxy with a few dozen real-time streams on
+        two cores; the proxy's cancel of a stream whose client had gone, which travels the
+        same path, then reached the replica 20-50 s late, while the engine kept generating
+        for nobody (``bench/results/scheduler-dataplane.md``). Ray Serve's own LLM server
+        batches its token stream the same way (``stream_batching_interval_ms``).
         """
         core = self.proxy.core
+        interval = self.proxy.write_interval_s
+        loop = asyncio.get_running_loop()
         self.proxy.relays[self.request_id] = self
         try:
             if self.held:
@@ -714,14 +733,22 @@ class Relay:
             self.held = []
             if self.finished:
                 return
+            last, full = loop.time(), False
             while True:
                 out: list[bytes] = []
                 if self.handoff is not None:
                     await self._migrating(out)
+                    full = False
                 else:
-                    await self._direct(out)
+                    delay = last + interval - loop.time()
+                    if full:
+                        await asyncio.sleep(0)  # a backlog: worked off in turns with the others
+                    elif delay > 0:
+                        await asyncio.sleep(delay)
+                    full = await self._direct(out) == MAX_BATCH
                 if out:
                     yield b"".join(out)
+                    last = loop.time()
                 if self.finished:
                     return
         finally:
@@ -744,6 +771,7 @@ class Proxy:
         *,
         max_attempts: int = 3,
         max_body_bytes: int = 32 * 1024 * 1024,
+        write_interval_s: float = 0.05,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         migrate: bool = True,
     ) -> None:
@@ -751,6 +779,7 @@ class Proxy:
         self.client = client
         self.max_attempts = max_attempts
         self.max_body_bytes = max_body_bytes
+        self.write_interval_s = write_interval_s
         self.sleep = sleep
         self.background: set[asyncio.Task[None]] = set()
         #: Streams being relayed now, by request id (what a migration can move).

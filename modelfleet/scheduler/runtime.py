@@ -59,6 +59,8 @@ class RuntimeSettings:
     scrape_period_s: float = 0.05
     config_poll_s: float = 0.05
     max_body_bytes: int = 32 * 1024 * 1024
+    #: After a stream's first token, how often its tokens are written (see proxy.Relay.stream).
+    write_interval_s: float = 0.05
     max_attempts: int = 3
     #: How long a connection to an engine may take to open. Generous: on a loopback or pod
     #: network a slow connect means a starved host (SYN retransmits at 1, 3, 7 s), not a gone
@@ -116,6 +118,7 @@ class SchedulerRuntime:
             self.client,
             max_attempts=settings.max_attempts,
             max_body_bytes=settings.max_body_bytes,
+            write_interval_s=settings.write_interval_s,
         )
         if self.proxy.migrator is not None:
             self.proxy.migrator.default_deadline_s = settings.drain_timeout_s
