@@ -47,6 +47,10 @@ log = logging.getLogger("modelfleet.scheduler.serve")
 
 HUB_NAME = "modelfleet-fleet-hub"
 MAX_ONGOING = 4096
+#: The hub actors this process created and owns, by name. A named actor that is not detached is
+#: still reference-counted: Ray kills it once its creator drops the last handle, so the driver
+#: keeps the handle here for as long as it serves (the replicas find the actor by name).
+_OWNED_HUBS: dict[str, Any] = {}
 
 
 @serve.ingress()
@@ -100,7 +104,7 @@ def scheduler_app(
     if share not in ("none", "actor"):
         raise ValueError(f"share must be 'none' or 'actor', got {share!r}")
     if share == "actor" and not own_hub:
-        _hub_actor(HUB_NAME, detached=False)
+        _OWNED_HUBS[HUB_NAME] = _hub_actor(HUB_NAME, detached=False)
     deployment = serve.deployment(
         SchedulerReplica,
         name="scheduler",

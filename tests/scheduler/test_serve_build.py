@@ -131,3 +131,24 @@ def test_serve_run_of_the_built_app_serves_the_fleet(tmp_path: Path, ray_cluster
         assert status.deployments["scheduler"].replica_states == {"RUNNING": 2}
     finally:
         stop_all(engines)
+
+
+@pytest.mark.integration
+def test_the_hub_of_a_shared_app_lives_while_its_driver_serves(ray_cluster: int) -> None:
+    """The hub is named but not detached: the driver that built the app must keep it alive."""
+    import gc
+    import time
+
+    import ray
+
+    from modelfleet.scheduler.runtime import RuntimeSettings
+    from modelfleet.scheduler.serve import HUB_NAME, scheduler_app
+
+    scheduler_app(RuntimeSettings(config=None, kubernetes=True), replicas=2, share="actor")
+    gc.collect()  # the builder's own handle is gone; only what the driver keeps remains
+    hub = ray.get_actor(HUB_NAME)
+    ray.get(hub.stats.remote(), timeout=30)
+    del hub
+    gc.collect()
+    time.sleep(3)  # Ray kills an unreferenced actor within about a second
+    assert ray.get(ray.get_actor(HUB_NAME).stats.remote(), timeout=30)["exchanges"] == 0
