@@ -35,7 +35,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Send
 
 from modelfleet.scheduler.errors import ApiError, error_body
-from modelfleet.scheduler.protocol import RequestKind
+from modelfleet.scheduler.protocol import MAX_TOKENS_LIMIT, ROLES, RequestKind
 from modelfleet.scheduler.proxy import JsonResult, Proxy, StreamResult
 
 __all__ = ["build_app", "openapi_document"]
@@ -146,38 +146,75 @@ def openapi_document(models: list[str], max_body_bytes: int) -> dict[str, Any]:
     model: dict[str, Any] = {"type": "string", "description": "Public model name."}
     if models:
         model["enum"] = models
+    # Every optional field may be null (absent), as in OpenAI's own description and as the
+    # scheduler reads it; ``protocol.parse_body`` checks exactly this (tests/scheduler's
+    # schemathesis run holds the two together).
     common: dict[str, Any] = {
         "model": model,
-        "stream": {"type": "boolean"},
+        "stream": {"type": ["boolean", "null"]},
         "stream_options": {
-            "type": "object",
+            "type": ["object", "null"],
             "properties": {"include_usage": {"type": "boolean"}},
         },
-        "max_tokens": {"type": "integer", "minimum": 1, "maximum": 1_048_576},
-        "max_completion_tokens": {"type": "integer", "minimum": 1, "maximum": 1_048_576},
-        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-        "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-        "n": {"type": "integer", "minimum": 1, "maximum": 1},
-        "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
-        "user": {"type": "string"},
+        "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_TOKENS_LIMIT},
+        "max_completion_tokens": {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "maximum": MAX_TOKENS_LIMIT,
+        },
+        "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+        "top_p": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1},
+        "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 1},
+        "stop": {  # vLLM: at most 4 stop strings, none empty
+            "oneOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "maxItems": 4, "items": {"type": "string", "minLength": 1}},
+                {"type": "null"},
+            ]
+        },
+        "user": {"type": ["string", "null"]},
+    }
+    part = {  # text models take text parts only (vLLM answers 400 to the others)
+        "type": "object",
+        "required": ["type", "text"],
+        "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
     }
     message = {
         "type": "object",
-        "required": ["role", "content"],
+        "required": ["role"],
         "properties": {
-            "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
-            "content": {"type": "string"},
+            "role": {"type": "string", "enum": sorted(ROLES)},
+            "content": {
+                "oneOf": [
+                    {"type": "string"},
+                    {"type": "array", "items": part},
+                    {"type": "null"},
+                ]
+            },
         },
     }
+    # vLLM's rule: stream_options only with stream: true
+    streamed_options = {
+        "if": {"not": {"required": ["stream"], "properties": {"stream": {"const": True}}}},
+        "then": {"properties": {"stream_options": {"type": "null"}}},
+    }
     chat = {
+        **streamed_options,
         "type": "object",
         "required": ["model", "messages"],
         "properties": {
             **common,
-            "messages": {"type": "array", "minItems": 1, "maxItems": 16, "items": message},
+            "messages": {"type": "array", "minItems": 1, "items": message},
         },
     }
+    ids = {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": 256,
+        "items": {"type": "integer", "minimum": 0, "maximum": 100_000},
+    }
     completion = {
+        **streamed_options,
         "type": "object",
         "required": ["model", "prompt"],
         "properties": {
@@ -185,12 +222,10 @@ def openapi_document(models: list[str], max_body_bytes: int) -> dict[str, Any]:
             "prompt": {
                 "oneOf": [
                     {"type": "string"},
-                    {
-                        "type": "array",
-                        "minItems": 1,
-                        "maxItems": 256,
-                        "items": {"type": "integer", "minimum": 0, "maximum": 100_000},
-                    },
+                    # one prompt per request (a list of one string or one id list)
+                    {"type": "array", "minItems": 1, "maxItems": 1, "items": {"type": "string"}},
+                    ids,
+                    {"type": "array", "minItems": 1, "maxItems": 1, "items": ids},
                 ]
             },
         },
@@ -213,7 +248,14 @@ def openapi_document(models: list[str], max_body_bytes: int) -> dict[str, Any]:
         "description": "The answer (JSON), or its stream (text/event-stream) when stream is true.",
         "content": {
             "application/json": {"schema": {"type": "object"}},
-            "text/event-stream": {"schema": {"type": "string"}},
+            # one server-sent event: ``data:`` is a JSON chunk, an error object or [DONE]
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+                }
+            },
         },
     }
 

@@ -8,9 +8,12 @@ the engine (whose 4xx answers are passed through). Checked here:
 - the body: valid UTF-8 JSON (finite numbers only, nesting at most :data:`MAX_JSON_DEPTH`),
   an object, at most the configured size (413 before it is read when ``Content-Length`` says
   so);
-- ``model``: a non-empty string; ``stream``: a boolean; ``stream_options``: an object;
+- ``model``: a non-empty string; ``stream``: a boolean; ``stream_options``: an object, and
+  only with ``stream: true`` (vLLM's rule);
 - ``max_tokens`` / ``max_completion_tokens``: integers in 1..:data:`MAX_TOKENS_LIMIT`;
-  ``n`` a positive integer; sampling numbers are numbers;
+  ``n`` a positive integer; sampling numbers are numbers. An integer may be written as an
+  integral number (``16.0``): JSON Schema's ``integer`` and vLLM's request models both take
+  it; the body forwarded to the engine carries it as an integer;
 - chat: ``messages`` a non-empty list of objects with a known ``role`` and a ``content`` that
   is a string, a list of content parts or null;
 - completions: ``prompt`` a string, a list of strings, a list of token ids or a list of such
@@ -144,6 +147,9 @@ def _type_name(v: Any) -> str:
 
 
 def _is_int(v: Any) -> bool:
+    """An integer, or a number with an integral value (``16.0``; see the module docstring)."""
+    if isinstance(v, float):
+        return math.isfinite(v) and v.is_integer()
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -159,6 +165,7 @@ def _optional_int(body: dict[str, Any], name: str, lo: int, hi: int) -> int | No
         raise _bad(f"{name}: must be an integer, got {_type_name(v)}", param=name)
     if not lo <= v <= hi:
         raise _bad(f"{name}: must be in {lo}..{hi}, got {v}", param=name)
+    body[name] = int(v)
     return int(v)
 
 
@@ -178,6 +185,11 @@ def _common(body: dict[str, Any]) -> tuple[str, bool, int | None]:
     if opts is not None and not isinstance(opts, dict):
         raise _bad(
             f"stream_options: must be an object, got {_type_name(opts)}", param="stream_options"
+        )
+    if opts is not None and not stream:
+        # vLLM's rule (its engines answer the same 400): usage options need a stream
+        raise _bad(
+            "stream_options: can only be defined when stream is true", param="stream_options"
         )
     max_tokens = _optional_int(body, "max_tokens", 1, MAX_TOKENS_LIMIT)
     mct = _optional_int(body, "max_completion_tokens", 1, MAX_TOKENS_LIMIT)
@@ -289,8 +301,10 @@ def _completion(
         elif all(isinstance(p, list) for p in prompt):
             lists = [_token_list(p, f"prompt[{i}]") for i, p in enumerate(prompt)]
             ids = lists[0]
+            body["prompt"] = lists
         else:
             ids = _token_list(prompt, "prompt")
+            body["prompt"] = ids
     else:
         raise _bad(
             "prompt: must be a string, a list of strings, a list of token ids or a list of "

@@ -40,6 +40,14 @@ BAD = [
     ("temp-str", "chat", _with(CHAT, temperature="hot"), "temperature", "number"),
     ("stop-int", "chat", _with(CHAT, stop=3), "stop", "string or a list"),
     ("opts-list", "chat", _with(CHAT, stream_options=[1]), "stream_options", "object"),
+    ("opts-no-stream", "chat", _with(CHAT, stream_options={}), "stream_options", "stream is true"),
+    (
+        "opts-stream-false",
+        "completion",
+        _with(COMPLETION, stream=False, stream_options={"include_usage": True}),
+        "stream_options",
+        "defined when stream is true",
+    ),
     ("no-messages", "chat", _with(CHAT, messages=...), "messages", "messages: required"),
     ("messages-empty", "chat", _with(CHAT, messages=[]), "messages", "non-empty list"),
     ("message-str", "chat", _with(CHAT, messages=["hi"]), "messages[0]", "object"),
@@ -148,3 +156,14 @@ def test_depth_limit_allows_ordinary_nesting() -> None:
     for _ in range(MAX_JSON_DEPTH - 2):
         nested = [nested]
     assert parse_json(json.dumps({"a": nested}).encode())["a"] == nested
+
+
+def test_integral_numbers_are_integers_and_reach_the_engine_as_integers() -> None:
+    """JSON Schema's ``integer`` and vLLM's models take ``16.0``; the forwarded body says 16."""
+    chat = parse_body("chat", _with(CHAT, max_tokens=16.0, stream=True, stream_options={}))
+    assert chat.max_tokens == 16 and type(chat.body["max_tokens"]) is int
+    done = parse_body("completion", _with(COMPLETION, prompt=[1.0, 2.0], n=1.0))
+    assert done.prompt_token_ids == [1, 2]
+    assert json.dumps(done.body["prompt"]) == "[1, 2]" and type(done.body["n"]) is int
+    lists = parse_body("completion", _with(COMPLETION, prompt=[[3.0, 4]]))
+    assert json.dumps(lists.body["prompt"]) == "[[3, 4]]"
