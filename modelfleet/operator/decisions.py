@@ -5,6 +5,7 @@
 - :func:`slo_inputs`: mode SLO — the autoscaler's inputs from the spec, the profiles and the
   scheduler's stats (the decision itself is :func:`modelfleet.policy.autoscale.decide`).
 - :func:`choose_victims`: which pods a scale-down removes — least in-flight work first.
+- :func:`stale_victims`: which pods marked by an earlier scale-down are to serve again.
 - :func:`lease_action`: leader election — take, renew or wait for the operator's Lease.
 """
 
@@ -157,6 +158,36 @@ def choose_victims(
         key=lambda p: (int(p.scheduled), int(p.ready), loads.get(p.name, EndpointLoad()).work)
     )
     return [p.name for p in live[:count]]
+
+
+#: The pod-deletion-cost a drained scale-down victim gets (others have none, i.e. 0), so the
+#: ReplicaSet removes exactly the victims.
+VICTIM_COST = -1_000_000
+
+
+def stale_victims(
+    pods: Sequence[PodInfo], chosen: Sequence[str], desired: Mapping[str, int]
+) -> list[str]:
+    """Pods marked as victims (:data:`VICTIM_COST`) by an earlier pass that are to serve
+    again: alive, not chosen this time, and of a variant that no longer loses pods (its live
+    pods fit its desired replicas — the scale-down was called off).
+
+    A variant whose live pods still outnumber its desired replicas keeps its marks: the
+    Deployment is already scaled down and the ReplicaSet is about to remove exactly those pods
+    (the operator's view of them may lag behind their deletion), so they must stay drained.
+    """
+    live: dict[str, int] = {}
+    for p in pods:
+        if not p.terminating:
+            live[p.variant] = live.get(p.variant, 0) + 1
+    return [
+        p.name
+        for p in pods
+        if p.deletion_cost == VICTIM_COST
+        and not p.terminating
+        and p.name not in chosen
+        and live.get(p.variant, 0) <= desired.get(p.variant, 0)
+    ]
 
 
 def demand_from_stats(

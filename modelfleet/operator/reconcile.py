@@ -54,10 +54,12 @@ from modelfleet.operator.builders import (
 from modelfleet.operator.cache import WatchCache
 from modelfleet.operator.control_client import DrainResult, SchedulerClient
 from modelfleet.operator.decisions import (
+    VICTIM_COST,
     EndpointLoad,
     choose_victims,
     manual_replicas,
     slo_inputs,
+    stale_victims,
 )
 from modelfleet.operator.kube import ApiError, Kube
 from modelfleet.operator.metrics import OperatorMetrics
@@ -67,8 +69,6 @@ from modelfleet.policy.autoscale import AutoscalerMemory, decide
 log = logging.getLogger(__name__)
 
 JSON = dict[str, Any]
-#: The pod-deletion-cost a drained scale-down victim gets (others have none, i.e. 0).
-VICTIM_COST = -1_000_000
 #: Status refreshes asked for by watch events wait this long, so a burst becomes one, s.
 REFRESH_DELAY_S = 0.3
 #: Levels of a queued pool pass (see :meth:`Reconciler.request_refresh`).
@@ -603,27 +603,28 @@ class Reconciler:
         for v, count in sorted(shrinking.items()):
             mine = [p for p in pods if p.variant == v]
             victims += choose_victims(mine, loads, count)
-        # victims of an earlier pass that are still alive and not chosen again: serve again
-        stale = [
-            p.name
-            for p in pods
-            if p.deletion_cost == VICTIM_COST and not p.terminating and p.name not in victims
-        ]
-        for name in stale:
+        # victims of an earlier scale-down that was called off: serve again
+        for name in stale_victims(pods, victims, desired):
             if self.scheduler is not None:
                 self.scheduler.undrain(endpoint_id(namespace, name))
-            self.kube.annotate("Pod", namespace, name, {POD_DELETION_COST_ANNOTATION: None})
+            self._annotate_pod(namespace, name, None)
         if not victims:
             return
         by_name = {p.name: p for p in pods}
         serving = [n for n in victims if by_name[n].scheduled]
         results = self._drain_all(raw, namespace, serving, "scale-down")
         for name in victims:
-            self.kube.annotate(
-                "Pod", namespace, name, {POD_DELETION_COST_ANNOTATION: str(VICTIM_COST)}
-            )
+            self._annotate_pod(namespace, name, str(VICTIM_COST))
         for r in results:
             log.info("drained %s: %s", r.endpoint, r.outcome)
+
+    def _annotate_pod(self, namespace: str, name: str, cost: str | None) -> None:
+        """Set (or remove) a pod's deletion cost; a pod gone meanwhile needs none."""
+        try:
+            self.kube.annotate("Pod", namespace, name, {POD_DELETION_COST_ANNOTATION: cost})
+        except ApiError as err:
+            if err.status != 404:
+                raise
 
     def _drain_all(
         self, raw: JSON, namespace: str, pods: Sequence[str], reason: str

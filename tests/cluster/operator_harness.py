@@ -84,11 +84,12 @@ class InProcessOperator:
 class OperatorProcess:
     """``modelfleet operator`` as a child process (stopped by pid, never by name)."""
 
-    def __init__(self, cluster: ClusterClient, namespace: str, log: Path) -> None:
+    def __init__(self, cluster: ClusterClient, namespace: str, log: Path, *extra: str) -> None:
+        """``extra``: more ``modelfleet operator`` arguments (e.g. the scheduler's address)."""
         exe = Path(sys.executable).parent / "modelfleet"
         self.argv = [
             str(exe), "operator", "--kubeconfig", str(cluster.kubeconfig), "-n", namespace,
-            "--resync-seconds", "1", "--metrics-port", "0", "--health-port", "0",
+            "--resync-seconds", "1", "--metrics-port", "0", "--health-port", "0", *extra,
         ]  # fmt: skip
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None

@@ -1,27 +1,35 @@
 """The whole system, end to end, on the real control plane (tier ``e2e``).
 
 The session's control plane has kwok GPU nodes of several types (H100, A100, L40S, L4, CPU)
-and hands pod IPs out of a loopback range. ``modelfleet operator`` runs as its own process
-(the entry point a container runs) watching ``default``; ``kubectl apply`` of the cluster
-walkthrough (``examples/01`` to ``05``) creates the profiles, the three pools and the routing
-policy exactly as a user would; kwok
-runs the engine pods, and :class:`~modelfleet.testing.kwok_engines.KwokEngines` serves an
-engine simulator on each pod's ``<podIP>:8000``. Deleting the examples removes everything,
-and the fixtures fail the test if an engine or the operator process outlives it (the cluster
-tier's ``no_leaked_processes`` checks the rest at the end of the session).
+and hands pod IPs out of a loopback range. Two product processes run as a cluster runs them:
 
-The parts that need the scheduler's control API (issue 16: ``Stats`` feeds the autoscaler,
-``Drain`` migrates streams before a pod goes) are strict xfails naming that issue: they run
-the real steps and fail today because nothing serves that API yet.
+* ``modelfleet scheduler --kubernetes`` (Ray Serve; one per module) watching ``default``
+  through the test cluster's kubeconfig, with its gRPC control API on loopback behind a bearer
+  token; clients use the OpenAI SDK at its URL, with the public names of the RoutingPolicies;
+* ``modelfleet operator`` (one per test) watching ``default``, pointed at that control API
+  (``--scheduler-address``/``--scheduler-token-file``): the autoscaler reads its ``Stats``, a
+  scale-down ``Drain``s the pod first.
+
+``kubectl apply`` of the cluster walkthrough (``examples/01`` to ``05``) creates the profiles,
+the three pools and the routing policy exactly as a user would; kwok runs the engine pods, and
+:class:`~modelfleet.testing.kwok_engines.KwokEngines` serves an engine simulator on each pod's
+``<podIP>:8000``, where the scheduler finds them by watching the pods. Deleting the examples
+removes everything, and the fixtures fail the test if an engine, the operator or the scheduler
+(with its Ray session) outlives it (the cluster tier's ``no_leaked_processes`` checks the rest
+at the end of the session).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +40,16 @@ from operator_harness import (
     OperatorProcess,
     condition_is,
     conditions,
+    events,
     get,
     kube,
     wait_until,
 )
 from support.example_objects import WALKTHROUGH
+from support.scheduler_process import free_port, stop_scheduler, wait_listening
 
+from modelfleet.operator.control_client import SchedulerClient
+from modelfleet.operator.decisions import EndpointLoad
 from modelfleet.testing.cluster import ClusterClient
 from modelfleet.testing.kwok_engines import KwokEngines
 
@@ -56,6 +68,93 @@ EXPECTED = {
     "llama-70b": {"h100-tp4": (1, "NVIDIA-H100-80GB-HBM3")},
     "coder": {"l40s": (1, "NVIDIA-L40S")},
 }
+
+
+#: A RoutingPolicy a user adds next to the examples' one: the public name of the 8B model,
+#: answered by the llama-8b pool alone (the demand step's clients use it), placing on the
+#: endpoint with the fewest requests, so that both pods of the pool are busy at every moment.
+DIRECT = "llama-3.1-8b"
+DIRECT_POLICY = {
+    "apiVersion": "modelfleet.io/v1alpha1", "kind": "RoutingPolicy",
+    "metadata": {"name": DIRECT, "namespace": NS},
+    "spec": {"modelNames": [DIRECT], "defaultTargets": [{"pool": "llama-8b"}],
+             "placement": {"profile": "least-request"}},
+}  # fmt: skip
+CONTROL_TOKEN = "e2e-control-token"
+
+
+@dataclass
+class Scheduler:
+    """The ``modelfleet scheduler --kubernetes`` process and how to reach it."""
+
+    url: str  # OpenAI API at f"{url}/v1"
+    control: str  # host:port of its gRPC control API
+    token_file: Path
+    proc: subprocess.Popen[str]
+
+    def client(self) -> SchedulerClient:
+        return SchedulerClient(self.control, CONTROL_TOKEN)
+
+    def endpoints(self, pool: str) -> dict[str, EndpointLoad]:
+        """Pod name -> load, as the scheduler's ``ListEndpoints`` has them (pods it found)."""
+        ctl = self.client()
+        try:
+            return ctl.endpoint_loads(NS, pool) or {}
+        finally:
+            ctl.close()
+
+
+#: What ``ray.init`` raises when its raylet has not registered within Ray's fixed 30 s (seen
+#: on this 2-core machine at load average ~30): the scheduler is started once more.
+RAY_START_TIMEOUT = "The current node timed out during startup"
+
+
+def _start_scheduler(
+    cluster: ClusterClient, tmp: Path, token_file: Path, attempt: int
+) -> Scheduler:
+    port, cport = free_port(), free_port()
+    with (tmp / f"scheduler-{attempt}.log").open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "modelfleet.cli", "scheduler", "--kubernetes",
+             "--kubeconfig", str(cluster.kubeconfig), "--namespace", NS,
+             "--port", str(port), "--control-port", str(cport),
+             "--control-token-file", str(token_file)],
+            stdout=subprocess.PIPE, stderr=log, text=True,
+        )  # fmt: skip
+    return Scheduler("", f"127.0.0.1:{cport}", token_file, proc)
+
+
+@pytest.fixture(scope="module")
+def scheduler(
+    cluster: ClusterClient,
+    installed_crds: list[dict[str, Any]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Scheduler]:
+    """``modelfleet scheduler --kubernetes`` over ``default`` (Ray Serve, its own process);
+    stopped with SIGINT at the end: it must exit 0 and leave no process of its Ray session.
+    Started a second time only if Ray itself did not start (:data:`RAY_START_TIMEOUT`)."""
+    tmp = tmp_path_factory.mktemp("scheduler")
+    token_file = tmp / "control-token"
+    token_file.write_text(CONTROL_TOKEN + "\n")
+    for attempt in (1, 2):
+        sched = _start_scheduler(cluster, tmp, token_file, attempt)
+        log = tmp / f"scheduler-{attempt}.log"
+        try:
+            sched.url = wait_listening(sched.proc)
+            break
+        except RuntimeError as err:
+            _rc, left = stop_scheduler(sched.proc)
+            text = log.read_text(errors="replace")
+            assert not left, "processes outlived the scheduler:\n" + "\n".join(left)
+            if attempt == 2 or RAY_START_TIMEOUT not in text:
+                pytest.fail(f"modelfleet scheduler did not start ({err}):\n{text[-3000:]}")
+    try:
+        yield sched
+    finally:
+        rc, left = stop_scheduler(sched.proc)
+        text = log.read_text(errors="replace")
+        assert rc == 0, f"modelfleet scheduler exited {rc}:\n{text[-3000:]}"
+        assert not left, "processes outlived the scheduler:\n" + "\n".join(left)
 
 
 def _supporting_objects(cluster: ClusterClient, pv: str) -> None:
@@ -92,13 +191,23 @@ def _engine_pods(cluster: ClusterClient) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def system(
-    cluster: ClusterClient, installed_crds: list[dict[str, Any]], tmp_path: Path
+    cluster: ClusterClient,
+    installed_crds: list[dict[str, Any]],
+    scheduler: Scheduler,
+    tmp_path: Path,
 ) -> Iterator[KwokEngines]:
-    """The operator process and the engines of ``default``'s pods; torn down in reverse, and
-    every object the test made is deleted (the examples, the secret, the volume)."""
+    """The operator process (pointed at the scheduler's control API) and the engines of
+    ``default``'s pods; torn down in reverse, and every object the test made is deleted (the
+    examples, the extra policy, the secret, the volume)."""
     pv = f"weights-e2e-{uuid.uuid4().hex[:6]}"
     _supporting_objects(cluster, pv)
-    op = OperatorProcess(cluster, NS, tmp_path / "operator.log").start()
+    op = OperatorProcess(
+        cluster, NS, tmp_path / "operator.log",
+        "--scheduler-address", scheduler.control,
+        "--scheduler-token-file", str(scheduler.token_file),
+        # the demand of the test before has left the window when this one starts
+        "--stats-window-seconds", "5",
+    ).start()  # fmt: skip
     fleet = KwokEngines(
         lambda ns, sel: kube(cluster).list_objects("Pod", ns, sel), NS, time_scale=0.02
     )
@@ -108,6 +217,9 @@ def system(
     finally:
         # best effort: a failed delete must not leave the operator and the engines running
         cluster.kubectl("delete", "--ignore-not-found", "--wait=false", *EXAMPLES, check=False)
+        cluster.kubectl(
+            "delete", "--ignore-not-found", "routingpolicy", DIRECT, "-n", NS, check=False
+        )
         cluster.kubectl("delete", "--ignore-not-found", "secret", "hf-token", "-n", NS, check=False)
         cluster.kubectl(
             "delete", "--ignore-not-found", "pvc", "model-weights", "-n", NS, check=False
@@ -122,7 +234,7 @@ def system(
 
 
 def test_examples_served_end_to_end_and_removed_without_a_trace(
-    cluster: ClusterClient, system: KwokEngines
+    cluster: ClusterClient, system: KwokEngines, scheduler: Scheduler
 ) -> None:
     cluster.kubectl("apply", "--server-side", *EXAMPLES)
 
@@ -159,10 +271,20 @@ def test_examples_served_end_to_end_and_removed_without_a_trace(
             pod = get(cluster, "Pod", NS, key.split("/", 1)[1])
             assert url == f"http://{pod['status']['podIP']}:8000"
             assert _models(url) == [names[pool]]
-    (url,) = by_pool["llama-8b"].values()
-    client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
+
+    # The scheduler (--kubernetes) found the same pods by watching them, and streams a chat
+    # completion for the RoutingPolicy's public name through the OpenAI SDK.
+    wait_until(
+        lambda: all(
+            set(scheduler.endpoints(p)) == {k.split("/", 1)[1] for k in by_pool[p]}
+            for p in EXPECTED
+        ),
+        "the scheduler to list every engine pod",
+    )
+    assert _models(scheduler.url) == ["assistant"]
+    client = OpenAI(base_url=f"{scheduler.url}/v1", api_key="e2e", max_retries=0, timeout=30)
     stream = client.chat.completions.create(
-        model="llama-3.1-8b",
+        model="assistant",
         messages=[{"role": "user", "content": "Say hello."}],
         max_tokens=8,
         stream=True,
@@ -194,56 +316,128 @@ def test_examples_served_end_to_end_and_removed_without_a_trace(
     assert not system.errors
 
 
-def _load(url: str, stop: threading.Event, errors: list[str]) -> None:
-    """Streams to one engine until ``stop`` (a closed-loop client)."""
-    client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+#: Tokens of each load stream: long enough that a pod always has streams running (Serve's
+#: proxy relays a few thousand chunks a second on this machine).
+LOAD_TOKENS = 2048
+
+
+def _load(url: str, key: str, stop: threading.Event, done: list[int], errors: list[str]) -> None:
+    """Streams long answers through the scheduler until ``stop`` (a closed-loop client with its
+    own API key, so the examples' per-key rate limit is each client's own)."""
+    client = OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=120)
     while not stop.is_set():
         try:
-            for _ in client.chat.completions.create(
-                model="llama-3.1-8b",
-                messages=[{"role": "user", "content": "Tell me a long story."}],
-                max_tokens=64,
+            chunks = 0
+            for c in client.chat.completions.create(
+                model=DIRECT,
+                messages=[{"role": "user", "content": f"{key}: tell me story {len(done)}."}],
+                max_tokens=LOAD_TOKENS,
                 stream=True,
+                extra_body={"ignore_eos": True},
             ):
-                pass
+                chunks += bool(c.choices and c.choices[0].delta.content)
+            if chunks < LOAD_TOKENS:
+                errors.append(f"a stream ended after {chunks} of {LOAD_TOKENS} tokens")
+            done.append(chunks)
         except Exception as err:
             errors.append(repr(err))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 16: the autoscaler's demand is the scheduler's Stats (gRPC control API), "
-    "which nothing serves yet; without it the operator keeps replicas (reason no-metrics)",
-)
-def test_a_demand_step_makes_the_autoscaler_add_replicas(
-    cluster: ClusterClient, system: KwokEngines
+def _variants(cluster: ClusterClient, pool: str) -> dict[str, dict[str, Any]]:
+    status = get(cluster, "ModelPool", NS, pool).get("status") or {}
+    return {str(v["name"]): v for v in status.get("variants") or []}
+
+
+def _live_pods(cluster: ClusterClient, pool: str, variant: str) -> list[str]:
+    sel = f"modelfleet.io/pool={pool},modelfleet.io/variant={variant}"
+    return [
+        p["metadata"]["name"]
+        for p in kube(cluster).list_objects("Pod", NS, sel)
+        if not p["metadata"].get("deletionTimestamp")
+    ]
+
+
+def _busy(load: EndpointLoad | None) -> bool:
+    return load is not None and (load.running > 0 or load.inflight_requests > 0)
+
+
+def test_a_demand_step_scales_up_and_scaling_down_under_load_loses_nothing(
+    cluster: ClusterClient, system: KwokEngines, scheduler: Scheduler
 ) -> None:
     cluster.kubectl("apply", "--server-side", *EXAMPLES)
+    cluster.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(DIRECT_POLICY))
     wait_until(
         lambda: condition_is(cluster, "ModelPool", NS, "llama-8b", "Ready", "True"),
         "llama-8b Ready",
         timeout=120,
     )
-    (url,) = system.wait_for(1, pool="llama-8b", timeout=120).values()
-    stop, errors = threading.Event(), []
+    (l4,) = system.wait_for(1, pool="llama-8b", timeout=120)
+    wait_until(lambda: set(scheduler.endpoints("llama-8b")) == {l4.split("/", 1)[1]},
+               "the scheduler to find the l4 pod")  # fmt: skip
+    # Before the step: no demand, the L4 minimum only (an L4 cannot hold this SLO for an
+    # 8B model, so any demand needs an H100).
+    assert _variants(cluster, "llama-8b")["h100"]["desiredReplicas"] == 0
+
+    stop, done, errors = threading.Event(), [], []
     clients = [
-        threading.Thread(target=_load, args=(url, stop, errors), daemon=True) for _ in range(4)
-    ]
+        threading.Thread(target=_load, args=(scheduler.url, f"client-{i}", stop, done, errors),
+                         daemon=True)
+        for i in range(4)
+    ]  # fmt: skip
     for t in clients:
         t.start()
     try:
+        # The demand step: the scheduler's Stats show it, the autoscaler adds an H100 ...
+        wait_until(
+            lambda: _variants(cluster, "llama-8b")["h100"]["desiredReplicas"] >= 1,
+            "the autoscaler to add an H100 replica under the demand step",
+            timeout=90,
+        )
+        up = [e for e in events(cluster, NS, "llama-8b") if e["reason"] == "ScaledUp"]
+        assert any("variant h100: 0 -> 1 replicas (slo)" in e["message"] for e in up), up
+        # ... whose pod the scheduler finds and places streams on.
+        (h100,) = wait_until(lambda: _live_pods(cluster, "llama-8b", "h100"), "the H100 pod")
+        wait_until(
+            lambda: _busy(scheduler.endpoints("llama-8b").get(h100)),
+            "streams running on the H100 pod",
+            timeout=90,
+        )
+        before = len(done)
+
+        # Scale down under the same streaming load: the pool goes to Manual (its minimums),
+        # so the H100 pod goes; the operator drains it first, and the scheduler migrates its
+        # running streams to the L4 pod.
+        cluster.kubectl(
+            "patch", "modelpool", "llama-8b", "-n", NS, "--type=merge",
+            "-p", '{"spec": {"scaling": {"mode": "Manual"}}}',
+        )  # fmt: skip
+        drained = wait_until(
+            lambda: [
+                e
+                for e in events(cluster, NS, "llama-8b")
+                if e["reason"] == "Drained" and f"{NS}/{h100}:" in e["message"]
+            ],
+            "the operator to drain the H100 pod",
+            timeout=90,
+        )
         wait_until(
             lambda: (
-                (get(cluster, "ModelPool", NS, "llama-8b").get("status") or {}).get(
-                    "desiredReplicas", 0
-                )
-                > 1
+                not _live_pods(cluster, "llama-8b", "h100")
+                and get(cluster, "Deployment", NS, "llama-8b-h100")["spec"]["replicas"] == 0
             ),
-            "the autoscaler to add a replica under the demand step",
-            timeout=60,
+            "the H100 pod to go",
+            timeout=90,
         )
+        # the streams keep completing on what is left
+        wait_until(lambda: len(done) >= before + 8, "more streams to complete", timeout=90)
     finally:
         stop.set()
         for t in clients:
-            t.join(timeout=90)
-    assert not errors
+            t.join(timeout=120)
+    m = re.search(
+        r"(\d+) migrated, (\d+) completed, (\d+) failed, (\d+) left", drained[0]["message"]
+    )
+    assert m, drained[0]["message"]
+    migrated, _completed, failed, left = map(int, m.groups())
+    assert migrated >= 1 and failed == 0 and left == 0, drained[0]["message"]
+    assert not errors, errors[:5]

@@ -11,11 +11,13 @@ from support.example_objects import example_pools, example_profiles
 
 from modelfleet.api import ModelPool
 from modelfleet.operator.decisions import (
+    VICTIM_COST,
     EndpointLoad,
     choose_victims,
     lease_action,
     manual_replicas,
     slo_inputs,
+    stale_victims,
 )
 from modelfleet.operator.observe import DeploymentInfo, PodInfo, deployment_info, pod_info
 from modelfleet.operator.status import (
@@ -79,6 +81,7 @@ def pod(
     scheduled: bool = True,
     terminating: bool = False,
     created: str = "2026-12-05T10:00:00Z",
+    victim: bool = False,
 ) -> PodInfo:
     return PodInfo(
         name=name,
@@ -89,7 +92,7 @@ def pod(
         scheduled=scheduled,
         unschedulable="" if scheduled else "0/5 nodes are available",
         crash_loop="",
-        deletion_cost=None,
+        deletion_cost=VICTIM_COST if victim else None,
         created=created,
     )
 
@@ -145,6 +148,30 @@ def test_victims_have_the_least_in_flight_work(
     pods: list[PodInfo], loads: dict[str, EndpointLoad], count: int, want: list[str]
 ) -> None:
     assert choose_victims(pods, loads, count) == want
+
+
+@pytest.mark.parametrize(
+    ("pods", "chosen", "desired", "want"),
+    [
+        # the Deployment is scaled to 0 but the (lagging) view still shows its victim alive:
+        # it stays marked and drained (it was undrained and unmarked, a 404 if already gone)
+        ([pod("a"), pod("v", variant="h100", victim=True)], [], {"l4": 1, "h100": 0}, []),
+        # the scale-down was called off (desired back up): the victim serves again
+        ([pod("a"), pod("v", variant="h100", victim=True)], [], {"l4": 1, "h100": 1}, ["v"]),
+        # chosen again this pass, or already terminating: not stale
+        ([pod("v", victim=True)], ["v"], {"l4": 1}, []),
+        ([pod("v", victim=True, terminating=True), pod("a")], [], {"l4": 1}, []),
+        # two live, one wanted: the marked one is still the one to go
+        ([pod("a"), pod("v", victim=True)], [], {"l4": 1}, []),
+        ([pod("a")], [], {"l4": 0}, []),
+    ],
+    ids=["scaled-down-view-lags", "called-off", "chosen-again", "terminating", "still-one-too-many",
+         "unmarked"],
+)  # fmt: skip
+def test_stale_victims_serve_again_only_when_the_scale_down_is_called_off(
+    pods: list[PodInfo], chosen: list[str], desired: dict[str, int], want: list[str]
+) -> None:
+    assert stale_victims(pods, chosen, desired) == want
 
 
 @pytest.mark.parametrize(

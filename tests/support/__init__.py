@@ -7,5 +7,7 @@
 * :mod:`support.engine_server`: an in-process engine server on a free loopback port;
 * :mod:`support.manifests`: minimal valid manifests of the three kinds, for the cluster tier;
 * :mod:`support.example_objects`: the ``examples/`` manifests parsed into typed objects;
-* :mod:`support.fake_control`: a hand-written scheduler control service (gRPC) on loopback.
+* :mod:`support.fake_control`: a hand-written scheduler control service (gRPC) on loopback;
+* :mod:`support.scheduler_process`: ``modelfleet scheduler`` as a child process (start, stop,
+  leftovers of its Ray session).
 """
