@@ -42,12 +42,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from modelfleet.policy.types import Decision, NoEndpointError, RequestId
+from modelfleet.policy.migration import Migration
+from modelfleet.policy.types import Decision, EndpointId, NoEndpointError, RequestId
 from modelfleet.scheduler.fleet import EndpointSpec
 from modelfleet.scheduler.protocol import ParsedRequest
 
 if TYPE_CHECKING:
-    from modelfleet.scheduler.core import SchedulerCore
+    from modelfleet.scheduler.core import PoolState, SchedulerCore
     from modelfleet.scheduler.proxy import Proxy, Relay, Upstream, _Event
 
 __all__ = [
@@ -268,6 +269,80 @@ class Migrator:
             return "no destination"
         dst, decision = found
         return relay.begin_handoff(dst, decision, trigger, on_end=on_end)
+
+    # ------------------------------------------------------------- triggers
+    def can_plan(self, rid: RequestId) -> bool:
+        """Whether a planned move of ``rid`` could start now: a relayed stream past its first
+        token, no hand-off running, movable parameters, its source not draining (a drain
+        moves those itself)."""
+        relay = self.proxy.relays.get(rid)
+        if relay is None or relay.finished or relay.handoff is not None:
+            return False
+        if relay.not_migratable is not None or relay.prompt_token_ids is None:
+            return False
+        attempt = relay.attempt
+        ep = EndpointId(attempt.endpoint.id)
+        router = attempt.pool.router
+        return ep in attempt.pool.endpoints and not router.endpoint(ep).draining
+
+    def plan_period_s(self) -> float | None:
+        """The shortest planning period over the pools with a planner (``None``: none has)."""
+        periods = [p for s in self.core.pools.values() if (p := s.router.plan_period_s) is not None]
+        return min(periods) if periods else None
+
+    def plan_round(self) -> list[tuple[Migration, str | None]]:
+        """Run each pool's migration planner on the scheduler's live state and start the
+        SLO-rescue and load-balance moves it plans through the hand-off.
+
+        The planner sees what this scheduler observed (the router's endpoint views: scrapes,
+        in-flight counters, learned perf models; its in-flight requests with the tokens
+        streamed and the first-token times), never an engine's internals. Requests the relay
+        cannot move (:meth:`can_plan`) are planned as not migratable; hand-offs in flight
+        (drains and resumes too) count against ``maxConcurrent``. Returns each planned move
+        with ``None`` when it started, else why not.
+        """
+        out: list[tuple[Migration, str | None]] = []
+        tel = self.core.telemetry
+        for state in list(self.core.pools.values()):
+            router = state.router
+            if router.planner is None or router.in_flight == 0:
+                continue
+            rnd = router.plan(self.can_plan)
+            running = len(rnd.in_progress)
+            for m in rnd.migrations:
+                why = self._start_planned(state, m)
+                out.append((m, why))
+                if tel is not None:
+                    result = "started" if why is None else "gone" if why == "gone" else "refused"
+                    tel.migration_plans.labels(state.name, m.reason, result).inc()
+                if why is None:
+                    running += 1
+                    if tel is not None:
+                        tel.migration_concurrency.labels(state.name).observe(running)
+        return out
+
+    def _start_planned(self, state: PoolState, m: Migration) -> str | None:
+        relay = self.proxy.relays.get(m.request_id)
+        if relay is None or relay.finished or relay.attempt.endpoint.id != str(m.src):
+            return "gone"
+        dst = state.endpoints.get(m.dst)
+        if dst is None:
+            return "gone"
+        context = len(relay.prompt_token_ids or ()) + len(relay.generated_ids)
+        decision = Decision(
+            endpoint=m.dst,
+            request_id=m.request_id,
+            candidates=(m.dst,),
+            scores={},
+            weights={},
+            totals=(0.0,),
+            filtered_out={},
+            timings_s={},
+            errors={},
+            cached_tokens=max(0, context - m.lost_hit_tokens),
+            max_cached_tokens=max(0, context - m.lost_hit_tokens),
+        )
+        return relay.begin_handoff(dst, decision, m.reason)
 
     # --------------------------------------------------------------- drain
     def remaining_on(self, endpoint: str) -> list[RequestId]:
