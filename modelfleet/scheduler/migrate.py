@@ -8,10 +8,12 @@ that starts hand-offs:
   measurements on stock vLLM 0.32 (``shared/reference/vllm-migration.md``): n > 1, beam
   search, structured output (``response_format``, ``guided_*``, ``structured_outputs``, a
   forced tool call), frequency or presence penalties (they count output tokens, which become
-  prompt tokens on the destination) and stop strings (the engine holds back text that may
-  start a stop string, and matches only its own output, so a string spanning the cut would
-  be missed) are excluded. Non-streamed requests are not relayed token by token and stay
-  where they are.
+  prompt tokens on the destination) and stop strings under sampling are excluded. Stop
+  strings under greedy decoding move: the engine holds back text that may start a stop
+  string and matches only its own output, so the cut is placed far enough behind the
+  client (:func:`stop_safe_cut`) that the destination regenerates, and checks, the text a
+  string spanning the cut would occupy. Non-streamed requests are not relayed token by
+  token and stay where they are.
 * :func:`handoff_body` — the destination's request: by token ids, never text (re-tokenising
   text changes the ids). Completions get ``prompt = prompt_ids + generated[:cut]``; chat keeps
   the original messages and carries the ids in ``kv_transfer_params.prompt_token_ids``
@@ -38,7 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -59,6 +61,8 @@ __all__ = [
     "handoff_body",
     "is_greedy",
     "not_migratable",
+    "stop_safe_cut",
+    "stop_string_chars",
 ]
 
 Trigger = Literal["drain", "resume", "slo-rescue", "load-balance", "manual"]
@@ -98,10 +102,41 @@ def not_migratable(parsed: ParsedRequest) -> str | None:
         value = body.get(key)
         if isinstance(value, int | float) and value != 0:
             return key.replace("_", " ")
-    stop = body.get("stop")
-    if stop:
-        return "stop strings"
+    if stop_string_chars(parsed) and not is_greedy(parsed):
+        return "stop strings under sampling"
     return None
+
+
+def stop_string_chars(parsed: ParsedRequest) -> int:
+    """The length of the request's longest stop string, in characters (0: none)."""
+    stop = parsed.body.get("stop")
+    if isinstance(stop, str):
+        return len(stop)
+    if isinstance(stop, list):
+        return max((len(s) for s in stop if isinstance(s, str)), default=0)
+    return 0
+
+
+def stop_safe_cut(marks: Sequence[tuple[int, int]], sent_chars: int, longest: int) -> int:
+    """The cut for a greedy request with stop strings: the last clean position whose text
+    the client had been sent ``2 x longest - 1`` characters before now (0 if none).
+
+    The engine holds back the last ``longest - 1`` characters of its text (they may begin a
+    stop string) and matches stop strings only in its own output. ``marks`` are (position,
+    characters sent when it was reached). With the cut ``c`` that far back, the source's
+    text through ``c`` is at most ``longest - 1`` characters ahead of what the client had at
+    ``c``, so the destination regenerates (and checks) at least ``longest`` characters the
+    source had already checked before it reaches the client's position: a stop string that
+    starts before the cut ends inside that overlap, where the source would have stopped on
+    it, and one that starts after the cut is in the destination's own output. And the
+    destination's first forwarded text starts ``longest - 1`` characters behind its text, as
+    the source's would have, so the text joins where the client's ends.
+    """
+    need = 2 * longest - 1
+    for pos, chars in reversed(marks):
+        if sent_chars - chars >= need:
+            return pos
+    return 0
 
 
 def _plain_text(value: Any) -> bool:
