@@ -17,12 +17,13 @@ scheduler for each arm, so no prefix cache or learned model carries over):
   maxConcurrent 4, minGainMs 200; the planner on the scheduler's live state); arm ``off``: no
   migration.
 * a warm-up (4 short streams per engine), then Poisson arrivals at ``--rate`` per second for
-  ``--duration`` seconds: greedy streaming requests, prompts unique (prefix-free, 40..200
+  ``--duration`` seconds: greedy streaming requests, prompts unique (prefix-free, 20..80
   words), output 64..256 tokens (``ignore_eos``), completions and chat alternating, from a
   seeded RNG (the same requests and arrival times in both arms).
 
 Figures per arm: the client's TTFT and TPOT (mean gap after the first token) p50/p99, SLO
-attainment (TTFT and TPOT within target), goodput (requests within SLO per second of the
+attainment (TTFT and TPOT within target; and TPOT alone, what a move of a decoding request
+can change), goodput (requests within SLO per second of the
 arrival window), errors; from the scheduler's ``/metrics``: migrations switched by trigger,
 failed hand-offs, tokens re-prefilled on destinations (the cost) and their share of output
 tokens. The load average of the machine is printed with each arm.
@@ -79,7 +80,7 @@ def policy(migrate: bool) -> str:
 
 def body(i: int, rng: random.Random) -> tuple[str, dict[str, Any]]:
     kind = "chat" if i % 2 else "completion"
-    words = " ".join(f"u{rng.randrange(100000)}" for _ in range(rng.randint(40, 200)))
+    words = " ".join(f"u{rng.randrange(100000)}" for _ in range(rng.randint(20, 80)))
     b: dict[str, Any] = {
         "model": "trig",
         "max_tokens": rng.randint(64, 256),
@@ -104,13 +105,13 @@ async def one(client: httpx.AsyncClient, url: str, kind: str, b: dict[str, Any])
     try:
         async with client.stream("POST", url + path, json=b, timeout=300) as r:
             if r.status_code != 200:
-                return {"error": str(r.status_code)}
+                return {"error": f"http-{r.status_code}"}
             async for line in r.aiter_lines():
                 if not line.startswith("data: {"):
                     continue
                 obj = json.loads(line[6:])
                 if "error" in obj:
-                    error = obj["error"].get("code", "error")
+                    error = str(obj["error"].get("code") or obj["error"].get("message"))
                     continue
                 for c in obj.get("choices") or ():
                     k = len(c.get("token_ids") or ())
@@ -220,6 +221,10 @@ async def drive(url: str, args: argparse.Namespace, n_engines: int) -> dict[str,
         after = scrape(url)
         load1 = os.getloadavg()[0]
     ok = [r for r in results if not r.get("error")]
+    kinds: dict[str, int] = {}
+    for r in results:
+        if r.get("error"):
+            kinds[str(r["error"])] = kinds.get(str(r["error"]), 0) + 1
     ttfts = [r["ttft"] for r in ok]
     tpots = [r["tpot"] for r in ok]
     k = args.time_scale
@@ -233,11 +238,15 @@ async def drive(url: str, args: argparse.Namespace, n_engines: int) -> dict[str,
     return {
         "requests": len(results),
         "errors": len(results) - len(ok),
+        "error_kinds": ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items())) or "-",
         "ttft_p50_ms": pct(ttfts, 0.5) * 1000,
         "ttft_p99_ms": pct(ttfts, 0.99) * 1000,
         "tpot_p50_ms": pct(tpots, 0.5) * 1000,
         "tpot_p99_ms": pct(tpots, 0.99) * 1000,
         "slo_attainment_pct": 100.0 * len(met) / max(1, len(results)),
+        "tpot_attainment_pct": 100.0
+        * sum(r["tpot"] <= TPOT_S * k for r in ok)
+        / max(1, len(results)),
         "goodput_rps": len(met) / args.duration,
         "output_tokens": out_tokens,
         "moves_load_balance": d("modelfleet_migrations_total", "trigger=load-balance", "switched"),
@@ -265,6 +274,7 @@ def main() -> int:
     )
     ap.add_argument("--append", default=None, help="append the report to this file")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the engines on the way out
     for p in args.profiles.split(","):
         if p not in ("mixed", "homogeneous"):
             ap.error(f"--profiles: unknown profile {p!r} (mixed, homogeneous)")
