@@ -347,7 +347,11 @@ class SchedulerCore:
             spec=spec,
             migration=params,
         )
-        planner = built.planner if params is not None else None
+        planner: MigrationPlanner | None = None
+        if params is not None:  # the policy's knobs, whatever the placement profile
+            planner = built.planner or MigrationPlanner(
+                params, prefix_index=built.profile.prefix_index
+            )
         return built.profile, planner, sig
 
     def _apply_pools(self, snapshot: FleetSnapshot) -> None:
