@@ -198,6 +198,7 @@ _POLICY_NARROW: dict[str, tuple[str, ...]] = {
         _P + "test_pickers.py",  # the cache-aware picker's radix tree
         _P + "test_radix.py",
         _P + "test_prefix_edges.py",
+        _P + "test_prefix_survivors.py",
         "tests/properties/test_prefix_properties.py",
     ),
     "policy-framework": (
