@@ -1,0 +1,218 @@
+"""Model selection where mutation testing found the suite blind (bench/results/mutation.md):
+the kNN predictor's arithmetic against hand-computed values and its refusals by name, the
+IDF formula, the linear predictor's clips, the artefact's dtypes, a bad regex that skipped
+validation, and the cascade's scores."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelfleet.api.routingpolicy import Match, RoutingRule
+from modelfleet.policy.selection import HashedTfidf, KnnPredictor, PoolView, SelectionRequest
+from modelfleet.policy.selection.features import bucket_counts, fit_idf
+from modelfleet.policy.selection.predictor import LinearPredictor, save_predictor
+from modelfleet.policy.selection.rules import compile_rule
+from modelfleet.policy.selection.strategies import Candidate, CascadeStrategy, Context
+
+pytestmark = pytest.mark.unit
+
+DIM = 256
+
+
+def unit(*coords: tuple[int, float]) -> np.ndarray:
+    v = np.zeros(DIM, np.float32)
+    for i, x in coords:
+        v[i] = x
+    return v
+
+
+# three training prompts: e0, 0.6·e0 + 0.8·e1, e1 (unit length)
+TRAIN_X = np.stack([unit((0, 1.0)), unit((0, 0.6), (1, 0.8)), unit((1, 1.0))])
+TRAIN_Q = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], np.float32)
+TRAIN_C = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], np.float32)
+FZ = HashedTfidf(dim=DIM)
+
+
+def knn(k: int = 2, prior_weight: float = 0.4) -> KnnPredictor:
+    return KnnPredictor(("m0", "m1"), FZ, TRAIN_X, TRAIN_Q, TRAIN_C, k, prior_weight)
+
+
+def test_knn_mixes_the_k_nearest_by_similarity_with_the_prior() -> None:
+    """Query e0: similarities 1, 0.6, 0; k = 2 keeps the first two, with 0.4 pseudo-neighbours
+    of the prior (the column means, q 0.5/0.5, cost 3/4): total weight 2.0.
+    q = (1·[1, 0] + 0.6·[0, 1] + 0.4·[0.5, 0.5]) / 2 = [0.6, 0.4];
+    c = (1·[1, 2] + 0.6·[3, 4] + 0.4·[3, 4]) / 2 = [2, 3]."""
+    q, c = knn().predict(unit((0, 1.0)))
+    assert q.dtype == np.float32 and c.dtype == np.float32
+    assert q.tolist() == pytest.approx([0.6, 0.4]) and c.tolist() == pytest.approx([2.0, 3.0])
+
+
+def test_knn_with_every_neighbour_k() -> None:
+    """k = 3 adds the third prompt at similarity 0: it weighs nothing, the answer is the same."""
+    q, c = knn(k=3).predict(unit((0, 1.0)))
+    assert q.tolist() == pytest.approx([0.6, 0.4]) and c.tolist() == pytest.approx([2.0, 3.0])
+
+
+def test_knn_ignores_dissimilar_neighbours_and_answers_the_prior() -> None:
+    """Query −e0: the nearest two have similarities 0 and −0.6, clipped to 0: only the prior
+    counts, whatever its weight, and with no prior weight it is returned as is."""
+    for weight in (0.4, 0.0):
+        q, c = knn(prior_weight=weight).predict(unit((0, -1.0)))
+        assert q.tolist() == pytest.approx([0.5, 0.5]) and c.tolist() == pytest.approx([3.0, 4.0])
+        assert q.dtype == np.float32 and c.dtype == np.float32
+
+
+def test_knn_without_a_prior_is_the_weighted_mean_of_its_neighbours() -> None:
+    """Query e1, k = 2: similarities 0.8 (second prompt) and 1 (third); weights sum to 1.8."""
+    q, c = knn(prior_weight=0.0).predict(unit((1, 1.0)))
+    assert q.tolist() == pytest.approx([0.5 / 1.8, 1.3 / 1.8])
+    assert c.tolist() == pytest.approx([(0.8 * 3 + 5) / 1.8, (0.8 * 4 + 6) / 1.8])
+
+
+def test_knn_knows_its_models_and_featuriser() -> None:
+    p = knn()
+    assert p.models == ("m0", "m1") and p.featuriser is FZ
+
+
+def test_knn_accepts_k_from_one_to_the_number_of_prompts_and_no_prior() -> None:
+    assert knn(k=1, prior_weight=0.0).k == 1 and knn(k=3).k == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"k": 0}, r"^k must be in \[1, 3\], got 0$"),
+        ({"k": 4}, r"^k must be in \[1, 3\], got 4$"),
+        ({"prior_weight": -0.5}, r"^prior_weight must be >= 0, got -0.5$"),
+        ({"train_x": TRAIN_X[:2]}, r"^train_x must have one row per training prompt$"),
+        (
+            {"train_cost": TRAIN_C[:, :1]},
+            r"^train_quality/train_cost must be \(n, number of models\)$",
+        ),
+        (
+            {"train_quality": TRAIN_Q[:, :1], "train_cost": TRAIN_C[:, :1]},
+            r"^train_quality/train_cost must be \(n, number of models\)$",
+        ),
+    ],
+)
+def test_knn_refusals_name_the_field(kwargs: dict[str, object], message: str) -> None:
+    args: dict[str, object] = {
+        "model_names": ("m0", "m1"),
+        "tfidf": FZ,
+        "train_x": TRAIN_X,
+        "train_quality": TRAIN_Q,
+        "train_cost": TRAIN_C,
+        "k": 2,
+        "prior_weight": 1.0,
+    } | kwargs
+    with pytest.raises(ValueError, match=message):
+        KnnPredictor(**args)  # type: ignore[arg-type]
+
+
+# -- the featuriser's offline helpers ---------------------------------------------------------
+
+
+def test_transform_many_is_rows_of_transform_in_float32() -> None:
+    texts = ["alpha beta", "", "gamma"]
+    rows = FZ.transform_many(texts)
+    assert rows.dtype == np.float32 and rows.shape == (3, DIM)
+    for row, text in zip(rows, texts, strict=True):
+        assert np.array_equal(row, FZ.transform(text))
+
+
+def test_fit_idf_is_the_smoothed_formula_per_bucket() -> None:
+    """Three documents; a bucket in df of them gets log((1 + 3) / (1 + df)) + 1."""
+    docs = ["apple pie", "apple tart", "cherry"]
+    idf = fit_idf(docs, DIM)
+    assert idf.dtype == np.float32 and idf.shape == (DIM,)
+    df = np.zeros(DIM)
+    for d in docs:
+        for b in bucket_counts(d, DIM):
+            df[b] += 1
+    assert set(np.unique(df).tolist()) >= {0.0, 1.0, 2.0}  # "apple" is in two documents
+    assert idf.tolist() == pytest.approx((np.log(4.0 / (1.0 + df)) + 1.0).tolist(), rel=1e-6)
+    apple = next(iter(bucket_counts("apple", DIM)))
+    assert idf[apple] == pytest.approx(np.log(4.0 / 3.0) + 1.0)
+
+
+def test_fit_idf_reads_only_the_last_max_chars() -> None:
+    idf = fit_idf(["aaa bbb"], DIM, max_chars=3)  # only "bbb" is read
+    (a,), (b,) = bucket_counts("aaa", DIM), bucket_counts("bbb", DIM)
+    assert idf[b] == pytest.approx(np.log(2.0 / 2.0) + 1.0)
+    assert idf[a] == pytest.approx(np.log(2.0) + 1.0)
+
+
+# -- the linear predictor and its artefact ----------------------------------------------------
+
+
+def linear(b_quality: list[float], b_logcost: list[float], idf: bool = True) -> LinearPredictor:
+    m = len(b_quality)
+    tfidf = HashedTfidf(dim=DIM, idf=np.full(DIM, 1.5, np.float32) if idf else None)
+    return LinearPredictor(
+        tuple(f"m{i}" for i in range(m)),
+        tfidf,
+        np.zeros((DIM, m), np.float32),
+        np.asarray(b_quality, np.float32),
+        np.zeros((DIM, m), np.float32),
+        np.asarray(b_logcost, np.float32),
+    )
+
+
+def test_linear_quality_is_clipped_to_0_1_and_log_cost_to_minus_30_10() -> None:
+    p = linear([-0.5, 0.25, 1.5], [-100.0, 0.0, 20.0])
+    q, c = p.predict(np.zeros(DIM, np.float32))
+    assert q.dtype == np.float32 and c.dtype == np.float32
+    assert q.tolist() == [0.0, 0.25, 1.0]
+    assert c.tolist() == pytest.approx([np.exp(-30.0), 1.0, np.exp(10.0)], rel=1e-6)
+
+
+@pytest.mark.parametrize("idf", [True, False])
+def test_saved_artefact_holds_float16_weights_and_float32_biases(tmp_path: Path, idf: bool) -> None:
+    p = linear([0.25, 0.5], [-1.0, 0.0], idf=idf)
+    path = tmp_path / "p.npz"
+    save_predictor(p, path)
+    with np.load(path) as z:
+        dtypes = {
+            k: z[k].dtype for k in ("idf", "w_quality", "b_quality", "w_logcost", "b_logcost")
+        }
+        saved_idf = z["idf"].tolist()
+    assert dtypes == {
+        "idf": np.float16,
+        "w_quality": np.float16,
+        "b_quality": np.float32,
+        "w_logcost": np.float16,
+        "b_logcost": np.float32,
+    }
+    assert saved_idf == [1.5 if idf else 1.0] * DIM  # no idf: every bucket weighs 1
+
+
+# -- rules, cascade ---------------------------------------------------------------------------
+
+
+def test_compile_rule_names_the_rule_of_a_bad_regex_that_skipped_validation() -> None:
+    """The API refuses such a pattern; a rule built around validation is refused again."""
+    bad = RoutingRule.model_construct(
+        name="bad",
+        match=Match.model_construct(
+            headers={},
+            min_prompt_tokens=0,
+            max_prompt_tokens=10,
+            keywords=[],
+            regex="(x",
+            semantic_class="",
+        ),
+        targets=[],
+    )
+    with pytest.raises(ValueError, match=r"^rules\[bad\]\.match\.regex: invalid pattern: "):
+        compile_rule(bad)
+
+
+def test_cascade_scores_count_down_in_spec_order() -> None:
+    cands = [Candidate(PoolView(n)) for n in ("a", "b", "c")]
+    ranking = CascadeStrategy().rank(cands, Context(SelectionRequest()), random.Random(0))
+    assert ranking.order == ("a", "b", "c")
+    assert ranking.scores == {"a": 3.0, "b": 2.0, "c": 1.0}
