@@ -5,18 +5,39 @@ validation, and the cascade's scores."""
 
 from __future__ import annotations
 
+import json
+import math
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from modelfleet.api.routingpolicy import Match, RoutingRule
-from modelfleet.policy.selection import HashedTfidf, KnnPredictor, PoolView, SelectionRequest
+from modelfleet.policy.selection import (
+    Feedback,
+    HashedTfidf,
+    KnnPredictor,
+    PoolView,
+    SelectionRequest,
+)
 from modelfleet.policy.selection.features import bucket_counts, fit_idf
-from modelfleet.policy.selection.predictor import LinearPredictor, save_predictor
+from modelfleet.policy.selection.predictor import (
+    LinearPredictor,
+    load_predictor,
+    predictor_from_arrays,
+    save_predictor,
+)
 from modelfleet.policy.selection.rules import compile_rule
-from modelfleet.policy.selection.strategies import Candidate, CascadeStrategy, Context
+from modelfleet.policy.selection.semantic import SemanticClassifier
+from modelfleet.policy.selection.strategies import (
+    BanditStrategy,
+    Candidate,
+    CascadeStrategy,
+    Context,
+    CostQualityStrategy,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -216,3 +237,153 @@ def test_cascade_scores_count_down_in_spec_order() -> None:
     ranking = CascadeStrategy().rank(cands, Context(SelectionRequest()), random.Random(0))
     assert ranking.order == ("a", "b", "c")
     assert ranking.scores == {"a": 3.0, "b": 2.0, "c": 1.0}
+
+
+# -- the artefact's loader ----------------------------------------------------------------------
+
+
+def test_a_loaded_artefact_keeps_its_max_chars_and_float32_arrays(tmp_path: Path) -> None:
+    p = linear([0.25, 0.5], [-1.0, 0.0])
+    p = LinearPredictor(
+        p.model_names,
+        HashedTfidf(dim=DIM, idf=p.tfidf.idf, max_chars=100),
+        p.w_quality,
+        p.b_quality,
+        p.w_logcost,
+        p.b_logcost,
+    )
+    save_predictor(p, tmp_path / "p.npz")
+    back = load_predictor(tmp_path / "p.npz")
+    assert back.tfidf.max_chars == 100 and back.models == ("m0", "m1")
+    arrays = (back.tfidf.idf, back.w_quality, back.b_quality, back.w_logcost, back.b_logcost)
+    assert [a.dtype for a in arrays] == [np.float32] * 5  # type: ignore[union-attr]
+
+
+def test_artefact_errors_are_exact() -> None:
+    with pytest.raises(ValueError, match=r"^predictor artefact has no valid 'meta' entry$"):
+        predictor_from_arrays({})
+    meta = np.array(json.dumps({"version": 1, "kind": "knn"}))
+    with pytest.raises(ValueError) as info:
+        predictor_from_arrays({"meta": meta})
+    assert str(info.value) == (
+        "predictor artefact is version 1 kind 'knn'; this build reads version 1 kind 'linear'"
+    )
+
+
+def test_an_artefact_with_pickled_objects_is_refused(tmp_path: Path) -> None:
+    """The loader never unpickles: an object array in the file is an error, not code run."""
+    p = linear([0.25, 0.5], [-1.0, 0.0])
+    path = tmp_path / "p.npz"
+    save_predictor(p, path)
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["meta"] = np.array([str(arrays["meta"])], dtype=object)
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="allow_pickle"):
+        load_predictor(path)
+
+
+# -- the semantic classifier ----------------------------------------------------------------
+
+
+def test_semantic_refusals_are_exact() -> None:
+    with pytest.raises(ValueError, match=r"^one centroid per class name is required$"):
+        SemanticClassifier(("a", "b"), np.zeros((1, DIM), np.float32), FZ)
+    with pytest.raises(
+        ValueError, match=r"^semantic\.minSimilarity must be in \[0, 1\], got 1\.5$"
+    ):
+        SemanticClassifier(("a",), np.zeros((1, DIM), np.float32), FZ, 1.5)
+    assert SemanticClassifier(("a",), np.zeros((1, DIM), np.float32), FZ, 1.0).min_similarity == 1.0
+
+
+def test_centroids_are_unit_float32_means_and_the_default_threshold_is_0() -> None:
+    clf = SemanticClassifier.from_examples([("code", ["def foo", "class bar"])], FZ)
+    assert clf.min_similarity == 0.0 and clf.centroids.dtype == np.float32
+    mean = (FZ.transform("def foo") + FZ.transform("class bar")) / 2
+    assert clf.centroids[0].tolist() == pytest.approx((mean / np.linalg.norm(mean)).tolist())
+    assert clf.similarities(FZ.transform("def foo")).dtype == np.float32
+
+
+def test_a_classifier_without_classes_answers_no_class() -> None:
+    clf = SemanticClassifier.from_examples([], FZ)
+    assert clf.names == () and clf.centroids.shape[0] == 0
+    assert clf.centroids.dtype == np.float32
+    assert clf.classify(FZ.transform("anything")) == ""
+
+
+def test_a_similarity_equal_to_the_threshold_is_enough() -> None:
+    clf = SemanticClassifier(("a",), np.stack([unit((0, 1.0))]), FZ, 1.0)
+    assert clf.classify(unit((0, 1.0))) == "a"
+
+
+# -- cost-quality and bandit arithmetic -------------------------------------------------------
+
+
+@pytest.mark.parametrize("weight", [-1.0, math.inf, math.nan])
+def test_cost_weight_must_be_finite_and_non_negative(weight: float) -> None:
+    class One:
+        models = ("m",)
+        featuriser = FZ
+
+        def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return np.ones(1, np.float32), np.ones(1, np.float32)
+
+    with pytest.raises(ValueError, match=r"^costQuality\.costWeight must be >= 0, got "):
+        CostQualityStrategy(One(), cost_weight=weight)  # type: ignore[arg-type]
+
+
+class ScriptedRng:
+    """Answers random() from a script; betavariate(a, b) records (a, b) and answers a / (a + b)."""
+
+    def __init__(self, randoms: Sequence[float] = ()) -> None:
+        self.randoms = list(randoms)
+        self.betas: list[tuple[float, float]] = []
+
+    def random(self) -> float:
+        return self.randoms.pop(0)
+
+    def betavariate(self, alpha: float, beta: float) -> float:
+        self.betas.append((alpha, beta))
+        return alpha / (alpha + beta)
+
+
+def bandit(algorithm: str, epsilon: float = 0.1) -> BanditStrategy:
+    b = BanditStrategy(algorithm=algorithm, epsilon=epsilon)  # type: ignore[arg-type]
+    for pool, reward in (("a", 1.0), ("a", 0.0), ("a", 1.0), ("b", 0.25)):
+        b.on_feedback(Feedback(pool=pool, reward=reward))
+    return b
+
+
+CANDS = [Candidate(PoolView(n)) for n in ("a", "b", "c")]
+CTX = Context(SelectionRequest())
+
+
+def test_thompson_draws_beta_of_successes_and_failures_per_arm() -> None:
+    rng = ScriptedRng()
+    ranking = bandit("thompson").rank(CANDS, CTX, rng)
+    assert rng.betas == [(3.0, 2.0), (1.25, 1.75), (1.0, 1.0)]
+    assert ranking.scores == {"a": 0.6, "b": 1.25 / 3.0, "c": 0.5}
+    assert ranking.order == ("a", "c", "b")
+
+
+def test_ucb_scores_mean_plus_the_exploration_bonus_and_untried_first() -> None:
+    ranking = bandit("ucb").rank(CANDS, CTX, ScriptedRng())
+    total = 4
+    assert ranking.scores["a"] == pytest.approx(2 / 3 + math.sqrt(2 * math.log(total) / 3))
+    assert ranking.scores["b"] == pytest.approx(0.25 + math.sqrt(2 * math.log(total) / 1))
+    assert ranking.scores["c"] == math.inf
+    assert ranking.order == ("c", "b", "a")
+
+
+def test_epsilon_greedy_exploits_the_mean_with_untried_first() -> None:
+    rng = ScriptedRng([0.1])  # not below epsilon 0.1: exploit
+    ranking = bandit("epsilon-greedy").rank(CANDS, CTX, rng)
+    assert ranking.scores == {"a": pytest.approx(2 / 3), "b": 0.25, "c": math.inf}
+    assert ranking.order == ("c", "a", "b") and rng.randoms == []
+
+
+def test_epsilon_greedy_explores_with_one_uniform_draw_per_arm() -> None:
+    rng = ScriptedRng([0.05, 0.3, 0.9, 0.1])
+    ranking = bandit("epsilon-greedy").rank(CANDS, CTX, rng)
+    assert ranking.scores == {"a": 0.3, "b": 0.9, "c": 0.1}
+    assert ranking.order == ("b", "a", "c") and rng.randoms == []
