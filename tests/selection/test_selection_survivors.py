@@ -14,13 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelfleet.api.routingpolicy import Match, RoutingRule
+from modelfleet.api.routingpolicy import Match, PoolTarget, RoutingRule
 from modelfleet.policy.selection import (
     Feedback,
     HashedTfidf,
     KnnPredictor,
     PoolView,
+    SelectionDecision,
     SelectionRequest,
+    Selector,
 )
 from modelfleet.policy.selection.features import bucket_counts, fit_idf
 from modelfleet.policy.selection.predictor import (
@@ -37,6 +39,9 @@ from modelfleet.policy.selection.strategies import (
     CascadeStrategy,
     Context,
     CostQualityStrategy,
+    Ranking,
+    WeightedStrategy,
+    weighted_pick,
 )
 
 pytestmark = pytest.mark.unit
@@ -387,3 +392,99 @@ def test_epsilon_greedy_explores_with_one_uniform_draw_per_arm() -> None:
     ranking = bandit("epsilon-greedy").rank(CANDS, CTX, rng)
     assert ranking.scores == {"a": 0.3, "b": 0.9, "c": 0.1}
     assert ranking.order == ("b", "a", "c") and rng.randoms == []
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 1.0])
+def test_epsilon_at_its_bounds_is_allowed(epsilon: float) -> None:
+    assert BanditStrategy(algorithm="epsilon-greedy", epsilon=epsilon).epsilon == epsilon
+
+
+def test_epsilon_above_one_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match=r"^bandit\.epsilon must be in \[0, 1\], got 1\.5$"):
+        BanditStrategy(algorithm="epsilon-greedy", epsilon=1.5)
+
+
+# -- the weighted draw ------------------------------------------------------------------------
+
+
+def test_weighted_pick_draws_on_half_open_intervals() -> None:
+    """u = r · Σw lands in [acc_i − w_i, acc_i): a u exactly at a boundary goes right."""
+    assert weighted_pick([1.0, 1.0], ScriptedRng([0.5])) == 1
+    assert weighted_pick([1.0, 1.0], ScriptedRng([0.4999])) == 0
+
+
+def test_weighted_pick_skips_zero_weights_anywhere() -> None:
+    assert weighted_pick([0.0, 1.0], ScriptedRng([0.5])) == 1
+    assert weighted_pick([0.0, 2.0, 0.0, 2.0], ScriptedRng([0.75])) == 3
+
+
+def test_weighted_pick_at_the_total_returns_the_last_positive_weight() -> None:
+    """u == Σw (rounding) falls off the end: the last index with a positive weight answers."""
+    assert weighted_pick([1.0, 2.0, 0.0], ScriptedRng([1.0])) == 1
+
+
+def test_weighted_pick_refuses_no_positive_weight_by_name() -> None:
+    with pytest.raises(ValueError, match=r"^weighted_pick needs at least one positive weight$"):
+        weighted_pick([0.0, -1.0], ScriptedRng([0.5]))
+
+
+def test_weighted_rank_drops_zero_weights_and_scores_by_weight() -> None:
+    cands = [
+        Candidate(PoolView("a"), 1.0),
+        Candidate(PoolView("z"), 0.0),
+        Candidate(PoolView("b"), 3.0),
+    ]
+    ranking = WeightedStrategy().rank(cands, CTX, ScriptedRng([0.0]))
+    assert ranking == Ranking(order=("a", "b"), scores={"a": 1.0, "b": 3.0})
+    nothing = WeightedStrategy().rank([Candidate(PoolView("z"), 0.0)], CTX, ScriptedRng())
+    assert nothing == Ranking(order=(), scores={})
+
+
+# -- the selector's decisions without a pool --------------------------------------------------
+
+
+def selector(strategy: object, **kw: object) -> Selector:
+    return Selector(
+        rules=(),
+        default_targets=(PoolTarget(pool="a"),),
+        strategy=strategy,  # type: ignore[arg-type]
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+class Nothing:
+    """A strategy that orders nobody (a third-party strategy may)."""
+
+    name = "nothing"
+
+    def rank(self, candidates: Sequence[Candidate], ctx: Context, rng: object) -> Ranking:
+        return Ranking(order=())
+
+
+def test_a_decision_without_an_available_pool_says_so_exactly() -> None:
+    d = selector(CascadeStrategy()).select(
+        SelectionRequest(), [PoolView("a", available=False)], random.Random(0)
+    )
+    assert d == SelectionDecision(
+        pool=None, strategy="cascade", semantic_class="", reason="no available target pool"
+    )
+
+
+def test_a_strategy_that_orders_nobody_gives_no_pool_with_its_reason() -> None:
+    rule = compile_rule(
+        RoutingRule.model_validate({"name": "r", "match": {}, "targets": [{"pool": "a"}]})
+    )
+    s = Selector(rules=(rule,), default_targets=(), strategy=Nothing())  # type: ignore[arg-type]
+    d = s.select(SelectionRequest(), [PoolView("a")], random.Random(0))
+    assert d == SelectionDecision(
+        pool=None,
+        rule="r",
+        strategy="nothing",
+        semantic_class="",
+        reason="every available target has weight 0",
+    )
+
+
+def test_without_classes_the_semantic_class_is_empty() -> None:
+    d = selector(CascadeStrategy()).select(SelectionRequest(), [PoolView("a")], random.Random(0))
+    assert (d.pool, d.semantic_class, d.reason) == ("a", "", "default targets")
