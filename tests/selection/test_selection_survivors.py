@@ -488,3 +488,12 @@ def test_a_strategy_that_orders_nobody_gives_no_pool_with_its_reason() -> None:
 def test_without_classes_the_semantic_class_is_empty() -> None:
     d = selector(CascadeStrategy()).select(SelectionRequest(), [PoolView("a")], random.Random(0))
     assert (d.pool, d.semantic_class, d.reason) == ("a", "", "default targets")
+
+
+def test_a_decision_without_a_pool_keeps_the_semantic_class() -> None:
+    clf = SemanticClassifier.from_examples([("code", ["def foo", "class bar"])], FZ)
+    s = selector(CascadeStrategy(), classifier=clf)
+    d = s.select(
+        SelectionRequest(prompt="def foo"), [PoolView("a", available=False)], random.Random(0)
+    )
+    assert (d.pool, d.semantic_class, d.reason) == (None, "code", "no available target pool")
