@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import math
 import random
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from modelfleet.api.routingpolicy import Match, PoolTarget, RoutingRule
+from modelfleet.api.routingpolicy import Match, PoolTarget, RoutingPolicySpec, RoutingRule
 from modelfleet.policy.selection import (
     Feedback,
     HashedTfidf,
@@ -23,6 +24,7 @@ from modelfleet.policy.selection import (
     SelectionDecision,
     SelectionRequest,
     Selector,
+    build_selector,
 )
 from modelfleet.policy.selection.features import bucket_counts, fit_idf
 from modelfleet.policy.selection.predictor import (
@@ -31,7 +33,7 @@ from modelfleet.policy.selection.predictor import (
     predictor_from_arrays,
     save_predictor,
 )
-from modelfleet.policy.selection.rules import compile_rule
+from modelfleet.policy.selection.rules import CompiledRule, compile_rule, first_match
 from modelfleet.policy.selection.semantic import SemanticClassifier
 from modelfleet.policy.selection.strategies import (
     BanditStrategy,
@@ -40,6 +42,7 @@ from modelfleet.policy.selection.strategies import (
     Context,
     CostQualityStrategy,
     Ranking,
+    StrategyRegistry,
     WeightedStrategy,
     weighted_pick,
 )
@@ -497,3 +500,179 @@ def test_a_decision_without_a_pool_keeps_the_semantic_class() -> None:
         SelectionRequest(prompt="def foo"), [PoolView("a", available=False)], random.Random(0)
     )
     assert (d.pool, d.semantic_class, d.reason) == (None, "code", "no available target pool")
+
+
+# -- features, exactly --------------------------------------------------------------------------
+
+
+def test_bucket_counts_are_crc32_buckets_of_words_and_bigrams() -> None:
+    want: dict[int, int] = {}
+    for tok in ("a", "a", "b", "a a", "a b"):
+        b = zlib.crc32(tok.encode()) & (DIM - 1)
+        want[b] = want.get(b, 0) + 1
+    assert bucket_counts("A a, b!", DIM) == want
+    assert sum(want.values()) == 5
+    assert bucket_counts("aaa bbb", DIM, max_chars=3) == bucket_counts("bbb", DIM)
+
+
+def test_featuriser_bounds_are_inclusive() -> None:
+    assert HashedTfidf(dim=1 << 20).dim == 1 << 20 and HashedTfidf(max_chars=1).max_chars == 1
+    with pytest.raises(
+        ValueError, match=r"^dim must be a power of two in \[256, 1048576\], got 2097152$"
+    ):
+        HashedTfidf(dim=1 << 21)
+    with pytest.raises(ValueError, match=r"^idf must have shape \(256,\), got \(3,\)$"):
+        HashedTfidf(dim=DIM, idf=np.ones(3, np.float32))
+
+
+def test_transform_reads_only_the_last_max_chars_and_normalises_short_texts() -> None:
+    short = HashedTfidf(dim=DIM, max_chars=3)
+    assert np.array_equal(short.transform("aaa bbb"), short.transform("bbb"))
+    v = FZ.transform("hello")  # one word: log1p(1) < 1 before normalising
+    assert float(np.linalg.norm(v)) == pytest.approx(1.0)
+
+
+def test_a_text_whose_buckets_all_weigh_zero_is_the_zero_vector() -> None:
+    v = HashedTfidf(dim=DIM, idf=np.zeros(DIM, np.float32)).transform("some words")
+    assert not np.isnan(v).any() and not v.any()
+
+
+@pytest.mark.parametrize("field", ["w_quality", "b_quality", "w_logcost", "b_logcost"])
+def test_linear_predictor_names_the_array_of_the_wrong_shape(field: str) -> None:
+    p = linear([0.25, 0.5], [-1.0, 0.0])
+    arrays = {
+        "w_quality": p.w_quality,
+        "b_quality": p.b_quality,
+        "w_logcost": p.w_logcost,
+        "b_logcost": p.b_logcost,
+    }
+    arrays[field] = np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match=rf"^{field} must have shape \(.*\), got \(3,\)$"):
+        LinearPredictor(p.model_names, p.tfidf, **arrays)
+
+
+# -- rules, the selector's decisions and the registry ---------------------------------------
+
+
+def test_first_match_takes_the_first_rule_that_matches_in_order() -> None:
+    def rule(name: str, **match: object) -> CompiledRule:
+        return compile_rule(
+            RoutingRule.model_validate({"name": name, "match": match, "targets": [{"pool": "a"}]})
+        )
+
+    rules = [rule("long", minPromptTokens=100), rule("code", semanticClass="code"), rule("any")]
+    assert first_match(rules, SelectionRequest(prompt_tokens=5), "code").name == "code"  # type: ignore[union-attr]
+    assert first_match(rules, SelectionRequest(prompt_tokens=500)).name == "long"  # type: ignore[union-attr]
+    assert first_match(rules, SelectionRequest(prompt_tokens=5)).name == "any"  # type: ignore[union-attr]
+    assert first_match(rules[:2], SelectionRequest(prompt_tokens=5)) is None
+
+
+def policy(**kw: object) -> RoutingPolicySpec:
+    body: dict[str, object] = {"modelNames": ["auto"], "defaultTargets": [{"pool": "a"}]}
+    body.update(kw)
+    return RoutingPolicySpec.model_validate(body)
+
+
+def test_a_chosen_pool_carries_the_rule_strategy_and_scores() -> None:
+    sp = policy(
+        rules=[{"name": "r", "match": {"minPromptTokens": 10}, "targets": [{"pool": "b"}]}],
+        selection={"strategy": "cascade"},
+    )
+    s = build_selector(sp)
+    pools = [PoolView("a"), PoolView("b")]
+    d = s.select(SelectionRequest(prompt_tokens=20), pools, random.Random(0))
+    assert d == SelectionDecision(
+        pool="b", rule="r", strategy="cascade", reason="rule r", scores={"b": 1.0}
+    )
+    d = s.select(SelectionRequest(prompt_tokens=5), pools, random.Random(0))
+    assert (d.pool, d.rule, d.reason) == ("a", None, "default targets")
+
+
+CLASSES = {"classes": [{"name": "code", "examples": ["def foo"]}], "minSimilarity": 0.3}
+
+
+def test_the_classifier_takes_the_predictors_featuriser_and_the_threshold() -> None:
+    class P:
+        models = ("m",)
+        featuriser = FZ
+
+        def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return np.ones(1, np.float32), np.ones(1, np.float32)
+
+    s = build_selector(
+        policy(selection={"strategy": "semantic", "semantic": CLASSES}),
+        predictor=P(),  # type: ignore[arg-type]
+    )
+    assert s.classifier is not None and s.classifier.featuriser is FZ
+    assert s.classifier.min_similarity == 0.3
+
+
+def test_build_selector_checks_again_what_the_api_refuses() -> None:
+    """Specs changed after validation (model_copy does not validate) are refused by name."""
+    ok = policy(selection={"strategy": "weighted"})
+    bad = ok.model_copy(
+        update={"selection": ok.selection.model_copy(update={"strategy": "semantic"})}
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"^selection\.semantic\.classes: strategy semantic needs at least one class$",
+    ):
+        build_selector(bad)
+    with_rule = policy(
+        rules=[{"name": "r", "match": {}, "targets": [{"pool": "a"}]}],
+        selection={"strategy": "semantic", "semantic": CLASSES},
+    )
+    rule = with_rule.rules[0]
+    odd = with_rule.model_copy(
+        update={
+            "rules": [
+                rule.model_copy(
+                    update={"match": rule.match.model_copy(update={"semantic_class": "x"})}
+                )
+            ]
+        }
+    )
+    with pytest.raises(ValueError) as info:
+        build_selector(odd)
+    assert str(info.value) == (
+        "rules[r].match.semanticClass: unknown class 'x' (selection.semantic.classes has ['code'])"
+    )
+
+
+@pytest.mark.parametrize("name", ["weighted", "semantic", "cascade"])
+def test_built_strategies_carry_their_names(name: str) -> None:
+    sel: dict[str, object] = {"strategy": name}
+    if name == "semantic":
+        sel["semantic"] = CLASSES
+    assert build_selector(policy(selection=sel)).strategy.name == name
+
+
+def test_the_bandit_is_built_with_the_specs_algorithm_and_epsilon() -> None:
+    sel = {"strategy": "bandit", "bandit": {"algorithm": "ucb", "epsilon": 0.3}}
+    strategy = build_selector(policy(selection=sel)).strategy
+    assert isinstance(strategy, BanditStrategy)
+    assert (strategy.algorithm, strategy.epsilon) == ("ucb", 0.3)
+
+
+def test_cost_quality_is_built_with_the_pool_models_or_refused_without_a_predictor() -> None:
+    class P:
+        models = ("m1", "m2")
+        featuriser = FZ
+
+        def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return np.ones(2, np.float32), np.ones(2, np.float32)
+
+    sel = {"strategy": "cost-quality", "costQuality": {"poolModels": {"a": "m2"}}}
+    strategy = build_selector(policy(selection=sel), predictor=P()).strategy  # type: ignore[arg-type]
+    assert isinstance(strategy, CostQualityStrategy) and strategy.pool_models == {"a": "m2"}
+    with pytest.raises(
+        ValueError,
+        match=r"^selection\.costQuality: strategy cost-quality needs a quality predictor "
+        r"\(qualityModel 'builtin' was not loaded\)$",
+    ):
+        build_selector(policy(selection=sel))
+
+
+def test_an_empty_strategy_name_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match=r"^strategy type name must not be empty$"):
+        StrategyRegistry().register("", lambda s, c: CascadeStrategy())
