@@ -168,7 +168,26 @@ _POLICY_NOTES = {
         "filters' tests also call the parametric model but are not selected, so the before "
         "score is lower than the suite's real reach"
     ),
-    "policy-prefix": "the radix tree (the cache-aware picker's) is judged by the picker tests too",
+    "policy-prefix": (
+        "the radix tree (the cache-aware picker's) is judged by the picker tests too; the 57 "
+        "survivors the second session left unexplained were judged again with "
+        "test_prefix_survivors.py (third session): 24 killed, 33 explained as equivalent "
+        "(defaults never read, the prefix-closed walk's search bounds that change its cost "
+        "only, radix fast paths)"
+    ),
+    "policy-types": (
+        "the approximate hashers are checked against a pure-Python reference of their "
+        "documented scheme (tests/policy/test_types.py), so a changed shift, salt or seed "
+        "is caught, not only chains that differ from each other"
+    ),
+    "policy-selection": (
+        "first run in the third session (before = the tests of tests/selection at 1d96753); "
+        "the after run judges its survivors again with test_selection_survivors.py"
+    ),
+    "policy-framework": (
+        "framework.py alone (the second session's target also held config, plugins, params, "
+        "baselines and from_api, now policy-config), judged by its own and the config tests"
+    ),
     "policy-config": _NOT_RUN,
     "policy-autoscale": _NOT_RUN,
     "policy-vllm-hash": _NOT_RUN,
