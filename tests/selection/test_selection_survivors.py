@@ -196,7 +196,7 @@ def test_linear_quality_is_clipped_to_0_1_and_log_cost_to_minus_30_10() -> None:
     q, c = p.predict(np.zeros(DIM, np.float32))
     assert q.dtype == np.float32 and c.dtype == np.float32
     assert q.tolist() == [0.0, 0.25, 1.0]
-    assert c.tolist() == pytest.approx([np.exp(-30.0), 1.0, np.exp(10.0)], rel=1e-6)
+    assert c.tolist() == pytest.approx([np.exp(-30.0), 1.0, np.exp(10.0)], rel=1e-6, abs=0)
 
 
 @pytest.mark.parametrize("idf", [True, False])
@@ -676,3 +676,22 @@ def test_cost_quality_is_built_with_the_pool_models_or_refused_without_a_predict
 def test_an_empty_strategy_name_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match=r"^strategy type name must not be empty$"):
         StrategyRegistry().register("", lambda s, c: CascadeStrategy())
+
+
+def test_knn_keeps_exactly_the_k_most_similar_prompts() -> None:
+    """The two nearest of six are the last two rows (similarities 1 and 0.6); the four others
+    are at similarity 0 and must not take the second place."""
+    x = np.stack([unit((1, 1.0))] * 4 + [unit((0, 0.6), (1, 0.8)), unit((0, 1.0))])
+    q = np.array([[0.0, 0.0]] * 4 + [[0.0, 1.0], [1.0, 0.0]], np.float32)
+    c = np.array([[9.0, 9.0]] * 4 + [[3.0, 4.0], [1.0, 2.0]], np.float32)
+    p = KnnPredictor(("m0", "m1"), FZ, x, q, c, k=2, prior_weight=0.0)
+    got_q, got_c = p.predict(unit((0, 1.0)))
+    assert got_q.tolist() == pytest.approx([1 / 1.6, 0.6 / 1.6])
+    assert got_c.tolist() == pytest.approx([(1 + 0.6 * 3) / 1.6, (2 + 0.6 * 4) / 1.6])
+
+
+def test_a_strategy_that_orders_nobody_keeps_the_semantic_class() -> None:
+    clf = SemanticClassifier.from_examples([("code", ["def foo", "class bar"])], FZ)
+    s = selector(Nothing(), classifier=clf)
+    d = s.select(SelectionRequest(prompt="def foo"), [PoolView("a")], random.Random(0))
+    assert (d.pool, d.semantic_class) == (None, "code")
