@@ -62,7 +62,7 @@ from modelfleet.operator.decisions import (
 from modelfleet.operator.kube import ApiError, Kube
 from modelfleet.operator.metrics import OperatorMetrics
 from modelfleet.operator.observe import DeploymentInfo, PodInfo, deployment_info, pod_info
-from modelfleet.policy.autoscale import AutoscalerMemory, decide
+from modelfleet.policy.autoscale import REASONS, AutoscalerMemory, decide
 
 log = logging.getLogger(__name__)
 
@@ -456,6 +456,9 @@ class Reconciler:
 
         if full:
             self._last_full[(namespace, name)] = time.monotonic()
+            self.metrics.declare_pool(
+                namespace, name, variants, ("manual",) if spec.scaling.mode == "Manual" else REASONS
+            )
             kv_events = spec.engine.kv_events or self._kv_events_forced(namespace, name)
             self._scale_down(raw, pool, pods, deployments, current, desired)
             applied = self._applied.setdefault((namespace, name), {})
