@@ -475,6 +475,13 @@ class Reconciler:
             apply(build_pdb(pool), exists=True)
             self._prune(raw, pool, pods, deployments, set(variants))
             self._scale_events(raw, namespace, name, current, desired, reasons)
+            # the status shows the Deployments as this pass left them (an apply's answer is
+            # in the cache), not as they were before it: otherwise each new or changed one
+            # costs a second status write when its watch event arrives a moment later
+            deployments = {
+                d.variant: d
+                for d in map(deployment_info, self.cache.list("Deployment", namespace, pool=name))
+            }
 
         costs = {
             v: replica_cost_per_hour(variant, profiles.get(variant.accelerator_profile))
