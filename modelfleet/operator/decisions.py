@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from modelfleet.api.accelerator import AcceleratorProfile, AcceleratorProfileSpec
@@ -26,7 +26,7 @@ from modelfleet.policy.autoscale import (
     SloTarget,
     VariantModel,
 )
-from modelfleet.policy.prior import DeclaredHardware, prior_perf_model
+from modelfleet.policy.prior import DeclaredHardware, params_from_model_id, prior_perf_model
 
 
 @dataclass(frozen=True)
@@ -72,10 +72,14 @@ def declared_hardware(
     spec: ModelPoolSpec, variant: Variant, profile: AcceleratorProfileSpec
 ) -> DeclaredHardware:
     """What a variant's replica declares (:class:`~modelfleet.policy.prior.DeclaredHardware`):
-    the profile's speeds and memory, the variant's tensor parallelism and the pool's engine
-    settings. The model's size is the prior's default (an 8B model): a ModelPool does not
-    declare its model's architecture, and the operator reads no model files."""
-    return DeclaredHardware(
+    the profile's speeds and memory, the variant's tensor parallelism, the pool's engine
+    settings, and the model's parameter count as its id states it
+    (:func:`~modelfleet.policy.prior.params_from_model_id`: ``Llama-3.1-70B-Instruct`` is
+    70e9). An id that states none keeps the prior's default (an 8B model): a ModelPool does
+    not declare its model's architecture, and the operator reads no model files. The KV bytes
+    per token stay the default's (an 8B Llama's)."""
+    params = params_from_model_id(spec.model)
+    hw = DeclaredHardware(
         prefill_speed=profile.prefill_speed,
         decode_speed=profile.decode_speed,
         memory_gib=float(profile.memory_gib),
@@ -84,6 +88,7 @@ def declared_hardware(
         max_num_seqs=spec.engine.max_num_seqs,
         max_num_batched_tokens=spec.engine.max_num_batched_tokens,
     )
+    return hw if params is None else replace(hw, model_params=params)
 
 
 def slo_inputs(

@@ -1,43 +1,52 @@
 """The kopf handlers: thin — each names an object and calls a reconciler.
 
 :func:`build_registry` registers them on a fresh ``kopf.OperatorRegistry`` (nothing registers
-as an import side effect), for one :class:`~modelfleet.operator.reconcile.Reconciler`:
+as an import side effect), for one :class:`~modelfleet.operator.reconcile.Reconciler`. Every
+handler is a watch-event handler (``kopf.on.event``):
 
 ============================================ =============================================
 watch                                        does
 ============================================ =============================================
 ModelPool, RoutingPolicy, engine             the reconcilers' watch cache (every read of a
 Deployments and Pods (any event)             reconcile is served from it, no API call)
-ModelPool resume / create / update           full reconcile of the pool
-ModelPool ADDED / DELETED events             re-resolve the namespace's RoutingPolicies
+ModelPool, first sight or changed            full reconcile of the pool
+ModelPool first sight / DELETED              re-resolve the namespace's RoutingPolicies
                                              (coalesced)
 engine Deployments, Pods (any event)         status refresh of their pool (coalesced); a
                                              Deployment deleted or edited by someone else is
                                              re-applied; a pod starting to terminate is
                                              drained through the scheduler
-AcceleratorProfile (any)                     the reconcilers' cache of profiles
-RoutingPolicy resume / create / update       Accepted / ResolvedRefs
-AcceleratorProfile resume / create / update, status (matching nodes, GPUs), re-render the
-DELETED                                      pools that use it
+RoutingPolicy, first sight or changed        Accepted / ResolvedRefs
+AcceleratorProfile, first sight or changed   the reconcilers' cache of profiles, status
+                                             (matching nodes, GPUs), re-render the pools
+                                             that use it; DELETED: re-render them
 ============================================ =============================================
 
-Every resync period, :meth:`~modelfleet.operator.reconcile.Reconciler.resync` reconciles
-every pool and policy again (autoscaling, drift, status); it runs in its own thread
-(:class:`~modelfleet.operator.runtime.OperatorThread`), not as a kopf timer, because kopf puts
-a finalizer on every object a timer watches, and then a pool could not be deleted while no
-operator runs. Nothing the operator does on deletion needs a finalizer: children go by owner
-references, their pods drain on the way out.
+"Changed" is a new ``generation``, labels or annotations (:class:`Handled`): the operator's
+own status writes are no change, and what was handled is remembered in memory, not in
+annotations, so kopf writes nothing to the objects (its create/update/resume handlers would
+patch a diff-base annotation on each after every handled change). After a start every object
+is seen once more, which reconciles it (what resume handlers did).
 
-Handlers that reconcile are synchronous: kopf runs them in its thread pool, where the
-blocking Kubernetes and gRPC clients belong. The watch-event handlers that only feed the cache
-and queue passes are ``async`` (they never block), so a thread pool busy reconciling does not
-delay what the cache sees. kopf keeps its own bookkeeping in annotations under ``modelfleet.io/``
-(the status is the operator's alone).
+Every resync period, :meth:`~modelfleet.operator.reconcile.Reconciler.resync` reconciles
+every pool and policy again (autoscaling, drift, status, and any reconcile that failed); it
+runs in its own thread (:class:`~modelfleet.operator.runtime.OperatorThread`), not as a kopf
+timer, because kopf puts a finalizer on every object a timer watches, and then a pool could not
+be deleted while no operator runs. Nothing the operator does on deletion needs a finalizer:
+children go by owner references, their pods drain on the way out.
+
+Reconciles block (the Kubernetes and gRPC clients are synchronous): they run in the handler
+thread pool, and kopf's worker for that object waits for the one in flight, so an object is
+reconciled by one pass at a time. Handlers that only feed the cache and queue passes never
+block, so a thread pool busy reconciling does not delay what the cache sees.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -49,6 +58,8 @@ from modelfleet.api.names import APP_MANAGED_BY_LABEL, FIELD_MANAGER
 from modelfleet.operator.reconcile import Reconciler
 
 _CHILD = {APP_MANAGED_BY_LABEL: FIELD_MANAGER}
+
+log = logging.getLogger(__name__)
 
 
 def connection_info(config: k8s.Configuration) -> kopf.ConnectionInfo:
@@ -81,6 +92,60 @@ def _plain(body: Any) -> dict[str, Any]:
     return body  # type: ignore[no-any-return]
 
 
+#: Annotations that are bookkeeping, not intent: a change of only these is no change.
+_BOOKKEEPING = frozenset(
+    {
+        "kubectl.kubernetes.io/last-applied-configuration",
+        "modelfleet.io/last-handled-configuration",  # kopf's diff base, before 2026-12
+    }
+)
+
+
+def essence(raw: Mapping[str, Any]) -> str:
+    """What a change of an object means to act on: its ``generation`` (the API server bumps
+    it on every spec change), labels and annotations — not its status (the operator's own
+    writes) nor its ``resourceVersion``."""
+    meta = raw.get("metadata") or {}
+    annotations = {
+        k: v for k, v in (meta.get("annotations") or {}).items() if k not in _BOOKKEEPING
+    }
+    return json.dumps(
+        [meta.get("generation"), meta.get("labels") or {}, annotations], sort_keys=True
+    )
+
+
+class Handled:
+    """The essence (:func:`essence`) each object had when this process last reconciled it,
+    so a watch event runs a reconcile only when the object changed: on the first sight of an
+    object (its creation, or every object once after a start, like kopf's resume handlers),
+    and on a change of its spec, labels or annotations, but not on the operator's own
+    status writes. Kept in memory only: a restarted operator reconciles everything once,
+    which a level-triggered reconcile needs anyway, and no bookkeeping is written to the
+    objects (kopf's change handlers patch an annotation on every object after each handled
+    change; at 200 pools that was 200 writes and 200 more watch events for every client).
+    A reconcile that raises is not recorded: the next event, or the resync, runs it again."""
+
+    def __init__(self, executor: ThreadPoolExecutor) -> None:
+        self.executor = executor
+        self._done: dict[tuple[str, str, str], str] = {}
+
+    def forget(self, key: tuple[str, str, str]) -> None:
+        self._done.pop(key, None)
+
+    async def run_if_changed(
+        self, key: tuple[str, str, str], raw: Mapping[str, Any], fn: Callable[[], object]
+    ) -> None:
+        now = essence(raw)
+        if self._done.get(key) == now:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+        except Exception:
+            log.exception("reconcile of %s %s/%s failed (retried by the resync)", *key)
+            return
+        self._done[key] = now
+
+
 def build_registry(
     reconciler: Reconciler,
     connection: kopf.ConnectionInfo,
@@ -91,16 +156,10 @@ def build_registry(
     registry = kopf.OperatorRegistry()
     rec = reconciler
     pools_seen: dict[str, set[str]] = {}
+    handled = Handled(executor)
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-            prefix="modelfleet.io"
-        )
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix="modelfleet.io", key="last-handled-configuration"
-        )
-        settings.persistence.finalizer = "modelfleet.io/operator"
         settings.posting.level = logging.WARNING
         settings.execution.executor = executor
         settings.watching.server_timeout = 300
@@ -111,14 +170,12 @@ def build_registry(
     def login(**_: Any) -> kopf.ConnectionInfo:
         return connection
 
-    # -- ModelPool ----------------------------------------------------------------------
+    def run(fn: Callable[[], object]) -> Awaitable[object]:
+        """A blocking reconcile in the handler threads; kopf's worker for the object waits
+        for it (one pass per object at a time, as kopf's own change handlers run)."""
+        return asyncio.get_running_loop().run_in_executor(executor, fn)
 
-    @kopf.on.resume(GROUP, VERSION, "modelpools", registry=registry)
-    @kopf.on.create(GROUP, VERSION, "modelpools", registry=registry)
-    @kopf.on.update(GROUP, VERSION, "modelpools", registry=registry)
-    def pool_changed(namespace: str | None, name: str, body: Any, **_: Any) -> None:
-        rec.observe("ModelPool", _plain(body))
-        rec.reconcile_pool(str(namespace), name)
+    # -- ModelPool ----------------------------------------------------------------------
 
     @kopf.on.event(GROUP, VERSION, "modelpools", registry=registry)
     async def pool_event(type: str | None, body: Any, **_: Any) -> None:
@@ -129,11 +186,16 @@ def build_registry(
         seen = pools_seen.setdefault(namespace, set())
         if type == "DELETED":
             seen.discard(name)
+            handled.forget(("ModelPool", namespace, name))
             rec.forget_pool(namespace, name, str(meta.get("uid", "")))
             rec.request_policies(namespace)
-        elif name not in seen:  # a new pool (or the first sight after a start)
+            return
+        if name not in seen:  # a new pool (or the first sight after a start)
             seen.add(name)
             rec.request_policies(namespace)
+        await handled.run_if_changed(
+            ("ModelPool", namespace, name), raw, lambda: rec.reconcile_pool(namespace, name)
+        )
 
     # -- children -----------------------------------------------------------------------
 
@@ -149,27 +211,32 @@ def build_registry(
 
     @kopf.on.event(GROUP, VERSION, "routingpolicies", registry=registry)
     async def policy_event(type: str | None, body: Any, **_: Any) -> None:
-        rec.observe("RoutingPolicy", _plain(body), deleted=type == "DELETED")
-
-    @kopf.on.resume(GROUP, VERSION, "routingpolicies", registry=registry)
-    @kopf.on.create(GROUP, VERSION, "routingpolicies", registry=registry)
-    @kopf.on.update(GROUP, VERSION, "routingpolicies", registry=registry)
-    def policy_changed(namespace: str | None, name: str, body: Any, **_: Any) -> None:
-        rec.observe("RoutingPolicy", _plain(body))
-        rec.reconcile_policy(str(namespace), name)
+        raw = _plain(body)
+        rec.observe("RoutingPolicy", raw, deleted=type == "DELETED")
+        meta = raw.get("metadata") or {}
+        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        if type == "DELETED":
+            handled.forget(("RoutingPolicy", namespace, name))
+            return
+        await handled.run_if_changed(
+            ("RoutingPolicy", namespace, name),
+            raw,
+            lambda: rec.reconcile_policy(namespace, name),
+        )
 
     # -- AcceleratorProfile -------------------------------------------------------------
 
-    @kopf.on.resume(GROUP, VERSION, "acceleratorprofiles", registry=registry)
-    @kopf.on.create(GROUP, VERSION, "acceleratorprofiles", registry=registry)
-    @kopf.on.update(GROUP, VERSION, "acceleratorprofiles", registry=registry)
-    def profile_changed(name: str, **_: Any) -> None:
-        rec.reconcile_profile(name)
-
     @kopf.on.event(GROUP, VERSION, "acceleratorprofiles", registry=registry)
-    def profile_event(type: str | None, name: str, body: Any, **_: Any) -> None:
-        rec.observe_profile(name, None if type == "DELETED" else _plain(body))
-        if type == "DELETED":
-            rec.rerender_pools_using(name)
+    async def profile_event(type: str | None, name: str, body: Any, **_: Any) -> None:
+        deleted = type == "DELETED"
+        raw = _plain(body)
+        rec.observe_profile(name, None if deleted else raw)
+        if deleted:
+            handled.forget(("AcceleratorProfile", "", name))
+            await run(lambda: rec.rerender_pools_using(name))
+            return
+        await handled.run_if_changed(
+            ("AcceleratorProfile", "", name), raw, lambda: rec.reconcile_profile(name)
+        )
 
     return registry

@@ -17,18 +17,38 @@ modelfleet_operator_drains_total               counter   outcome (empty, deadlin
 modelfleet_operator_drain_duration_seconds     histogram (none)
 modelfleet_operator_leader                     gauge     (1 while this process leads)
 ============================================== ========= ========================================
+
+Every label set a counter (or a labelled histogram) can take is created at 0 before its first
+increment, so Prometheus sees the 0 -> 1 step (``rate``/``increase`` miss a series that starts
+at 1): the fixed ones (kinds, error reasons, drain outcomes) at construction, a pool's scale
+decisions (each variant, direction and reason its scaling mode can give) by
+:meth:`OperatorMetrics.declare_pool` before its first decision, removed with the pool.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 _POOL = ("namespace", "pool")
 _VARIANT = ("namespace", "pool", "variant")
+
+#: The kinds the operator reconciles (``kind`` label).
+KINDS = ("ModelPool", "RoutingPolicy", "AcceleratorProfile")
+#: ``reason`` of ``reconcile_errors_total`` by kind: an API error, or an invalid object
+#: (a RoutingPolicy's plugin parameters are ``InvalidParameters``).
+ERROR_REASONS: Mapping[str, tuple[str, ...]] = {
+    "ModelPool": ("ApiError", "InvalidSpec"),
+    "RoutingPolicy": ("ApiError", "InvalidSpec", "InvalidParameters"),
+    "AcceleratorProfile": ("ApiError",),
+}
+#: Every ``outcome`` of a drain (:data:`~modelfleet.operator.control_client.DrainOutcome`).
+DRAIN_OUTCOMES = ("empty", "deadline", "unknown", "unavailable", "refused", "error")
+#: ``direction`` of a scale decision.
+DIRECTIONS = ("up", "down")
 
 
 class OperatorMetrics:
@@ -93,6 +113,14 @@ class OperatorMetrics:
             "modelfleet_operator_leader", "1 while this process holds the lease.", registry=r
         )
         self._variants: dict[tuple[str, str], set[str]] = {}
+        self._decision_labels: dict[tuple[str, str], set[tuple[str, ...]]] = {}
+        self._lock = threading.Lock()
+        for kind in KINDS:
+            self.reconcile_duration.labels(kind)
+            for reason in ERROR_REASONS[kind]:
+                self.reconcile_errors.labels(kind, reason)
+        for outcome in DRAIN_OUTCOMES:
+            self.drains.labels(outcome)
         self._server: tuple[Any, threading.Thread] | None = None
 
     def set_pool(
@@ -116,10 +144,31 @@ class OperatorMetrics:
             self.ready.labels(namespace, pool, v).set(ready.get(v, 0))
         self.cost.labels(namespace, pool).set(cost_per_hour)
 
+    def declare_pool(
+        self, namespace: str, pool: str, variants: Iterable[str], reasons: Iterable[str]
+    ) -> None:
+        """Create at 0 the scale-decision counters of a pool: each of ``variants``, each
+        direction, each of ``reasons`` (what the pool's scaling mode can give). Counters of
+        variants or reasons no longer declared are kept (they may have counted)."""
+        wanted = {(namespace, pool, v, d, r) for v in variants for d in DIRECTIONS for r in reasons}
+        with self._lock:
+            known = self._decision_labels.setdefault((namespace, pool), set())
+            new = wanted - known
+            known |= new
+        for labels in new:
+            self.decisions.labels(*labels)
+
     def forget_pool(self, namespace: str, pool: str) -> None:
         """Remove a deleted pool's series."""
         for v in self._variants.pop((namespace, pool), set()):
             self._remove_variant(namespace, pool, v)
+        with self._lock:
+            declared = self._decision_labels.pop((namespace, pool), set())
+        for labels in declared:
+            try:
+                self.decisions.remove(*labels)
+            except KeyError:
+                pass
         try:
             self.cost.remove(namespace, pool)
         except KeyError:

@@ -64,7 +64,7 @@ from modelfleet.operator.decisions import (
 from modelfleet.operator.kube import ApiError, Kube
 from modelfleet.operator.metrics import OperatorMetrics
 from modelfleet.operator.observe import DeploymentInfo, PodInfo, deployment_info, pod_info
-from modelfleet.policy.autoscale import AutoscalerMemory, decide
+from modelfleet.policy.autoscale import REASONS, AutoscalerMemory, decide
 
 log = logging.getLogger(__name__)
 
@@ -456,6 +456,9 @@ class Reconciler:
 
         if full:
             self._last_full[(namespace, name)] = time.monotonic()
+            self.metrics.declare_pool(
+                namespace, name, variants, ("manual",) if spec.scaling.mode == "Manual" else REASONS
+            )
             kv_events = spec.engine.kv_events or self._kv_events_forced(namespace, name)
             self._scale_down(raw, pool, pods, deployments, current, desired)
             applied = self._applied.setdefault((namespace, name), {})
@@ -472,6 +475,13 @@ class Reconciler:
             apply(build_pdb(pool), exists=True)
             self._prune(raw, pool, pods, deployments, set(variants))
             self._scale_events(raw, namespace, name, current, desired, reasons)
+            # the status shows the Deployments as this pass left them (an apply's answer is
+            # in the cache), not as they were before it: otherwise each new or changed one
+            # costs a second status write when its watch event arrives a moment later
+            deployments = {
+                d.variant: d
+                for d in map(deployment_info, self.cache.list("Deployment", namespace, pool=name))
+            }
 
         costs = {
             v: replica_cost_per_hour(variant, profiles.get(variant.accelerator_profile))

@@ -55,6 +55,7 @@ from modelfleet.policy.perf import PerfModel
 
 __all__ = [
     "HEADROOM",
+    "REASONS",
     "AutoscalerMemory",
     "Demand",
     "ScaleDecision",
@@ -66,6 +67,18 @@ __all__ = [
     "replica_capacity",
 ]
 
+#: Every reason :func:`decide` gives a variant's replicas (module docstring).
+REASONS = (
+    "slo",
+    "slo-violation",
+    "at-max",
+    "idle",
+    "idle-hold",
+    "wake-from-zero",
+    "stabilizing-up",
+    "stabilizing-down",
+    "no-metrics",
+)
 #: Share of each SLO target the sizing aims at (the rest absorbs variance the model ignores).
 HEADROOM = 0.85
 #: Measured latencies are trusted for the feedback once a window holds this many requests.

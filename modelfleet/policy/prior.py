@@ -16,6 +16,9 @@ two pure functions turn it into what the policy needs at start-up:
 * :func:`kv_capacity_tokens`: the KV-cache capacity vLLM derives from the same numbers (memory
   x utilisation, minus the weights per GPU and a fixed reserve, over the KV bytes of one token
   per shard), which sizes the approximate prefix index per endpoint.
+* :func:`params_from_model_id`: the parameter count a model id states by convention
+  (``Llama-3.1-70B-Instruct``: 70e9), for hosts that know only the id (the operator: a
+  ModelPool names its model, it does not carry its ``config.json``).
 
 Nothing here reads an engine or a simulator; the numbers are the configuration's.
 """
@@ -23,6 +26,7 @@ Nothing here reads an engine or a simulator; the numbers are the configuration's
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from modelfleet.policy.perf import ParametricPerfModel
@@ -32,6 +36,7 @@ __all__ = [
     "DeclaredHardware",
     "Reference",
     "kv_capacity_tokens",
+    "params_from_model_id",
     "prior_perf_model",
 ]
 
@@ -150,3 +155,28 @@ def kv_capacity_tokens(hw: DeclaredHardware, ref: Reference = H100_REFERENCE) ->
     free -= hw.model_params * hw.dtype_bytes / hw.gpus + ref.reserve_gib * GIB
     per_token = hw.kv_bytes_per_token / hw.gpus
     return max(0, int(free // per_token))
+
+
+#: A size token of a model id: ``8B``, ``0.5B``, ``135M``, ``8x7B`` (experts x size), set off
+#: by ``-``, ``_``, ``.``, ``/`` or the ends.
+_SIZE = re.compile(r"(?:^|(?<=[-_./]))(?:(\d+)x)?(\d+(?:\.\d+)?)([bBmM])(?=$|[-_./])")
+
+
+def params_from_model_id(model: str) -> float | None:
+    """The parameter count a model id (or a path ending in one) states, or None.
+
+    Reads the first size token of the last path component that has one (module docstring):
+    ``meta-llama/Llama-3.1-8B-Instruct`` 8e9, ``Qwen/Qwen2.5-0.5B`` 0.5e9,
+    ``HuggingFaceTB/SmolLM2-135M`` 0.135e9, ``mistralai/Mixtral-8x7B-v0.1`` 56e9 (every
+    expert counted: the weights a replica holds, an upper bound of what a step reads). A
+    name without one (``gpt2``, ``/models/my-model``) gives None: the caller keeps its
+    default. A stated size is the family's rounded name, within a few % of the real count.
+    """
+    for part in reversed([p for p in model.split("/") if p]):
+        m = _SIZE.search(part)
+        if m is None:
+            continue
+        experts = int(m.group(1)) if m.group(1) else 1
+        value = float(m.group(2)) * (1e9 if m.group(3) in "bB" else 1e6) * experts
+        return value if value > 0 else None
+    return None

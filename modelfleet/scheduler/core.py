@@ -356,6 +356,9 @@ class SchedulerCore:
 
     def _apply_pools(self, snapshot: FleetSnapshot) -> None:
         pools: dict[PoolKey, PoolState] = {}
+        by_pool: dict[PoolKey, list[EndpointSpec]] = {}
+        for e in snapshot.endpoints:  # once, not once per pool (200 pools: 40,000 tests)
+            by_pool.setdefault(e.pool_key, []).append(e)
         for key in sorted(snapshot.pools):
             spec = snapshot.pools[key]
             owner = self._owner(snapshot, key)
@@ -377,7 +380,7 @@ class SchedulerCore:
                     state.placement_sig = sig
             state.spec = spec
             state.owner = owner
-            self._sync_endpoints(state, snapshot)
+            self._sync_endpoints(state, snapshot, by_pool.get(key, []))
             pools[key] = state
         for key, state in self.pools.items():
             if key not in pools:
@@ -412,8 +415,10 @@ class SchedulerCore:
             draining=old.draining if old is not None else False,
         )
 
-    def _sync_endpoints(self, state: PoolState, snapshot: FleetSnapshot) -> None:
-        wanted = [e for e in snapshot.endpoints if e.pool_key == state.key]
+    def _sync_endpoints(
+        self, state: PoolState, snapshot: FleetSnapshot, wanted: list[EndpointSpec]
+    ) -> None:
+        """The pool's router serves ``wanted``, the snapshot's endpoints of this pool."""
         variants = {v.name: v for v in state.spec.spec.variants}
         speeds = [
             relative_speed(snapshot.profiles.get(v.accelerator_profile), v)

@@ -360,6 +360,8 @@ class KubernetesSource:
         self.predictors = predictors or PredictorCache()
         self._connection = connection
         self.skipped: list[str] = []
+        # per informer: object key -> (its content as parsed, the model, its problems)
+        self._parsed: dict[int, dict[Any, tuple[str, Any, list[str]]]] = {}
 
     def _path(self, group: str, plural: str, namespaced: bool) -> str:
         base = "/api/v1" if group == "" else f"/apis/{group}"
@@ -401,18 +403,31 @@ class KubernetesSource:
             await client.aclose()
 
     def _parse(self, informer: _Informer, skipped: list[str]) -> list[Any]:
+        """The informer's objects as API models (status and server metadata dropped). An
+        object whose remaining content is what it was at the last build reuses that parse:
+        a status write or one policy edit does not re-validate every pool."""
         out = []
-        for obj in informer.objects.values():
+        cache = self._parsed.setdefault(id(informer), {})
+        fresh: dict[Any, tuple[str, Any, list[str]]] = {}
+        for key, obj in informer.objects.items():
             obj = {k: v for k, v in obj.items() if k != "status"}
             meta = dict(obj.get("metadata") or {})
             obj["metadata"] = {
                 k: meta[k] for k in ("name", "namespace", "labels", "annotations") if k in meta
             }
-            parsed, problems = validate_object(obj, "cluster")
+            text = json.dumps(obj, sort_keys=True)
+            hit = cache.get(key)
+            if hit is not None and hit[0] == text:
+                parsed, problems = hit[1], hit[2]
+            else:
+                parsed, found = validate_object(obj, "cluster")
+                problems = [str(p) for p in found]
+            fresh[key] = (text, parsed, problems)
             if parsed is None:
-                skipped.extend(str(p) for p in problems)
+                skipped.extend(problems)
             else:
                 out.append(parsed)
+        self._parsed[id(informer)] = fresh
         return out
 
     def _build(self, informers: dict[str, _Informer]) -> FleetSnapshot:

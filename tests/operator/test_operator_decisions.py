@@ -213,12 +213,58 @@ def test_the_autoscalers_model_is_the_prior_the_scheduler_starts_from() -> None:
             prefill_speed=l4.prefill_speed,
             decode_speed=l4.decode_speed,
             memory_gib=l4.memory_gib,
+            model_params=8e9,  # meta-llama/Llama-3.1-8B-Instruct
             gpu_memory_utilization=pool.spec.engine.gpu_memory_utilization,
             max_num_seqs=pool.spec.engine.max_num_seqs,
             max_num_batched_tokens=pool.spec.engine.max_num_batched_tokens,
         )
     )
     assert next(v for v in variants if v.name == "l4").perf == want
+
+
+@pytest.mark.parametrize(
+    ("model", "params"),
+    [
+        ("meta-llama/Llama-3.1-8B-Instruct", 8e9),
+        ("meta-llama/Llama-3.1-70B-Instruct", 70e9),
+        ("Qwen/Qwen2.5-0.5B-Instruct", 0.5e9),
+        ("mistralai/Mixtral-8x7B-Instruct-v0.1", 56e9),
+        ("my-org/finetuned", DeclaredHardware().model_params),  # states no size: the default
+    ],
+    ids=["8b", "70b", "0.5b", "8x7b", "no-size"],
+)
+def test_the_autoscalers_prior_takes_the_pools_model_size(model: str, params: float) -> None:
+    """The prior is sized for the pool's model, not always for an 8B one: a 70B model's
+    replica decodes ~9x slower on the same GPU, so it holds far less load at the SLO."""
+    spec = two_variant_pool(model=model).spec
+    variants, _, _ = slo_inputs(spec, PROFILES)
+    h100 = next(v for v in variants if v.name == "h100")
+    p = PROFILES["h100-80gb"].spec
+    want = prior_perf_model(
+        DeclaredHardware(
+            prefill_speed=p.prefill_speed,
+            decode_speed=p.decode_speed,
+            memory_gib=p.memory_gib,
+            model_params=params,
+            gpu_memory_utilization=spec.engine.gpu_memory_utilization,
+            max_num_seqs=spec.engine.max_num_seqs,
+            max_num_batched_tokens=spec.engine.max_num_batched_tokens,
+        )
+    )
+    assert h100.perf == want
+
+
+def test_a_larger_model_needs_more_replicas_for_the_same_demand() -> None:
+    demand = Demand(arrival_rate=2.0, mean_prompt_tokens=1000, mean_output_tokens=200)
+    capacity = {}
+    for model in ("meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2.5-32B-Instruct"):
+        base = two_variant_pool(model=model).spec
+        spec = base.model_copy(update={"slo": base.slo.model_copy(update={"tpot_ms": 200})})
+        variants, slo, _ = slo_inputs(spec, PROFILES)
+        h100 = next(v for v in variants if v.name == "h100")
+        capacity[model] = replica_capacity(h100.perf, demand, slo)  # type: ignore[arg-type]
+    small, large = capacity.values()
+    assert 0 < large < small / 2
 
 
 def test_an_l4_that_holds_the_tpot_slo_is_part_of_the_cheapest_mix() -> None:
