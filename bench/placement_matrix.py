@@ -388,7 +388,11 @@ def write_report(
         *(
             [
                 f"- Reused from `{args.reused['from']}` (commit `{args.reused['commit']}`): "
-                "the baselines' runs (only the default and its variants ran here)"
+                + (
+                    "the baselines' and the default's runs (only the variants ran here)"
+                    if args.reused.get("default")
+                    else "the baselines' runs (only the default and its variants ran here)"
+                )
                 + (
                     f", and every run of the cells carried over unchanged: "
                     f"{'; '.join(args.reused['carried'])}"
@@ -578,8 +582,16 @@ def matrix_main(argv: list[str]) -> int:
         help="carried-over cells whose name contains one of these: rerun the default on seed 0 "
         "and require it to reproduce the carried run exactly",
     )
+    ap.add_argument(
+        "--reuse-default",
+        action="store_true",
+        help="with --reuse-baselines: take the default's runs from that file too (to add "
+        "variants only); its seed 0 is rerun in every cell and must reproduce it exactly",
+    )
     args = ap.parse_args(argv)
     args.argv = argv
+    if args.reuse_default and not args.reuse_baselines:
+        ap.error("--reuse-default needs --reuse-baselines")
     if (args.carry_over or args.check_carried) and not args.reuse_baselines:
         ap.error("--carry-over and --check-carried need --reuse-baselines")
     if args.calibrate_matrix:
@@ -602,7 +614,12 @@ def matrix_main(argv: list[str]) -> int:
             json.loads(old_meta_path.read_text())["commit"] if old_meta_path.exists() else "?"
         )
         reused = json.loads(old_path.read_text())
-        args.reused = {"from": args.reuse_baselines, "commit": old_commit, "carried": []}
+        args.reused = {
+            "from": args.reuse_baselines,
+            "commit": old_commit,
+            "carried": [],
+            "default": args.reuse_default,
+        }
     else:
         args.reused = None
     jobs = []
@@ -618,8 +635,17 @@ def matrix_main(argv: list[str]) -> int:
         if args.reuse_baselines:  # the reproducibility check of the reused runs
             jobs.append({"cell": cell, "variant": CHECK_BASELINE, "seed": SEEDS[0],
                          "compression": comp, "bounds": False, "check": True})  # fmt: skip
+        if args.reuse_default:
+            jobs.append({"cell": cell, "variant": MAIN, "seed": SEEDS[0],
+                         "compression": comp, "bounds": False, "check": True,
+                         "rerun": True})  # fmt: skip
         for seed in SEEDS:
-            variants = [MAIN] if args.reuse_baselines else [*BASELINES, MAIN]
+            if args.reuse_default:
+                variants = []
+            elif args.reuse_baselines:
+                variants = [MAIN]
+            else:
+                variants = [*BASELINES, MAIN]
             if seed == SEEDS[0] and args.variants != "main":
                 variants += [
                     v
@@ -645,8 +671,14 @@ def matrix_main(argv: list[str]) -> int:
                 )
     args.wall = time.perf_counter() - t0
     if args.reuse_baselines:
-        rerun = {j["cell"].key for j in jobs if not j.get("check") or j["variant"] != MAIN}
-        runs = _merge_reused(runs, reused, rerun, carry_over=args.carry_over)
+        rerun = {
+            j["cell"].key
+            for j in jobs
+            if not j.get("check") or j["variant"] != MAIN or j.get("rerun")
+        }
+        runs = _merge_reused(
+            runs, reused, rerun, carry_over=args.carry_over, keep_default=args.reuse_default
+        )
         args.reused["checked"] = [
             f"{j['variant']} seed {j['seed']} on {j['cell'].name}" for j in jobs if j.get("check")
         ]
@@ -666,6 +698,7 @@ def _merge_reused(
     rerun: set[tuple[Any, ...]],
     *,
     carry_over: bool,
+    keep_default: bool = False,
 ) -> list[dict[str, Any]]:
     """This run's default and variants + the reused baselines of the cells that ran (+ every
     reused run of the other cells with ``carry_over``); fails loudly unless every check run
@@ -688,7 +721,10 @@ def _merge_reused(
     kept = [
         r
         for r in reused
-        if (tuple(r["cell"]) in rerun and r["variant"] in BASELINES)
+        if (
+            tuple(r["cell"]) in rerun
+            and (r["variant"] in BASELINES or (keep_default and r["variant"] == MAIN))
+        )
         or (carry_over and tuple(r["cell"]) not in rerun)
     ]
     return kept + fresh
