@@ -97,14 +97,18 @@ VARIANTS: dict[str, dict[str, Any]] = {
             "arrival_window_s": 0.0,
         },
     },
-    # speed-normalised balance: the queue term counts in-flight tokens per unit of speed
-    "modelfleet/speed-balance": {"queue_metric": "speed-weighted"},
+    # round 2's default: the queue term counts raw in-flight tokens, blind to speed (the
+    # default now counts them per unit of speed; on a homogeneous fleet the two are identical)
+    "modelfleet/token-balance": {"queue_metric": "inflight-tokens"},
 }
-#: variants run only on some traces (prefix reuse against balance is a Mooncake goal)
-VARIANT_TRACES: dict[str, tuple[str, ...]] = {"modelfleet/speed-balance": ("mooncake",)}
-#: ``--variants ablations``: the trigger ablations and round 1, without the oracle and prior
+#: variants run only on some fleets (token-balance differs from the default only on mixed ones)
+VARIANT_FLEETS: dict[str, tuple[str, ...]] = {"modelfleet/token-balance": ("mixed",)}
+#: ``--variants ablations``: the trigger ablations and round 2's load term, without the oracle,
+#: the prior and round 1
+#: ``--reuse-baselines``: the baseline rerun in every cell to check the reused runs
+CHECK_BASELINE = "least-load-speed"
 ABLATIONS = ("modelfleet/rescue", "modelfleet/no-balance", "modelfleet/no-migration",
-             "modelfleet/round-1", "modelfleet/speed-balance")  # fmt: skip
+             "modelfleet/token-balance")  # fmt: skip
 
 
 def variant_spec(opts: dict[str, Any]) -> ProfileSpec | None:
@@ -262,6 +266,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     }
     if variant == MAIN:
         out["recovery"] = recovery(result.extra["ttft_predictions"])
+    if job.get("check"):
+        out["check"] = True
     return out
 
 
@@ -379,6 +385,26 @@ def write_report(
         "- SLOs: Mooncake TTFT ≤ 5 s, Azure TTFT ≤ 2 s, TPOT ≤ 0.1 s everywhere",
         f"- Tuning cells (where the default was chosen): {sorted(TUNING)}; every other cell is "
         "held out",
+        *(
+            [
+                f"- Reused from `{args.reused['from']}` (commit `{args.reused['commit']}`): "
+                + (
+                    "the baselines' and the default's runs (only the variants ran here)"
+                    if args.reused.get("default")
+                    else "the baselines' runs (only the default and its variants ran here)"
+                )
+                + (
+                    f", and every run of the cells carried over unchanged: "
+                    f"{'; '.join(args.reused['carried'])}"
+                    if args.reused.get("carried")
+                    else ""
+                )
+                + ". Rerun and reproduced exactly (the benchmark fails otherwise): "
+                + "; ".join(args.reused.get("checked", []))
+            ]
+            if getattr(args, "reused", None)
+            else []
+        ),
         "- Conservation (requests in = served + failed + shed, every token once) checked in every "
         f"run: {sum(r['outcomes']['served'] for r in runs)} served, "
         f"{sum(r['outcomes']['failed'] for r in runs)} failed, "
@@ -535,30 +561,96 @@ def matrix_main(argv: list[str]) -> int:
     )
     ap.add_argument("--out", default="bench/results/placement-matrix")
     ap.add_argument("--report-only", action="store_true", help="rewrite the .md from the .json")
+    ap.add_argument(
+        "--reuse-baselines",
+        metavar="JSON",
+        default=None,
+        help="take the baselines' runs from an earlier matrix JSON instead of rerunning them "
+        "(for a change that touches only the default); least-load-speed seed 0 of every cell "
+        "is rerun and must reproduce that file exactly, or the benchmark fails",
+    )
+    ap.add_argument(
+        "--carry-over",
+        action="store_true",
+        help="with --reuse-baselines and --only: keep every run of the cells not selected "
+        "(for a change that cannot act there, e.g. a speed term on homogeneous fleets)",
+    )
+    ap.add_argument(
+        "--check-carried",
+        nargs="*",
+        default=[],
+        help="carried-over cells whose name contains one of these: rerun the default on seed 0 "
+        "and require it to reproduce the carried run exactly",
+    )
+    ap.add_argument(
+        "--reuse-default",
+        action="store_true",
+        help="with --reuse-baselines: take the default's runs from that file too (to add "
+        "variants only); its seed 0 is rerun in every cell and must reproduce it exactly",
+    )
     args = ap.parse_args(argv)
     args.argv = argv
+    if args.reuse_default and not args.reuse_baselines:
+        ap.error("--reuse-default needs --reuse-baselines")
+    if (args.carry_over or args.check_carried) and not args.reuse_baselines:
+        ap.error("--carry-over and --check-carried need --reuse-baselines")
     if args.calibrate_matrix:
         calibrate(args)
         return 0
     out = REPO / args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
     if args.report_only:
         runs = json.loads(out.with_suffix(".json").read_text())
         meta = json.loads(out.with_name(out.name + "-meta.json").read_text())
         args.argv, args.commit, args.wall = meta["argv"], meta["commit"], meta["wall"]
+        args.reused = meta.get("reused")
         _write(runs, args, out)
         return 0
+    reused: list[dict[str, Any]] = []
+    if args.reuse_baselines:
+        old_path = REPO / args.reuse_baselines
+        old_meta_path = old_path.with_name(old_path.stem + "-meta.json")
+        old_commit = (
+            json.loads(old_meta_path.read_text())["commit"] if old_meta_path.exists() else "?"
+        )
+        reused = json.loads(old_path.read_text())
+        args.reused = {
+            "from": args.reuse_baselines,
+            "commit": old_commit,
+            "carried": [],
+            "default": args.reuse_default,
+        }
+    else:
+        args.reused = None
     jobs = []
     for cell in cells():
-        if args.only and not any(o in cell.name for o in args.only):
-            continue
         comp = COMPRESSION[(cell.trace, cell.fleet)]
+        if args.only and not any(o in cell.name for o in args.only):
+            if args.carry_over:
+                args.reused["carried"].append(cell.name)
+                if any(o in cell.name for o in args.check_carried):
+                    jobs.append({"cell": cell, "variant": MAIN, "seed": SEEDS[0],
+                                 "compression": comp, "bounds": False, "check": True})  # fmt: skip
+            continue
+        if args.reuse_baselines:  # the reproducibility check of the reused runs
+            jobs.append({"cell": cell, "variant": CHECK_BASELINE, "seed": SEEDS[0],
+                         "compression": comp, "bounds": False, "check": True})  # fmt: skip
+        if args.reuse_default:
+            jobs.append({"cell": cell, "variant": MAIN, "seed": SEEDS[0],
+                         "compression": comp, "bounds": False, "check": True,
+                         "rerun": True})  # fmt: skip
         for seed in SEEDS:
-            variants = [*BASELINES, MAIN]
+            if args.reuse_default:
+                variants = []
+            elif args.reuse_baselines:
+                variants = [MAIN]
+            else:
+                variants = [*BASELINES, MAIN]
             if seed == SEEDS[0] and args.variants != "main":
                 variants += [
                     v
                     for v in (VARIANTS if args.variants == "all" else ABLATIONS)
-                    if cell.trace in VARIANT_TRACES.get(v, (cell.trace,))
+                    if cell.fleet in VARIANT_FLEETS.get(v, (cell.fleet,))
                 ]
             for v in variants:
                 jobs.append(
@@ -578,14 +670,64 @@ def matrix_main(argv: list[str]) -> int:
                     flush=True,
                 )
     args.wall = time.perf_counter() - t0
+    if args.reuse_baselines:
+        rerun = {
+            j["cell"].key
+            for j in jobs
+            if not j.get("check") or j["variant"] != MAIN or j.get("rerun")
+        }
+        runs = _merge_reused(
+            runs, reused, rerun, carry_over=args.carry_over, keep_default=args.reuse_default
+        )
+        args.reused["checked"] = [
+            f"{j['variant']} seed {j['seed']} on {j['cell'].name}" for j in jobs if j.get("check")
+        ]
     from placement import git_commit
 
     args.commit = git_commit()
     out.with_suffix(".json").write_text(json.dumps(runs, indent=0, default=float))
-    meta = {"argv": args.argv, "commit": args.commit, "wall": args.wall}
+    meta = {"argv": args.argv, "commit": args.commit, "wall": args.wall, "reused": args.reused}
     out.with_name(out.name + "-meta.json").write_text(json.dumps(meta))
     _write(runs, args, out)
     return 0
+
+
+def _merge_reused(
+    runs: list[dict[str, Any]],
+    reused: list[dict[str, Any]],
+    rerun: set[tuple[Any, ...]],
+    *,
+    carry_over: bool,
+    keep_default: bool = False,
+) -> list[dict[str, Any]]:
+    """This run's default and variants + the reused baselines of the cells that ran (+ every
+    reused run of the other cells with ``carry_over``); fails loudly unless every check run
+    equals the reused run of the same (cell, policy, seed)."""
+    old = {(tuple(r["cell"]), r["variant"], r["seed"]): r for r in reused}
+    fresh = []
+    for r in runs:
+        if not r.pop("check", False):
+            fresh.append(r)
+            continue
+        was = old.get((tuple(r["cell"]), r["variant"], r["seed"]))
+        same = was is not None and all(
+            was[k] == r[k] for k in ("requests", "outcomes", "p99_ttft", "goodput", "hit")
+        )
+        if not same:
+            raise SystemExit(
+                f"--reuse-baselines: {r['variant']} seed {r['seed']} on {r['cell']} does not "
+                "reproduce the reused file; rerun the baselines"
+            )
+    kept = [
+        r
+        for r in reused
+        if (
+            tuple(r["cell"]) in rerun
+            and (r["variant"] in BASELINES or (keep_default and r["variant"] == MAIN))
+        )
+        or (carry_over and tuple(r["cell"]) not in rerun)
+    ]
+    return kept + fresh
 
 
 def _write(runs: list[dict[str, Any]], args: Any, out: Path) -> None:

@@ -90,8 +90,14 @@ def default_profile_spec() -> ProfileSpec:
       (TTFT floors of 0.25–1 spread more but cost p99 on ``modelfleet simulate``).
     * ``prefix-cache`` (2) keeps conversations where their KV cache is even when the
       prediction is a tie, which protects future turns' hit rate.
-    * ``queue`` on in-flight tokens (1) and ``kv-usage`` (1) are fresh and engine-side load
-      signals that break ties toward spare capacity and away from preemption.
+    * ``queue`` on in-flight tokens per unit of relative speed (``speed-weighted``, 1) and
+      ``kv-usage`` (1) are fresh and engine-side load signals that break ties toward spare
+      capacity and away from preemption. Per unit of speed because raw in-flight tokens rank
+      an A100 holding as many tokens as an H100 as equally loaded although it drains them at
+      about half the speed: on mixed-GPU fleets that term sent the slower GPUs more than their
+      share, and the p99 TTFT was made of their requests (1.1-1.5x least-load-speed on the
+      matrix's mixed cells, ``bench/results/placement-matrix-notes.md``). On a homogeneous
+      fleet (every speed 1) the two metrics are the same.
     * ``cold-spread`` (1) starts new prefixes on the endpoint with the least uncached prompt
       work routed to it recently per unit of speed (``spreadBy: prompt-tokens``, half-life
       30 s), so caches diversify instead of every miss landing on one replica (SGLang #32983)
@@ -123,7 +129,7 @@ def default_profile_spec() -> ProfileSpec:
                 type="slo-headroom", weight=3.0, parameters={"ttftFloor": 0.1, "tpotFloor": 2.0}
             ),
             PluginSpec(type="prefix-cache", weight=2.0),
-            PluginSpec(type="queue", weight=1.0, parameters={"metric": "inflight-tokens"}),
+            PluginSpec(type="queue", weight=1.0, parameters={"metric": "speed-weighted"}),
             PluginSpec(type="kv-usage", weight=1.0),
             PluginSpec(
                 type="cold-spread",

@@ -229,7 +229,7 @@ def test_each_scorer_alone_prefers_the_better_endpoint(
 DEFAULT_CASES = [
     pytest.param(k, sc, id=f"{k}-{sc.why}")
     for k in (
-        "queue:inflight-tokens",
+        "queue:speed-weighted",
         "kv-usage",
         "prefix-cache",
         "slo-headroom",
