@@ -289,7 +289,8 @@ class EngineFleet:
                 return
             done = self._client.drain(e.plan.id, deadline)
             if done is None:
-                _say(f"drain of {e.plan.id} failed; it stays")
+                if not self._release.is_set():  # else: cut short by the stop
+                    _say(f"drain of {e.plan.id} failed; it stays")
                 return
             _say(
                 f"drained {e.plan.id} ({key[1]}/{variant}): {done.migrated} migrated, "
