@@ -167,7 +167,8 @@ def _announce_when_ready(
                 up = parse_scheduler(m.text, 0.0).up.values() if m.status_code == 200 else []
             except (httpx.HTTPError, ValueError):
                 continue
-            if sum(ok for *_, ok in up) < n_engines:
+            # The autoscaler may already have removed an engine: count the engines running now.
+            if sum(ok for *_, ok in up) < min(n_engines, len(engines.engines)):
                 continue
             print(f"modelfleet up: OpenAI base URL {base}/v1", flush=True)
             print(
