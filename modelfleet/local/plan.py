@@ -20,6 +20,7 @@ format of ``modelfleet validate`` (``file: Kind/name: field: message``), naming 
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from modelfleet.api.static import StaticEndpoints
 from modelfleet.api.validate import ManifestError, check_references, expand_paths, validate_text
 from modelfleet.policy.from_api import check_placement
 from modelfleet.scheduler.config import ConfigError, load_static_fleet
-from modelfleet.scheduler.fleet import FleetSnapshot
+from modelfleet.scheduler.fleet import EndpointSpec, FleetSnapshot
 from modelfleet.scheduler.launch import engine_command
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "plan_replicas",
     "read_manifests",
     "reserve_ports",
+    "write_endpoints",
     "write_fleet",
 ]
 
@@ -69,6 +71,19 @@ class EnginePlan:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pool_key(self) -> tuple[str, str]:
+        return (self.namespace, self.pool)
+
+    @property
+    def id(self) -> str:
+        """The scheduler's id of this engine (a static endpoint's default: ``host:port``)."""
+        return f"127.0.0.1:{self.port}"
+
+    def spec(self) -> EndpointSpec:
+        """As the scheduler reads it from the fleet folder."""
+        return EndpointSpec(self.id, self.url, self.namespace, self.pool, self.variant)
 
 
 def read_manifests(paths: list[str]) -> tuple[list[Path], list[tuple[str, Resource]]]:
@@ -161,6 +176,30 @@ def reserve_ports(n: int, avoid: set[int]) -> list[int]:
     return ports
 
 
+def write_endpoints(folder: Path, engines: list[EnginePlan]) -> None:
+    """(Re)write the fleet folder's ``StaticEndpoints``: one document per namespace listing
+    ``engines``. Written to a temporary name and renamed, so the scheduler's file watcher never
+    reads half a file."""
+    by_ns: dict[str, list[dict[str, str]]] = {}
+    for e in engines:
+        by_ns.setdefault(e.namespace, []).append(
+            {"pool": e.pool, "variant": e.variant, "url": e.url}
+        )
+    docs = [
+        {
+            "apiVersion": API_VERSION,
+            "kind": "StaticEndpoints",
+            "metadata": {"name": "modelfleet-up", "namespace": ns},
+            "spec": {"endpoints": eps},
+        }
+        for ns, eps in by_ns.items()
+    ]
+    text = "# Written by `modelfleet up`: the engines it runs.\n" + yaml.safe_dump_all(docs)
+    tmp = folder / f".{ENDPOINTS_FILE}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, folder / ENDPOINTS_FILE)
+
+
 def write_fleet(
     folder: Path,
     files: list[Path],
@@ -186,23 +225,7 @@ def write_fleet(
         link = folder / f"{i:03d}-{f.name}"
         link.symlink_to(f.resolve())
         links[str(link)] = str(f)
-    by_ns: dict[str, list[dict[str, str]]] = {}
-    for e in engines:
-        by_ns.setdefault(e.namespace, []).append(
-            {"pool": e.pool, "variant": e.variant, "url": e.url}
-        )
-    docs = [
-        {
-            "apiVersion": API_VERSION,
-            "kind": "StaticEndpoints",
-            "metadata": {"name": "modelfleet-up", "namespace": ns},
-            "spec": {"endpoints": eps},
-        }
-        for ns, eps in by_ns.items()
-    ]
-    (folder / ENDPOINTS_FILE).write_text(
-        "# Written by `modelfleet up`: the engines it started.\n" + yaml.safe_dump_all(docs)
-    )
+    write_endpoints(folder, engines)
 
     def unlinked(line: str) -> str:
         for link, target in links.items():

@@ -3,18 +3,24 @@
 Composition root of the local default::
 
     modelfleet up [-f DIR_OR_FILE ...] [--port 8000] [--replicas N] [--time-scale X]
+                  [--no-autoscale] [--scale-period S] [--stats-window S]
 
 1. Check, before anything starts (one line on stderr, exit 2): the manifests
    (:mod:`modelfleet.local.plan`), the scheduler's port, the simulator's support of every model.
 2. Start one engine simulator per replica of each variant, with the variant's accelerator
    timing (:func:`modelfleet.scheduler.launch.launch_engines`, on free loopback ports), in a
-   thread, while
+   thread (:class:`modelfleet.local.scale.EngineFleet`), while
 3. the scheduler runs in this process with static discovery over the fleet folder
    (:func:`modelfleet.scheduler.cli.run`): a private local Ray (its files under this run's
    temporary folder) and Ray Serve, or uvicorn with ``--no-ray``. Edits of the manifest files
-   apply live through the scheduler's file watcher.
+   apply live through the scheduler's file watcher. Its gRPC control API listens on a free
+   loopback port with a token written to this run's folder.
 4. Print the OpenAI base URL and a ready line once ``/v1/models`` answers and the scheduler
    sees every engine healthy.
+5. Unless ``--no-autoscale``, the engine thread then autoscales every pool in scaling mode
+   SLO as the operator would: the operator's decision function on the scheduler's ``Stats``
+   every ``--scale-period`` seconds, new engines joining the static fleet live, removed ones
+   drained first (:mod:`modelfleet.local.scale`).
 
 Ctrl-C, SIGTERM and the death of the parent process (Linux: ``PR_SET_PDEATHSIG`` turns it
 into a SIGTERM) stop the scheduler, Ray and the engines; the engines also die with this
@@ -27,6 +33,7 @@ import argparse
 import contextlib
 import ctypes
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -35,10 +42,19 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelfleet import cliargs
-from modelfleet.local.plan import UpError, check_port_free, read_manifests, write_fleet
+from modelfleet.local.plan import (
+    UpError,
+    check_port_free,
+    read_manifests,
+    reserve_ports,
+    write_fleet,
+)
+
+if TYPE_CHECKING:
+    from modelfleet.local.scale import EngineFleet
 
 __all__ = ["add_arguments", "default_manifests", "run"]
 
@@ -69,6 +85,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--time-scale", type=cliargs.positive_float, default=1.0, metavar="X",
         help="engine clock: 0.1 runs ten times faster than the modelled GPUs (default 1.0)",
     )  # fmt: skip
+    p.add_argument(
+        "--no-autoscale", action="store_true",
+        help="keep the engines it starts: no autoscaling of pools in scaling mode SLO",
+    )  # fmt: skip
+    p.add_argument(
+        "--scale-period", type=cliargs.positive_float, default=2.0, metavar="S",
+        help="seconds between autoscaling decisions (2)",
+    )  # fmt: skip
+    p.add_argument(
+        "--stats-window", type=cliargs.positive_float, default=30.0, metavar="S",
+        help="the scheduler's stats window the autoscaler reads, seconds (30)",
+    )  # fmt: skip
     p.add_argument("--no-ray", action="store_true", help="serve with uvicorn, without Ray")
     p.add_argument(
         "--ray-cpus", type=cliargs.positive_int, default=2, help="CPUs of the local Ray (2)"
@@ -78,6 +106,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 #: A private single-node Ray needs none of this: no usage report sent home at start.
 _RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
+#: The autoscaler's gRPC channel is open while engines are forked (and exec at once), so
+#: gRPC's fork handlers have nothing to protect and would only log that they skip.
+_GRPC_ENV = {"GRPC_ENABLE_FORK_SUPPORT": "false"}
 
 
 def _fail(problems: list[str], paths: list[str]) -> int:
@@ -104,56 +135,11 @@ def _interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-class _EngineThread:
-    """Starts the engines while the scheduler (and Ray) start, and owns them.
-
-    ``PR_SET_PDEATHSIG`` ties each engine to the *thread* that forked it, so this thread
-    lives until :meth:`stop`. A launch that fails prints why and SIGTERMs this process, which
-    stops the scheduler like Ctrl-C would.
-    """
-
-    def __init__(self, snapshot: Any, time_scale: float) -> None:
-        self.engines: list[Any] = []
-        self.error = ""
-        self.launched = threading.Event()
-        self._release = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(snapshot, time_scale), name="modelfleet-up-engines"
-        )
-        self._thread.start()
-
-    def _run(self, snapshot: Any, time_scale: float) -> None:
-        from modelfleet.scheduler.launch import launch_engines
-
-        try:
-            self.engines = launch_engines(snapshot, time_scale)
-            for le in self.engines:
-                ep = le.endpoint
-                print(f"  engine {ep.pool}/{ep.variant} at {ep.url}", flush=True)
-        except (ValueError, RuntimeError) as e:
-            self.error = str(e)
-            print(f"modelfleet up: {e}", file=sys.stderr, flush=True)
-            os.kill(os.getpid(), signal.SIGTERM)
-        finally:
-            self.launched.set()
-        self._release.wait()
-
-    def stop(self) -> None:
-        """Stop the engines (after a launch in progress has finished) and the thread."""
-        from modelfleet.scheduler.launch import stop_engines
-
-        self.launched.wait()
-        if self.engines:
-            stop_engines(self.engines)
-        self._release.set()
-        self._thread.join()
-
-
 def _announce_when_ready(
     host: str,
     port: int,
     models: list[str],
-    engines: _EngineThread,
+    engines: EngineFleet,
     n_engines: int,
     started: float,
     done: threading.Event,
@@ -181,7 +167,8 @@ def _announce_when_ready(
                 up = parse_scheduler(m.text, 0.0).up.values() if m.status_code == 200 else []
             except (httpx.HTTPError, ValueError):
                 continue
-            if sum(ok for *_, ok in up) < n_engines:
+            # The autoscaler may already have removed an engine: count the engines running now.
+            if sum(ok for *_, ok in up) < min(n_engines, len(engines.engines)):
                 continue
             print(f"modelfleet up: OpenAI base URL {base}/v1", flush=True)
             print(
@@ -194,13 +181,17 @@ def _announce_when_ready(
     return watch
 
 
-def _scheduler_args(folder: Path, args: argparse.Namespace) -> argparse.Namespace:
+def _scheduler_args(
+    folder: Path, args: argparse.Namespace, control: tuple[int, Path] | None
+) -> argparse.Namespace:
     from modelfleet.scheduler import cli as scheduler_cli
 
     p = argparse.ArgumentParser(prog="modelfleet scheduler")
     scheduler_cli.add_arguments(p)
     argv = ["--config", str(folder), "--host", args.host, "--port", str(args.port)]
     argv += ["--ray-cpus", str(args.ray_cpus), "--log-level", args.log_level]
+    if control is not None:
+        argv += ["--control-port", str(control[0]), "--control-token-file", str(control[1])]
     if args.no_ray:
         argv.append("--no-ray")
     return p.parse_args(argv)
@@ -222,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         paths = [str(found)]
     folder = Path(tempfile.mkdtemp(prefix="modelfleet-up-"))
-    engines: _EngineThread | None = None
+    engines: EngineFleet | None = None
     done = threading.Event()
     try:
         try:
@@ -244,9 +235,35 @@ def run(args: argparse.Namespace) -> int:
             f"{len(gpus)} GPU types) from {', '.join(paths)}",
             flush=True,
         )
+        for name, value in _GRPC_ENV.items():
+            os.environ.setdefault(name, value)
+        from modelfleet.local.scale import AutoscaleSettings, EngineFleet
+
+        engine_ports = {e.port for e in plan}
+        autoscale, control = None, None
+        if not args.no_autoscale:
+            token_file = folder / "control-token"
+            token_file.write_text(secrets.token_urlsafe(24))
+            token_file.chmod(0o600)
+            [control_port] = reserve_ports(1, {args.port, *engine_ports})
+            control = (control_port, token_file)
+            local = "127.0.0.1" if args.host in ("0.0.0.0", "", "::") else args.host
+            autoscale = AutoscaleSettings(
+                f"{local}:{control_port}",
+                token_file.read_text(),
+                period_s=args.scale_period,
+                window_s=args.stats_window,
+            )
         # The engines start first, so that their start overlaps the scheduler's imports and
         # Ray's, which take most of the time to ready.
-        engines = _EngineThread(snapshot, args.time_scale)
+        engines = EngineFleet(
+            fleet,
+            snapshot,
+            plan,
+            args.time_scale,
+            avoid_ports={args.port, *engine_ports, *([control[0]] if control else [])},
+            autoscale=autoscale,
+        )
         from modelfleet.scheduler import cli as scheduler_cli
 
         for name, value in _RAY_ENV.items():
@@ -260,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
             name="modelfleet-up-ready",
             daemon=True,
         ).start()
-        code: int = scheduler_cli.run(_scheduler_args(folder / "fleet", args))
+        code: int = scheduler_cli.run(_scheduler_args(fleet, args, control))
         return 1 if engines.error else code
     except KeyboardInterrupt:
         return 1 if engines is not None and engines.error else 0

@@ -44,7 +44,6 @@ The engine container, and why each part is there:
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from modelfleet.api.accelerator import AcceleratorProfile
@@ -76,6 +75,9 @@ from modelfleet.api.names import (
     SIMULATOR_PROFILE_ANNOTATION,
     VARIANT_LABEL,
 )
+
+# Re-exported: the reconciler prices replicas as the autoscaler does.
+from modelfleet.policy.autoscale_inputs import replica_cost_per_hour as replica_cost_per_hour
 
 ENGINE_CONTAINER = "vllm"
 #: Seconds the pod may take to terminate beyond the drain timeout (vLLM's own shutdown).
@@ -387,15 +389,3 @@ def build_pdb(pool: ModelPool) -> dict[str, Any]:
         "metadata": _meta(pool, name, pool_labels(name)),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {POOL_LABEL: name}}},
     }
-
-
-def replica_cost_per_hour(variant: Variant, profile: AcceleratorProfile | None) -> float:
-    """USD per replica-hour: the variant's override, else the profile's GPU price × GPUs.
-
-    ``inf`` when neither is known (a variant whose profile is missing is never the cheapest).
-    """
-    if variant.cost_per_hour is not None:
-        return variant.cost_per_hour
-    if profile is None:
-        return math.inf
-    return profile.spec.cost_per_hour * variant.gpus_per_replica

@@ -26,7 +26,8 @@ import grpc
 from modelfleet.control import bearer
 from modelfleet.control import control_pb2 as pb
 from modelfleet.control import control_pb2_grpc as pb_grpc
-from modelfleet.operator.decisions import EndpointLoad, demand_from_stats
+from modelfleet.control.stats import pool_demand
+from modelfleet.operator.decisions import EndpointLoad
 from modelfleet.policy.autoscale import Demand
 
 log = logging.getLogger(__name__)
@@ -145,11 +146,8 @@ class SchedulerClient:
         return out
 
     def demand(self, namespace: str, pool: str, window_s: float, percentile: int) -> Demand | None:
-        """The pool's load over the window as the autoscaler reads it; None if unknown.
-
-        Latencies are the pool's at the SLO percentile (p50, p90 or p99 from the scheduler;
-        p95 is read as p99, the conservative side), weighted by each variant's requests.
-        """
+        """The pool's load over the window as the autoscaler reads it
+        (:func:`modelfleet.control.stats.pool_demand`); None if the scheduler cannot be asked."""
         try:
             resp = self._stub.Stats(
                 pb.StatsRequest(namespace=namespace, pool=pool, window_s=window_s),
@@ -159,44 +157,7 @@ class SchedulerClient:
         except grpc.RpcError as err:
             log.warning("Stats %s/%s: %s", namespace, pool, _describe(err))
             return None
-        stats = next(
-            (p for p in resp.pools if p.pool == pool and p.namespace in ("", namespace)), None
-        )
-        if stats is None:
-            return demand_from_stats(
-                arrival_rate=0, mean_prompt_tokens=0, mean_output_tokens=0, prefix_hit_rate=0,
-                queued=0, unplaced=0, inflight=0, window_s=resp.window_s or window_s,
-                ttft_s=None, tpot_s=None, samples=0,
-            )  # fmt: skip
-        rate = sum(v.arrival_rate_rps for v in stats.variants)
-        reqs = sum(v.requests for v in stats.variants)
-
-        def weighted(get: Callable[[pb.VariantStats], float], by_rate: bool = True) -> float:
-            weights = [(v.arrival_rate_rps if by_rate else v.requests) for v in stats.variants]
-            total = float(sum(weights))
-            if total <= 0:
-                return 0.0
-            pairs = zip(weights, stats.variants, strict=True)
-            return float(sum(w * get(v) for w, v in pairs)) / total
-
-        def at(lat: pb.LatencyStats) -> float:
-            value: float = {50: lat.p50_s, 90: lat.p90_s}.get(percentile, lat.p99_s)
-            return value
-
-        measured = reqs > 0
-        return demand_from_stats(
-            arrival_rate=rate,
-            mean_prompt_tokens=weighted(lambda v: v.mean_prompt_tokens),
-            mean_output_tokens=weighted(lambda v: v.mean_output_tokens),
-            prefix_hit_rate=weighted(lambda v: v.prefix_hit_rate),
-            queued=int(stats.queued_requests),
-            unplaced=int(stats.unplaced_requests),
-            inflight=sum(int(v.inflight_requests) for v in stats.variants),
-            window_s=resp.window_s or window_s,
-            ttft_s=weighted(lambda v: at(v.ttft), by_rate=False) if measured else None,
-            tpot_s=weighted(lambda v: at(v.tpot), by_rate=False) if measured else None,
-            samples=int(reqs),
-        )
+        return pool_demand(resp, namespace, pool, window_s, percentile)
 
     # -- helpers --------------------------------------------------------------------------
 

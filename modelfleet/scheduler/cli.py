@@ -274,7 +274,11 @@ def _serve_ray(settings: RuntimeSettings, args: argparse.Namespace, stop: _Stop)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # no second signal mid-cleanup
         try:
-            if ray.is_initialized():
+            # A cluster we joined keeps running: take our application off it. A private Ray is
+            # stopped whole below, Serve's actors with it; Serve's own shutdown there would
+            # only add a raylet warning at every stop ("Task ServeController.graceful_shutdown
+            # failed ... will be retried": the controller kills itself while that call waits).
+            if ray.is_initialized() and not started_ray:
                 with contextlib.suppress(Exception):
                     serve.shutdown()  # type: ignore[no-untyped-call]
         finally:

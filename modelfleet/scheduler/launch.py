@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO
 from urllib.parse import urlsplit
@@ -126,10 +126,15 @@ def _die_with_parent() -> Callable[[], None] | None:
 
 
 def launch_engines(
-    snapshot: FleetSnapshot, time_scale: float, timeout_s: float = 60.0
+    snapshot: FleetSnapshot,
+    time_scale: float,
+    timeout_s: float = 60.0,
+    endpoints: Sequence[EndpointSpec] | None = None,
 ) -> list[LaunchedEngine]:
-    """Start every endpoint's engine and wait until each listens (``RuntimeError`` if not)."""
-    plans = [(e, *engine_command(snapshot, e, time_scale)) for e in snapshot.endpoints]
+    """Start the engine of every endpoint of ``snapshot`` (or of ``endpoints``, which name its
+    pools) and wait until each listens (``RuntimeError`` if not; none is left running then)."""
+    chosen = snapshot.endpoints if endpoints is None else endpoints
+    plans = [(e, *engine_command(snapshot, e, time_scale)) for e in chosen]
     out: list[LaunchedEngine] = []
     try:
         for e, cmd, env in plans:

@@ -64,9 +64,11 @@ def test_parse_scheduler_sums_slo_classes_and_reads_instances() -> None:
 
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[int]:
-    """``modelfleet up`` on the quickstart (uvicorn ingress: the same app, no Ray start-up)."""
+    """``modelfleet up`` on the quickstart (uvicorn ingress: the same app, no Ray start-up;
+    no autoscaling: the view is checked against the six engines it starts)."""
     port = free_port()
-    up = Running([*MODELFLEET, "up", "--no-ray", "--time-scale", "0.2", "--port", str(port)])
+    argv = ["--no-ray", "--no-autoscale", "--time-scale", "0.2", "--port", str(port)]
+    up = Running([*MODELFLEET, "up", *argv])
     try:
         up.wait_for(r"modelfleet up: ready in", timeout=240)
         yield port

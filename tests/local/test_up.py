@@ -197,6 +197,8 @@ def test_up_serves_applies_policy_edits_and_sigterm_stops_everything(tmp_path: P
         _assert_all_gone(up, tree, port, ports)
         assert up.proc.returncode == 0
         assert up.lines[-1] == "modelfleet up: stopped"
+        # A private Ray stops whole: no Serve shutdown call, no raylet warning about it.
+        assert not [line for line in up.lines if "graceful_shutdown" in line]
     finally:
         up.stop()
 
