@@ -76,6 +76,9 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DONE = b"[DONE]"
 #: Most events one write carries (see :meth:`Relay.stream`).
 MAX_BATCH = 256
+#: How long a batch waits for an event that is already in the connection but not yet read
+#: (see :meth:`Upstream.arrived_event`): long enough for reads that need no network wait.
+ARRIVED_WAIT_S = 0.002
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,24 @@ class Upstream:
     def ready(self) -> bool:
         """A pending read has finished (its result is the next event)."""
         return self._task is not None and self._task.done()
+
+    async def arrived_event(self, wait_s: float) -> tuple[bool, bytes | None]:
+        """``(True, the next event)`` if it has arrived already or arrives within ``wait_s``
+        (``(True, None)`` at the end of the body), else ``(False, None)`` with the read left
+        pending. An engine sends each event as one HTTP chunk and the client hands them out
+        one chunk at a time, so the events that are waiting in the connection's buffer are
+        only reached by reading on: :meth:`buffered_event` sees just this object's buffer.
+        Raises what the read raised."""
+        payload = self.buffered_event()
+        if payload is not None:
+            return True, payload
+        task = self.pending()
+        if not task.done():
+            await asyncio.wait({task}, timeout=wait_s)
+            if not task.done():
+                return False, None
+        self._task = None
+        return True, task.result()
 
     async def next_event(self) -> bytes | None:
         """The next event's data payload (``None`` at the end of the body)."""
@@ -686,9 +707,9 @@ class Relay:
         if self.handoff is not None:
             self._advance(out)
 
-    async def _direct(self, out: list[bytes]) -> int:
-        """One step without a hand-off: every event that has arrived from the source (up to
-        ``MAX_BATCH``); returns how many were taken."""
+    async def _direct(self, out: list[bytes], batch: bool) -> int:
+        """One step without a hand-off: the next event, then (with ``batch``) every event that
+        has arrived from the source by now, up to ``MAX_BATCH``; returns how many were taken."""
         try:
             payload: bytes | None = await self.upstream.next_event()
         except (httpx.HTTPError, OSError) as e:
@@ -700,8 +721,17 @@ class Relay:
             taken += 1
             if self.handoff is not None or taken == MAX_BATCH:
                 return taken
-            payload = self.upstream.buffered_event()
-            if payload is None:
+            if not batch:
+                payload = self.upstream.buffered_event()
+                if payload is None:
+                    return taken
+                continue
+            try:
+                arrived, payload = await self.upstream.arrived_event(ARRIVED_WAIT_S)
+            except (httpx.HTTPError, OSError) as e:
+                self._lost(type(e).__name__, out)
+                return taken
+            if not arrived:
                 return taken
         if payload is None:  # the body ended
             self._lost("stream ended without [DONE]", out)
@@ -759,7 +789,7 @@ class Relay:
                         await asyncio.sleep(0)  # a backlog: worked off in turns with the others
                     elif delay > 0:
                         await asyncio.sleep(delay)
-                    full = await self._direct(out) == MAX_BATCH
+                    full = await self._direct(out, batch=interval > 0) == MAX_BATCH
                 if out:
                     yield b"".join(out)
                     last = loop.time()

@@ -57,6 +57,28 @@ def test_sdk_streams_chat_completions(live: LiveScheduler, model: str, served: s
     assert seen <= served and seen
 
 
+def test_a_fast_stream_is_written_in_batches_not_a_token_per_interval(
+    live: LiveScheduler,
+) -> None:
+    """After its first token a stream is written every ``--write-interval`` (50 ms), each
+    write carrying every event the engine has sent by then. The engine sends each event as
+    its own HTTP chunk; reading only what one chunk brought wrote one token per interval, and
+    a 2,048-token answer took 106 s through the scheduler (tests/cluster/test_e2e.py)."""
+    tokens = 300  # the "chat" pools' engines run at time scale 0.02: well under 1 ms a token
+    body = {"model": "chat", "prompt": "Count on.", "max_tokens": tokens, "stream": True,
+            "ignore_eos": True}  # fmt: skip
+    with httpx.stream("POST", live.url + "/v1/completions", json=body, timeout=120) as r:
+        assert r.status_code == 200
+        chunks = list(r.iter_raw())  # one item per HTTP chunk: one per write of the relay
+    events = [
+        json.loads(line[6:])
+        for line in b"".join(chunks).decode().splitlines()
+        if line.startswith("data: {")
+    ]
+    assert sum(len(e["choices"][0].get("token_ids") or []) for e in events) == tokens
+    assert len(chunks) <= tokens // 5, f"{len(chunks)} writes for {tokens} tokens"
+
+
 def test_sdk_non_streamed_and_completions(live: LiveScheduler) -> None:
     client = sdk(live)
     chat = client.chat.completions.create(
