@@ -46,7 +46,7 @@ after an abort cannot corrupt the counters.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from modelfleet.policy.framework import Clock, Data, Profile
@@ -564,25 +564,18 @@ class Router:
         self.profile.on_kv_event(endpoint, event)
 
     # -- migration planning ------------------------------------------------------------------
-    def plan(self, migratable: Callable[[RequestId], bool] | None = None) -> PlanRound:
+    def plan(self) -> PlanRound:
         """Ask the planner which in-flight requests to move now (empty without a planner).
 
         The host executes the migrations and reports them with ``on_migration_started`` and
         then ``on_migrated`` or ``on_migration_aborted``; call it every :attr:`plan_period_s`
-        and right after :meth:`set_draining`. ``migratable`` is the host's say on which
-        requests it can move now (a live proxy cannot move a request it does not relay token
-        by token, or one whose parameters break across a cut); the others are planned as
-        ``migratable=False`` (they still count in every load).
+        and right after :meth:`set_draining`.
         """
         planner = self.planner
         if planner is None:
             return PlanRound((), (), frozenset(), ())
         views = self.views()
         inflight = self.inflight()
-        if migratable is not None:
-            inflight = tuple(
-                r if migratable(r.request.id) else replace(r, migratable=False) for r in inflight
-            )
         in_progress = frozenset(
             f.request.id for f in self._flights.values() if f.migrating_to is not None
         )

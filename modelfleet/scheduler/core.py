@@ -347,11 +347,7 @@ class SchedulerCore:
             spec=spec,
             migration=params,
         )
-        planner: MigrationPlanner | None = None
-        if params is not None:  # the policy's knobs, whatever the placement profile
-            planner = built.planner or MigrationPlanner(
-                params, prefix_index=built.profile.prefix_index
-            )
+        planner = built.planner if params is not None else None
         return built.profile, planner, sig
 
     def _apply_pools(self, snapshot: FleetSnapshot) -> None:

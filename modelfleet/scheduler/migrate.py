@@ -8,12 +8,10 @@ that starts hand-offs:
   measurements on stock vLLM 0.32 (``shared/reference/vllm-migration.md``): n > 1, beam
   search, structured output (``response_format``, ``guided_*``, ``structured_outputs``, a
   forced tool call), frequency or presence penalties (they count output tokens, which become
-  prompt tokens on the destination) and stop strings under sampling are excluded. Stop
-  strings under greedy decoding move: the engine holds back text that may start a stop
-  string and matches only its own output, so the cut is placed far enough behind the
-  client (:func:`stop_safe_cut`) that the destination regenerates, and checks, the text a
-  string spanning the cut would occupy. Non-streamed requests are not relayed token by
-  token and stay where they are.
+  prompt tokens on the destination) and stop strings (the engine holds back text that may
+  start a stop string, and matches only its own output, so a string spanning the cut would
+  be missed) are excluded. Non-streamed requests are not relayed token by token and stay
+  where they are.
 * :func:`handoff_body` — the destination's request: by token ids, never text (re-tokenising
   text changes the ids). Completions get ``prompt = prompt_ids + generated[:cut]``; chat keeps
   the original messages and carries the ids in ``kv_transfer_params.prompt_token_ids``
@@ -40,17 +38,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from modelfleet.policy.migration import Migration
-from modelfleet.policy.types import Decision, EndpointId, NoEndpointError, RequestId
+from modelfleet.policy.types import Decision, NoEndpointError, RequestId
 from modelfleet.scheduler.fleet import EndpointSpec
 from modelfleet.scheduler.protocol import ParsedRequest
 
 if TYPE_CHECKING:
-    from modelfleet.scheduler.core import PoolState, SchedulerCore
+    from modelfleet.scheduler.core import SchedulerCore
     from modelfleet.scheduler.proxy import Proxy, Relay, Upstream, _Event
 
 __all__ = [
@@ -61,8 +58,6 @@ __all__ = [
     "handoff_body",
     "is_greedy",
     "not_migratable",
-    "stop_safe_cut",
-    "stop_string_chars",
 ]
 
 Trigger = Literal["drain", "resume", "slo-rescue", "load-balance", "manual"]
@@ -102,41 +97,10 @@ def not_migratable(parsed: ParsedRequest) -> str | None:
         value = body.get(key)
         if isinstance(value, int | float) and value != 0:
             return key.replace("_", " ")
-    if stop_string_chars(parsed) and not is_greedy(parsed):
-        return "stop strings under sampling"
+    stop = body.get("stop")
+    if stop:
+        return "stop strings"
     return None
-
-
-def stop_string_chars(parsed: ParsedRequest) -> int:
-    """The length of the request's longest stop string, in characters (0: none)."""
-    stop = parsed.body.get("stop")
-    if isinstance(stop, str):
-        return len(stop)
-    if isinstance(stop, list):
-        return max((len(s) for s in stop if isinstance(s, str)), default=0)
-    return 0
-
-
-def stop_safe_cut(marks: Sequence[tuple[int, int]], sent_chars: int, longest: int) -> int:
-    """The cut for a greedy request with stop strings: the last clean position whose text
-    the client had been sent ``2 x longest - 1`` characters before now (0 if none).
-
-    The engine holds back the last ``longest - 1`` characters of its text (they may begin a
-    stop string) and matches stop strings only in its own output. ``marks`` are (position,
-    characters sent when it was reached). With the cut ``c`` that far back, the source's
-    text through ``c`` is at most ``longest - 1`` characters ahead of what the client had at
-    ``c``, so the destination regenerates (and checks) at least ``longest`` characters the
-    source had already checked before it reaches the client's position: a stop string that
-    starts before the cut ends inside that overlap, where the source would have stopped on
-    it, and one that starts after the cut is in the destination's own output. And the
-    destination's first forwarded text starts ``longest - 1`` characters behind its text, as
-    the source's would have, so the text joins where the client's ends.
-    """
-    need = 2 * longest - 1
-    for pos, chars in reversed(marks):
-        if sent_chars - chars >= need:
-            return pos
-    return 0
 
 
 def _plain_text(value: Any) -> bool:
@@ -304,80 +268,6 @@ class Migrator:
             return "no destination"
         dst, decision = found
         return relay.begin_handoff(dst, decision, trigger, on_end=on_end)
-
-    # ------------------------------------------------------------- triggers
-    def can_plan(self, rid: RequestId) -> bool:
-        """Whether a planned move of ``rid`` could start now: a relayed stream past its first
-        token, no hand-off running, movable parameters, its source not draining (a drain
-        moves those itself)."""
-        relay = self.proxy.relays.get(rid)
-        if relay is None or relay.finished or relay.handoff is not None:
-            return False
-        if relay.not_migratable is not None or relay.prompt_token_ids is None:
-            return False
-        attempt = relay.attempt
-        ep = EndpointId(attempt.endpoint.id)
-        router = attempt.pool.router
-        return ep in attempt.pool.endpoints and not router.endpoint(ep).draining
-
-    def plan_period_s(self) -> float | None:
-        """The shortest planning period over the pools with a planner (``None``: none has)."""
-        periods = [p for s in self.core.pools.values() if (p := s.router.plan_period_s) is not None]
-        return min(periods) if periods else None
-
-    def plan_round(self) -> list[tuple[Migration, str | None]]:
-        """Run each pool's migration planner on the scheduler's live state and start the
-        SLO-rescue and load-balance moves it plans through the hand-off.
-
-        The planner sees what this scheduler observed (the router's endpoint views: scrapes,
-        in-flight counters, learned perf models; its in-flight requests with the tokens
-        streamed and the first-token times), never an engine's internals. Requests the relay
-        cannot move (:meth:`can_plan`) are planned as not migratable; hand-offs in flight
-        (drains and resumes too) count against ``maxConcurrent``. Returns each planned move
-        with ``None`` when it started, else why not.
-        """
-        out: list[tuple[Migration, str | None]] = []
-        tel = self.core.telemetry
-        for state in list(self.core.pools.values()):
-            router = state.router
-            if router.planner is None or router.in_flight == 0:
-                continue
-            rnd = router.plan(self.can_plan)
-            running = len(rnd.in_progress)
-            for m in rnd.migrations:
-                why = self._start_planned(state, m)
-                out.append((m, why))
-                if tel is not None:
-                    result = "started" if why is None else "gone" if why == "gone" else "refused"
-                    tel.migration_plans.labels(state.name, m.reason, result).inc()
-                if why is None:
-                    running += 1
-                    if tel is not None:
-                        tel.migration_concurrency.labels(state.name).observe(running)
-        return out
-
-    def _start_planned(self, state: PoolState, m: Migration) -> str | None:
-        relay = self.proxy.relays.get(m.request_id)
-        if relay is None or relay.finished or relay.attempt.endpoint.id != str(m.src):
-            return "gone"
-        dst = state.endpoints.get(m.dst)
-        if dst is None:
-            return "gone"
-        context = len(relay.prompt_token_ids or ()) + len(relay.generated_ids)
-        decision = Decision(
-            endpoint=m.dst,
-            request_id=m.request_id,
-            candidates=(m.dst,),
-            scores={},
-            weights={},
-            totals=(0.0,),
-            filtered_out={},
-            timings_s={},
-            errors={},
-            cached_tokens=max(0, context - m.lost_hit_tokens),
-            max_cached_tokens=max(0, context - m.lost_hit_tokens),
-        )
-        return relay.begin_handoff(dst, decision, m.reason)
 
     # --------------------------------------------------------------- drain
     def remaining_on(self, endpoint: str) -> list[RequestId]:

@@ -62,8 +62,6 @@ from modelfleet.scheduler.migrate import (
     handoff_body,
     is_greedy,
     not_migratable,
-    stop_safe_cut,
-    stop_string_chars,
 )
 from modelfleet.scheduler.protocol import RequestKind, parse_body
 
@@ -309,25 +307,15 @@ class Relay:
         parsed = attempt.ticket.parsed
         self.not_migratable = not_migratable(parsed)
         self.greedy = is_greedy(parsed)
-        #: Longest stop string (characters; 0: none), the characters of text the client has
-        #: been sent, and (position, characters sent) at each clean position: where a cut
-        #: may go so that no stop string spans it (:func:`~.migrate.stop_safe_cut`).
-        self.stop_chars = stop_string_chars(parsed)
-        self.sent_chars = 0
-        self.clean_marks: list[tuple[int, int]] = [(0, 0)] if self.stop_chars else []
 
     def account(self, ev: _Event) -> None:
         """Record the event's ids and report its tokens to the core."""
         if ev.prompt_ids is not None and self.prompt_token_ids is None:
             self.prompt_token_ids = ev.prompt_ids
-        if ev.text and self.stop_chars:
-            self.sent_chars += len(ev.text)
         if ev.ids:
             self.generated_ids.extend(ev.ids)
             if ev.text and not ev.text.endswith("\ufffd"):
                 self.clean_pos = len(self.generated_ids)
-                if self.stop_chars:
-                    self.clean_marks.append((self.clean_pos, self.sent_chars))
         if ev.tokens:
             self.proxy.core.on_tokens(self.attempt, ev.tokens)
 
@@ -429,9 +417,7 @@ class Relay:
         if self.prompt_token_ids is None:
             return "prompt token ids unknown"
         position = len(self.generated_ids)
-        if self.stop_chars:  # greedy only (not_migratable): the destination re-checks the cut
-            cut = stop_safe_cut(self.clean_marks, self.sent_chars, self.stop_chars)
-        elif self.greedy or self.src_dead is not None:
+        if self.greedy or self.src_dead is not None:
             cut = self.clean_pos
         elif self.clean_pos == position:
             cut = position

@@ -7,8 +7,6 @@ the HTTP client to the engines, the telemetry, the
 source. Per endpoint it runs one metrics poller and, for pools whose placement reads KV events,
 one KV-event subscription; endpoints that appear or vanish with a new snapshot get their tasks
 started or cancelled. Every second the perf calibration is applied to the endpoints' models.
-Every planning period the pools' migration planners run on the live state
-(:meth:`~modelfleet.scheduler.migrate.Migrator.plan_round`).
 
 ``start()`` returns once the first snapshot is applied and every endpoint was scraped once (so
 the first request already sees the engines' state); ``stop()`` cancels every task and closes
@@ -161,8 +159,6 @@ class SchedulerRuntime:
         self.ready = True
         self._spawn_main(self._follow(stream), "fleet")
         self._spawn_main(self._watch_loop(), "loop-lag")
-        if self.proxy.migrator is not None:
-            self._spawn_main(self._plan_loop(), "migration-plan")
 
     async def _start_control(self) -> None:
         s = self.settings
@@ -215,22 +211,6 @@ class SchedulerRuntime:
             t0 = loop.time()
             await asyncio.sleep(period_s)
             self.telemetry.loop_lag.observe(max(0.0, loop.time() - t0 - period_s))
-
-    async def _plan_loop(self, idle_s: float = 0.5) -> None:
-        """Run the migration planners on live state every planning period (the shortest
-        over the pools whose RoutingPolicy enables migration; re-read each round, so a policy
-        edit takes effect)."""
-        migrator = self.proxy.migrator
-        assert migrator is not None
-        while True:
-            period = migrator.plan_period_s()
-            await asyncio.sleep(idle_s if period is None else period)
-            if period is None:
-                continue
-            try:
-                migrator.plan_round()
-            except Exception:  # a defect in one round must not stop the next
-                log.exception("migration planning failed")
 
     async def _follow(self, stream: AsyncIterator[FleetSnapshot]) -> None:
         try:

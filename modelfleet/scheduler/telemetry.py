@@ -48,11 +48,6 @@ Prometheus (one ``CollectorRegistry`` per scheduler; several may share a test pr
 ``modelfleet_migration_reprefill_tokens_total``,       counters {pool}: context tokens sent
 ``modelfleet_migration_prefix_hit_tokens_total``       to destinations, and those predicted
                                                        cached there
-``modelfleet_migration_plans_total``                   counter {pool, reason, result}: moves
-                                                       the planner proposed on live state;
-                                                       result started | refused | gone
-``modelfleet_migration_concurrency``                   histogram {pool}: hand-offs in flight
-                                                       at each planned start (<= the cap)
 ``modelfleet_drain_seconds``                           histogram {reason, state}
 =====================================================  ========================================
 
@@ -363,22 +358,6 @@ class Telemetry:
             "modelfleet_migration_prefix_hit_tokens",
             "Of those, the tokens the placement predicted cached on the destination.",
             ["pool"],
-            registry=r,
-        )
-        self.migration_plans = Counter(
-            "modelfleet_migration_plans",
-            "Moves the migration planner proposed on live state, by reason (slo-rescue | "
-            "load-balance) and result (started | refused: the relay could not start it | "
-            "gone: the request ended or moved before the plan ran).",
-            ["pool", "reason", "result"],
-            registry=r,
-        )
-        self.migration_concurrency = Histogram(
-            "modelfleet_migration_concurrency",
-            "Hand-offs in flight in the pool (this one included) each time the planner starts "
-            "one: never above the RoutingPolicy's migration.maxConcurrent.",
-            ["pool"],
-            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128, 256),
             registry=r,
         )
         self.drain_seconds = Histogram(

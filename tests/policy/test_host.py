@@ -288,25 +288,6 @@ def test_drain_moves_everything_out_and_started_migrations_are_not_planned_twice
     assert r.endpoint_of(on_a[0]) == B and on_a[0] not in r.plan().in_progress
 
 
-def test_plan_leaves_what_the_host_cannot_move() -> None:
-    """The host's ``migratable`` says which requests it can move now: the others are planned
-    as not migratable (a drain leaves them), and are still in the planner's inputs."""
-    clock = FakeClock()
-    planner = MigrationPlanner(MigrationParams(enable_slo_rescue=False, enable_load_balance=False))
-    r, _ = router(planner=planner, clock=clock, names=("a", "b"))
-    for i in range(4):
-        r.route(rq(f"r{i}", max_tokens=100))
-    on_a = sorted(rid for i in range(4) if r.endpoint_of(rid := RequestId(f"r{i}")) == A)
-    assert len(on_a) == 2
-    r.set_draining(A)
-    stuck = on_a[0]
-    rnd = r.plan(lambda rid: rid != stuck)
-    assert [m.request_id for m in rnd.migrations] == [on_a[1]]
-    flags = {v.request.id: v.migratable for v in rnd.inflight}
-    assert flags[stuck] is False and sum(flags.values()) == 3
-    assert {m.request_id for m in r.plan().migrations} == set(on_a)  # no predicate: both
-
-
 def test_without_a_planner_plan_is_empty() -> None:
     r, _ = router()
     r.route(rq("r1"))

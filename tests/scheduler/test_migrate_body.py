@@ -7,13 +7,7 @@ from typing import Any
 
 import pytest
 
-from modelfleet.scheduler.migrate import (
-    handoff_body,
-    is_greedy,
-    not_migratable,
-    stop_safe_cut,
-    stop_string_chars,
-)
+from modelfleet.scheduler.migrate import handoff_body, is_greedy, not_migratable
 from modelfleet.scheduler.protocol import parse_body
 
 pytestmark = pytest.mark.unit
@@ -43,8 +37,7 @@ def parsed(kind: str = "completion", **fields: Any) -> Any:
         ({"guided_regex": "a+"}, "structured output (guided_regex)"),
         ({"frequency_penalty": 0.5}, "frequency penalty"),
         ({"presence_penalty": -1.0}, "presence penalty"),
-        ({"stop": ["\n"]}, "stop strings under sampling"),
-        ({"stop": ["\n"], "temperature": 0}, None),
+        ({"stop": ["\n"]}, "stop strings"),
         ({"tool_choice": "required"}, "forced tool call"),
     ],
     ids=lambda v: json.dumps(v) if isinstance(v, dict) else str(v),
@@ -91,17 +84,3 @@ def test_completion_without_max_tokens_uses_the_engine_default() -> None:
 
 def test_nothing_left_to_generate() -> None:
     assert handoff_body(parsed(max_tokens=3), "s", [1], [2, 3, 4], 3, "r") is None
-
-
-def test_stop_string_chars() -> None:
-    assert stop_string_chars(parsed(stop="END")) == 3
-    assert stop_string_chars(parsed(stop=["a", "four"])) == 4
-    assert stop_string_chars(parsed()) == 0
-
-
-def test_stop_safe_cut_lies_two_stop_lengths_behind_the_client() -> None:
-    # (position, characters the client had when it got there); longest stop 3 -> 5 chars back
-    marks = [(0, 0), (2, 4), (4, 9), (6, 12), (8, 14)]
-    assert stop_safe_cut(marks, 14, 3) == 4  # 14 - 9 = 5 >= 5; (6, 12) is only 2 back
-    assert stop_safe_cut(marks, 17, 3) == 6
-    assert stop_safe_cut(marks, 8, 3) == 0  # nothing far enough back: regenerate it all
