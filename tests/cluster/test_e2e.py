@@ -104,6 +104,10 @@ class Scheduler:
             ctl.close()
 
 
+#: The operator's Stats window here (``--stats-window-seconds``): short, so each test starts
+#: from no demand soon after the test before.
+STATS_WINDOW_S = 5
+
 #: What ``ray.init`` raises when its raylet has not registered within Ray's fixed 30 s (seen
 #: on this 2-core machine at load average ~30): the scheduler is started once more.
 RAY_START_TIMEOUT = "The current node timed out during startup"
@@ -201,12 +205,27 @@ def system(
     examples, the extra policy, the secret, the volume)."""
     pv = f"weights-e2e-{uuid.uuid4().hex[:6]}"
     _supporting_objects(cluster, pv)
+    # The scheduler serves the whole module: the test before must have left the operator's
+    # stats window (a fast test ends within it, and its latencies would scale this one up).
+    ctl = scheduler.client()
+    try:
+        wait_until(
+            lambda: (
+                not any(
+                    (d := ctl.demand(NS, pool, STATS_WINDOW_S, 99)) is None or d.active or d.samples
+                    for pool in EXPECTED
+                )
+            ),
+            "the test before to leave the scheduler's stats window",
+            timeout=60,
+        )
+    finally:
+        ctl.close()
     op = OperatorProcess(
         cluster, NS, tmp_path / "operator.log",
         "--scheduler-address", scheduler.control,
         "--scheduler-token-file", str(scheduler.token_file),
-        # the demand of the test before has left the window when this one starts
-        "--stats-window-seconds", "5",
+        "--stats-window-seconds", str(STATS_WINDOW_S),
     ).start()  # fmt: skip
     fleet = KwokEngines(
         lambda ns, sel: kube(cluster).list_objects("Pod", ns, sel), NS, time_scale=0.02
