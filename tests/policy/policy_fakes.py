@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from modelfleet.policy.framework import CycleState
+from modelfleet.policy.framework import CycleState, Plugin
 from modelfleet.policy.perf import ParametricPerfModel
 from modelfleet.policy.types import EndpointId, EndpointView, RequestId, RequestView
 
@@ -52,3 +53,14 @@ def tokens(n: int, start: int = 0) -> np.ndarray:
 
 def state(request: RequestView | None = None, index: Any = None, seed: int = 0) -> CycleState:
     return CycleState(request or req(), 0.0, random.Random(seed), index)
+
+
+class Const(Plugin):
+    """A scorer that gives fixed scores, in endpoint order."""
+
+    def __init__(self, name: str, values: Sequence[float]) -> None:
+        self.name = name
+        self.values = values
+
+    def score(self, state: CycleState, endpoints: Sequence[EndpointView]) -> Sequence[float]:
+        return list(self.values)[: len(endpoints)]

@@ -7,7 +7,7 @@ import random
 from collections.abc import Sequence
 
 import pytest
-from policy_fakes import FakeClock, ep, req
+from policy_fakes import Const, FakeClock, ep, req
 
 from modelfleet.policy.config import PluginSpec, ProfileSpec, build_profile
 from modelfleet.policy.filters import HealthyFilter
@@ -24,15 +24,6 @@ from modelfleet.policy.plugins import default_registry
 from modelfleet.policy.types import Decision, EndpointView, NoEndpointError, RequestView
 
 pytestmark = pytest.mark.unit
-
-
-class Const(Plugin):
-    def __init__(self, name: str, values: Sequence[float]) -> None:
-        self.name = name
-        self.values = values
-
-    def score(self, state: CycleState, endpoints: Sequence[EndpointView]) -> Sequence[float]:
-        return list(self.values)[: len(endpoints)]
 
 
 class Boom(Plugin):

@@ -9,7 +9,7 @@ import random
 from collections.abc import Sequence
 
 import pytest
-from policy_fakes import PERF, FakeClock, ep, req, tokens
+from policy_fakes import PERF, Const, FakeClock, ep, req, tokens
 
 from modelfleet.policy.framework import (
     BuildContext,
@@ -38,15 +38,6 @@ pytestmark = pytest.mark.unit
 
 A, B, C = EndpointId("a"), EndpointId("b"), EndpointId("c")
 EPS = [ep("a"), ep("b"), ep("c")]
-
-
-class Const(Plugin):
-    def __init__(self, name: str, values: Sequence[float]) -> None:
-        self.name = name
-        self.values = values
-
-    def score(self, state: CycleState, endpoints: Sequence[EndpointView]) -> Sequence[float]:
-        return list(self.values)[: len(endpoints)]
 
 
 class Boom(Plugin):
